@@ -1,0 +1,86 @@
+"""ONNX Runtime (CPU) runner: the reference runtime and the CPU backend."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import numpy as np
+import onnx
+
+from dynashape.backends import Runner
+
+log = logging.getLogger(__name__)
+
+_NODE_IN_MESSAGE = re.compile(r"[Nn]ode \(([^)]+)\)|node name: ([^,\s)]+)|Name:'([^']+)'")
+
+
+class RunError(Exception):
+    """A model failed at run time; ``node`` is the failing node when the runtime named it."""
+
+    def __init__(self, message: str, node: str | None = None) -> None:
+        super().__init__(message)
+        self.node = node
+
+
+def failing_node(message: str) -> str | None:
+    """Pull the failing node's name out of an ONNX Runtime error message."""
+    m = _NODE_IN_MESSAGE.search(message)
+    if not m:
+        return None
+    return next(g for g in m.groups() if g)
+
+
+def first_line(message: str) -> str:
+    for line in str(message).splitlines():
+        line = line.strip()
+        if line:
+            return line[:400]
+    return "unknown error"
+
+
+class OrtRunner(Runner):
+    """Runs an in-memory ModelProto on the CPU execution provider."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model: onnx.ModelProto, threads: int | None = None) -> None:
+        self._model_bytes = model.SerializeToString()
+        self._threads = threads
+        self._session: Any = None
+
+    def activate(self) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if self._threads:
+            opts.intra_op_num_threads = self._threads
+        try:
+            self._session = ort.InferenceSession(
+                self._model_bytes, sess_options=opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT raises its own exception types for bad graphs
+            raise RunError(first_line(str(exc)), failing_node(str(exc))) from None
+
+    def deactivate(self) -> None:
+        self._session = None
+
+    def output_names(self) -> list[str]:
+        assert self._session is not None, "activate() first"
+        return [o.name for o in self._session.get_outputs()]
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert self._session is not None, "activate() first"
+        try:
+            outs = self._session.run(None, feeds)
+        except Exception as exc:
+            raise RunError(first_line(str(exc)), failing_node(str(exc))) from None
+        return dict(zip(self.output_names(), outs))
+
+
+def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One-shot convenience: build a session, run once, return named outputs."""
+    with OrtRunner(model) as runner:
+        return runner.infer(feeds)

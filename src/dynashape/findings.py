@@ -1,0 +1,71 @@
+"""What a rule reports: typed results shared by check, fix, doctor and the reports."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Severity = Literal["error", "warning", "info"]
+DetectedBy = Literal["static", "lattice", "differential-export", "differential-run"]
+
+
+@dataclass
+class Finding:
+    """One hazard: which rule, which node, what was baked in, why it breaks and how to fix it."""
+
+    rule: str
+    severity: Severity
+    node: str
+    op: str
+    message: str
+    fixable: bool
+    detected_by: DetectedBy = "static"
+    inputs: list[str] = field(default_factory=list)
+    baked_value: Any = None
+    breaks_at: str = ""
+    fix: str = ""
+    source: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Refusal:
+    """Why a rule did not fire on a node (or could not fix it): the reason is the product."""
+
+    rule: str
+    node: str
+    reason: str
+
+
+@dataclass
+class AxisLattice:
+    """Valid sizes of one dynamic axis: every multiple of ``multiple`` that is at least ``min``."""
+
+    min: int
+    multiple: int
+    max_checked: int | None = None
+    irregular: list[int] | None = None
+
+    def contains(self, size: int) -> bool:
+        return size >= self.min and size % self.multiple == 0
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"min": self.min, "multiple": self.multiple}
+        if self.irregular:
+            out["irregular"] = self.irregular
+        return out
+
+
+# input name -> axis index -> lattice
+Lattice = dict[str, dict[int, AxisLattice]]
+
+
+def lattice_to_json(lattice: Lattice) -> dict[str, dict[str, dict[str, Any]]]:
+    return {
+        name: {str(axis): lat.to_json() for axis, lat in sorted(axes.items())}
+        for name, axes in lattice.items()
+    }
