@@ -1,0 +1,194 @@
+"""The state the rules look at: the working graph, the export shape S0, and probes at S0 and S1.
+
+S0 is the shape the model was exported at; S1 differs from it in every dynamic axis and stays on
+a power-of-two lattice (spatial dims doubled, batch + 1). A value whose shape follows the input
+differs between the two probes; a value baked from the export shape does not.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from dynashape.model import InputInfo, graph_inputs
+from dynashape.probe import Dims, Probe, Prober
+from dynashape.shapes import Shape, ShapeMap
+
+log = logging.getLogger(__name__)
+
+# ops whose output has the spatial size of (one of) their inputs: a join partner is found
+# through them, and a tensor's size is traced up through them when a probe lost it
+SAME_SIZE_UNARY = {
+    "Relu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu", "Elu", "Selu", "Clip",
+    "Identity", "Cast", "BatchNormalization", "InstanceNormalization", "Dropout", "Softmax",
+    "Neg", "Abs", "Exp", "Log", "Sqrt", "Erf", "Gelu", "Mish", "Softplus", "PRelu", "Not",
+}
+JOINS = {"Add", "Sub", "Mul", "Div", "Concat", "Sum", "Max", "Min", "Mean", "Where", "Pow"}
+
+
+def second_shape(s0: ShapeMap, inputs: list[InputInfo]) -> ShapeMap:
+    """S1: every dynamic spatial dim doubled, a dynamic batch + 1; fixed dims kept."""
+    s1: ShapeMap = {}
+    for info in inputs:
+        shape = list(s0[info.name])
+        for axis in info.dynamic_axes:
+            if axis == 0 and info.rank >= 3:
+                shape[axis] = shape[axis] + 1
+            else:
+                shape[axis] = shape[axis] * 2
+        s1[info.name] = tuple(shape)
+    return s1
+
+
+@dataclass
+class Context:
+    """One model under analysis. ``refresh()`` after every rewrite of ``model``."""
+
+    model: ir.Model
+    inputs: list[InputInfo]
+    s0: ShapeMap
+    s1: ShapeMap
+    proto: onnx.ModelProto
+    prober: Prober
+
+    @classmethod
+    def create(cls, proto: onnx.ModelProto, s0: ShapeMap) -> Context:
+        model = ir.serde.deserialize_model(proto)
+        inputs = graph_inputs(proto)
+        return cls(model, inputs, s0, second_shape(s0, inputs), proto, Prober(proto))
+
+    def refresh(self) -> None:
+        self.model.graph.sort()
+        self.proto = ir.serde.serialize_model(self.model)
+        self.prober = Prober(self.proto)
+
+    @property
+    def p0(self) -> Probe:
+        return self.prober.at(self.s0)
+
+    @property
+    def p1(self) -> Probe:
+        return self.prober.at(self.s1)
+
+    @property
+    def opset(self) -> int:
+        return int(self.model.opset_imports.get("", 17))
+
+    def nodes(self, *op_types: str) -> Iterator[ir.Node]:
+        for node in list(self.model.graph):
+            if not op_types or node.op_type in op_types:
+                yield node
+
+    def dims(self, value: ir.Value | None, probe: Probe) -> Dims | None:
+        if value is None or not value.name:
+            return None
+        return traced_dims(value, probe)
+
+    def value(self, value: ir.Value | None, probe: Probe) -> np.ndarray | None:
+        if value is None or not value.name:
+            return None
+        if value.const_value is not None and value.name not in probe.values:
+            try:
+                return value.const_value.numpy()
+            except Exception:  # external or odd tensors: unknown
+                return None
+        return probe.value(value.name)
+
+    def dynamic_axes_of(self, value: ir.Value) -> list[int]:
+        d0, d1 = self.dims(value, self.p0), self.dims(value, self.p1)
+        if d0 is None or d1 is None or len(d0) != len(d1):
+            return []
+        return [i for i, (a, b) in enumerate(zip(d0, d1)) if a is not None and b is not None and a != b]
+
+
+def traced_dims(value: ir.Value, probe: Probe) -> Dims | None:
+    """The value's dims in the probe; if lost past a failure, those of a same-size ancestor."""
+    seen = 0
+    current: ir.Value | None = value
+    while current is not None and seen < 64:
+        dims = probe.shape(current.name or "")
+        if dims is not None and all(d is not None for d in dims):
+            return dims
+        producer = current.producer()
+        if producer is None:
+            return dims
+        if producer.op_type in SAME_SIZE_UNARY or producer.op_type in JOINS - {"Concat"}:
+            rank = len(dims) if dims else None
+            nxt = None
+            for inp in producer.inputs:
+                if inp is None or inp.const_value is not None:
+                    continue
+                cand = probe.shape(inp.name or "")
+                if cand is not None and (rank is None or len(cand) == rank):
+                    nxt = inp
+                    break
+                if nxt is None:
+                    nxt = inp
+            current = nxt
+        else:
+            return dims
+        seen += 1
+    return None
+
+
+def join_partners(value: ir.Value) -> list[ir.Value]:
+    """Tensors this value is joined with (Add/Concat/Mul ...), following same-size unary ops."""
+    partners: list[ir.Value] = []
+    frontier = [value]
+    visited: set[int] = set()
+    while frontier:
+        v = frontier.pop()
+        if id(v) in visited:
+            continue
+        visited.add(id(v))
+        for use in v.uses():
+            node = use.node
+            if node.op_type in SAME_SIZE_UNARY:
+                frontier.extend(node.outputs[:1])
+            elif node.op_type in JOINS:
+                for i, other in enumerate(node.inputs):
+                    if i != use.idx and other is not None and other.const_value is None:
+                        partners.append(other)
+    return partners
+
+
+def is_descendant(value: ir.Value, of: ir.Node, limit: int = 100_000) -> bool:
+    """Does ``value`` depend on any output of ``of``?"""
+    stack = [value]
+    seen: set[int] = set()
+    while stack and len(seen) < limit:
+        v = stack.pop()
+        producer = v.producer()
+        if producer is None or id(producer) in seen:
+            continue
+        if producer is of:
+            return True
+        seen.add(id(producer))
+        stack.extend(i for i in producer.inputs if i is not None)
+    return False
+
+
+def const_i64(graph: ir.Graph, name: str, values: list[int] | np.ndarray) -> ir.Value:
+    """Register a 1-D int64 initializer with a unique name."""
+    arr = np.asarray(values, dtype=np.int64).reshape(-1)
+    taken = set(graph.initializers)
+    unique = name
+    k = 1
+    while unique in taken:
+        unique = f"{name}_{k}"
+        k += 1
+    value = ir.Value(name=unique, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.INT64),
+                     const_value=ir.tensor(arr, name=unique))
+    graph.register_initializer(value)
+    return value
+
+
+def fmt(shape: Shape | Dims | None) -> str:
+    if shape is None:
+        return "?"
+    return "x".join("?" if d is None else str(d) for d in shape)

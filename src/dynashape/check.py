@@ -1,0 +1,135 @@
+"""`check`: find the hazards of an ONNX model and, in memory, the rewrites that fix them.
+
+The rules run in order on a working copy; each fixable finding is rewritten before the next
+rule looks, because a frozen resize hides the true shapes of everything after its join. The
+lattice (DS003) is scanned on the rewritten copy: it is the lattice the fixed model will have.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+
+from dynashape.analysis import Context, second_shape
+from dynashape.exportshape import resolve_export_shape
+from dynashape.findings import Finding, Lattice, Refusal, lattice_to_json
+from dynashape.lattice import LatticeScanner, check_ranges
+from dynashape.model import graph_inputs, require_dynamic
+from dynashape.probe import Prober
+from dynashape.rules import DEFAULT_RULES
+from dynashape.rules.base import Rule
+from dynashape.shapes import RangeMap, ShapeMap, format_shapes
+
+log = logging.getLogger(__name__)
+
+_CONTROL_FLOW = {"If", "Loop", "Scan"}
+
+
+@dataclass
+class CheckReport:
+    findings: list[Finding]
+    lattice: Lattice
+    export_shape: ShapeMap
+    export_shape_source: str
+    export_shape_note: str
+    fixed_model: onnx.ModelProto
+    applied: list[str] = field(default_factory=list)
+    refusals: list[Refusal] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    path: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def unfixed(self) -> list[Finding]:
+        return [f for f in self.findings if not f.fixable]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.path,
+            "export_shape": {k: list(v) for k, v in self.export_shape.items()},
+            "export_shape_source": self.export_shape_source,
+            "findings": [f.to_json() for f in self.findings],
+            "lattice": lattice_to_json(self.lattice),
+            "notes": self.notes,
+        }
+
+
+def check_model(
+    model: onnx.ModelProto,
+    *,
+    export_shape: ShapeMap | None = None,
+    ranges: RangeMap | None = None,
+    rules: list[Rule] | None = None,
+    path: str | None = None,
+    scan_lattice: bool = True,
+) -> CheckReport:
+    """Run every rule and the lattice scan; never modifies ``model``."""
+    start = time.perf_counter()
+    require_dynamic(model, path or "model")
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    notes = _unsupported_notes(work)
+    prober = Prober(work)
+    es = resolve_export_shape(work, export_shape, prober)
+    log.info("export shape %s (%s)", format_shapes(es.shapes), es.note)
+    inputs = graph_inputs(work)
+    ctx = Context(
+        model=ir.serde.deserialize_model(work), inputs=inputs, s0=es.shapes,
+        s1=second_shape(es.shapes, inputs), proto=work, prober=prober,
+    )
+    findings: list[Finding] = []
+    refusals: list[Refusal] = []
+    applied: list[str] = []
+    for rule in rules if rules is not None else DEFAULT_RULES:
+        found: list[Finding] = []
+        for node in ctx.nodes(*rule.ops):
+            result = rule.check(ctx, node)
+            if isinstance(result, Finding):
+                found.append(result)
+            else:
+                refusals.append(result)
+        rewritten = False
+        for finding in found:
+            if not finding.fixable:
+                continue
+            node = next((n for n in ctx.model.graph if n.name == finding.node), None)
+            if node is None:
+                continue
+            applied.append(rule.rewrite(ctx, node, finding))
+            rewritten = True
+        if rewritten:
+            ctx.refresh()
+        findings.extend(found)
+    fixed = ctx.proto
+    onnx.checker.check_model(fixed)
+    lattice: Lattice = {}
+    if scan_lattice:
+        scanner = LatticeScanner(fixed, es.shapes, ctx.prober)
+        lattice, lattice_findings = scanner.scan()
+        findings.extend(lattice_findings)
+        if ranges:
+            findings.extend(check_ranges(lattice, ranges))
+    return CheckReport(
+        findings=findings, lattice=lattice, export_shape=es.shapes, export_shape_source=es.source,
+        export_shape_note=es.note, fixed_model=fixed, applied=applied, refusals=refusals,
+        notes=notes, path=path, seconds=time.perf_counter() - start,
+    )
+
+
+def _unsupported_notes(model: onnx.ModelProto) -> list[str]:
+    notes = []
+    ops = {n.op_type for n in model.graph.node}
+    flow = sorted(ops & _CONTROL_FLOW)
+    if flow:
+        notes.append(f"the graph has control flow ({', '.join(flow)}): nodes inside their subgraphs are not checked")
+    domains = sorted({n.domain for n in model.graph.node if n.domain not in ("", "ai.onnx")})
+    if domains:
+        notes.append(
+            f"custom domains ({', '.join(domains)}): their ops have no shape inference, shapes after them are unknown"
+        )
+    return notes

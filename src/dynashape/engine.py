@@ -1,0 +1,764 @@
+"""TensorRT engines: build with optimization profiles, save with a metadata sidecar, load, run.
+
+An engine is two files: ``MODEL.engine`` (TensorRT's serialized plan) and ``MODEL.engine.json``
+(the sidecar: TensorRT version, GPU, profiles, I/O, SHA-256 of the source model and of the plan,
+build options and build time). Loading checks the plan against the sidecar before TensorRT sees
+it, so a truncated file or an engine from another TensorRT/GPU is refused with a sentence rather
+than a deserialization crash.
+
+Version-specific TensorRT calls go through :mod:`dynashape.trt_compat`; device memory and streams
+come from Polygraphy (``polygraphy.cuda``). ``tensorrt`` and ``polygraphy`` are imported lazily.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from dynashape import __version__, trt_compat
+from dynashape.errors import DynashapeError
+from dynashape.model import atomic_path, sha256_file, write_json_atomic
+from dynashape.shapes import Profile, Shape, ShapeMap, format_shape, format_shapes
+
+log = logging.getLogger(__name__)
+
+SIDECAR_FORMAT = "dynashape.engine/1"
+ProgressFn = Callable[[str], None]
+
+
+def sidecar_path(engine_path: str | os.PathLike[str]) -> Path:
+    """``MODEL.engine`` -> ``MODEL.engine.json``."""
+    p = Path(engine_path)
+    return p.with_name(p.name + ".json")
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+@dataclass
+class TensorInfo:
+    """One I/O tensor of an engine; ``-1`` marks a dynamic dimension."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    is_input: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], is_input: bool) -> TensorInfo:
+        return cls(str(data["name"]), str(data["dtype"]), tuple(int(d) for d in data["shape"]), is_input)
+
+
+@dataclass
+class BuildOptions:
+    fp16: bool = False
+    workspace_mib: int | None = None
+    timing_cache: str | None = None
+    tactic_sources: str = trt_compat.DEFAULT_TACTIC_SOURCES
+
+
+@dataclass
+class EngineInfo:
+    """What the sidecar records about an engine."""
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    profiles: list[Profile]
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    source_sha256: str
+    source_path: str | None = None
+    build_options: BuildOptions = field(default_factory=BuildOptions)
+    build_seconds: float = 0.0
+    built_at: str = ""
+    engine_sha256: str = ""
+    engine_size: int = 0
+    dynashape_version: str = __version__
+
+    def input_ranges(self) -> dict[str, list[dict[str, list[int]]]]:
+        """Per input, its min/max in each profile (the sidecar's 'shape ranges')."""
+        out: dict[str, list[dict[str, list[int]]]] = {}
+        for t in self.inputs:
+            out[t.name] = [
+                {"min": list(p.inputs[t.name].min), "max": list(p.inputs[t.name].max)}
+                for p in self.profiles
+                if t.name in p.inputs
+            ]
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        ranges = self.input_ranges()
+        return {
+            "format": SIDECAR_FORMAT,
+            "dynashape_version": self.dynashape_version,
+            "tensorrt_version": self.tensorrt_version,
+            "gpu": {"name": self.gpu_name, "compute_capability": self.compute_capability},
+            "profiles": [p.to_json() for p in self.profiles],
+            "inputs": [{**t.to_json(), "ranges": ranges.get(t.name, [])} for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
+            "source_model": {"path": self.source_path, "sha256": self.source_sha256},
+            "engine": {"size": self.engine_size, "sha256": self.engine_sha256},
+            "build_options": asdict(self.build_options),
+            "build_seconds": round(self.build_seconds, 3),
+            "built_at": self.built_at,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EngineInfo:
+        if data.get("format") != SIDECAR_FORMAT:
+            raise ValueError(f"format is {data.get('format')!r}, expected {SIDECAR_FORMAT!r}")
+        opts = data.get("build_options") or {}
+        known = set(BuildOptions.__dataclass_fields__)
+        return cls(
+            tensorrt_version=str(data["tensorrt_version"]),
+            gpu_name=str(data["gpu"]["name"]),
+            compute_capability=str(data["gpu"]["compute_capability"]),
+            profiles=[Profile.from_json(p) for p in data["profiles"]],
+            inputs=[TensorInfo.from_json(t, True) for t in data["inputs"]],
+            outputs=[TensorInfo.from_json(t, False) for t in data["outputs"]],
+            source_sha256=str(data["source_model"]["sha256"]),
+            source_path=data["source_model"].get("path"),
+            build_options=BuildOptions(**{k: v for k, v in opts.items() if k in known}),
+            build_seconds=float(data.get("build_seconds", 0.0)),
+            built_at=str(data.get("built_at", "")),
+            engine_sha256=str(data["engine"]["sha256"]),
+            engine_size=int(data["engine"]["size"]),
+            dynashape_version=str(data.get("dynashape_version", "")),
+        )
+
+
+def read_sidecar(engine_path: str | os.PathLike[str]) -> EngineInfo | None:
+    """The engine's sidecar, None when there is none; a broken one is refused."""
+    sp = sidecar_path(engine_path)
+    if not sp.exists():
+        return None
+    try:
+        return EngineInfo.from_json(json.loads(sp.read_text()))
+    except (OSError, ValueError, KeyError, TypeError, DynashapeError) as exc:
+        raise DynashapeError(
+            f"{sp}: unreadable engine sidecar ({type(exc).__name__}: {exc}); rebuild the engine, "
+            "or delete the sidecar to load the engine without its checks"
+        ) from None
+
+
+def check_sidecar(
+    info: EngineInfo,
+    data: bytes,
+    env: trt_compat.RuntimeEnv | None,
+    where: str = "engine",
+) -> list[str]:
+    """Refuse a plan that does not match its sidecar or this machine; return mere warnings."""
+    if info.engine_size and len(data) != info.engine_size:
+        what = "truncated" if len(data) < info.engine_size else "longer than when it was built"
+        raise DynashapeError(
+            f"{where}: the engine file is {what} ({len(data)} bytes, the sidecar says "
+            f"{info.engine_size}); rebuild it with `dynashape build` or copy it again"
+        )
+    if info.engine_sha256 and hashlib.sha256(data).hexdigest() != info.engine_sha256:
+        raise DynashapeError(
+            f"{where}: the engine file is corrupt or was modified (its SHA-256 differs from the "
+            "sidecar's); rebuild it with `dynashape build`"
+        )
+    if env is None:
+        return []
+    if info.tensorrt_version != env.tensorrt_version:
+        raise DynashapeError(
+            f"{where}: built with TensorRT {info.tensorrt_version}, but this is TensorRT "
+            f"{env.tensorrt_version}; engines only load on the release that built them, so rebuild "
+            "it here with `dynashape build`"
+        )
+    known = "unknown" not in (info.compute_capability, env.compute_capability)
+    if known and info.compute_capability != env.compute_capability:
+        raise DynashapeError(
+            f"{where}: built for {info.gpu_name} (compute capability {info.compute_capability}), "
+            f"but this GPU is {env.gpu_name} (compute capability {env.compute_capability}); "
+            "rebuild it on this GPU with `dynashape build`"
+        )
+    warnings = []
+    if "unknown" not in (info.gpu_name, env.gpu_name) and info.gpu_name != env.gpu_name:
+        # same architecture: TensorRT runs it, but tactics were timed on another model of GPU
+        warnings.append(
+            f"{where}: built on {info.gpu_name}, running on {env.gpu_name} (same compute capability "
+            f"{env.compute_capability}); it runs, but rebuild here for the best speed"
+        )
+    return warnings
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+def select_profile(profiles: Sequence[Profile], shapes: ShapeMap) -> int:
+    """Index of the profile containing ``shapes``; among several, the one whose opt is nearest.
+
+    Distance is the sum over dimensions of ``|log(size / opt)|``, so a 2x miss weighs the same on
+    a small and a large axis. A shape outside every profile is a DynashapeError listing them.
+    """
+    best: tuple[float, int] | None = None
+    for i, prof in enumerate(profiles):
+        if set(prof.inputs) - set(shapes) or not prof.contains(shapes):
+            continue
+        dist = sum(
+            abs(math.log(s / o))
+            for name, shape in shapes.items()
+            for s, o in zip(shape, prof.inputs[name].opt, strict=True)
+            if s > 0 and o > 0
+        )
+        if best is None or dist < best[0] - 1e-12:
+            best = (dist, i)
+    if best is None:
+        listed = "; ".join(f"profile {i}: {p}" for i, p in enumerate(profiles))
+        raise DynashapeError(
+            f"shape {format_shapes(shapes)} is outside every optimization profile of the engine "
+            f"({listed}); rebuild with a profile that covers it"
+        )
+    return best[1]
+
+
+def profile_from_shapes(shapes: Sequence[ShapeMap]) -> Profile:
+    """One profile covering all ``shapes``: elementwise min/max; opt is the most common shape,
+    or, when all are distinct, the middle one by volume."""
+    if not shapes:
+        raise DynashapeError("no shapes given to build a profile from")
+    names = list(shapes[0])
+    for s in shapes:
+        if list(s) != names:
+            raise DynashapeError(
+                f"all shapes must name the same inputs: {format_shapes(shapes[0])} vs {format_shapes(s)}"
+            )
+    keys = [tuple(s[n] for n in names) for s in shapes]
+    counts: dict[tuple[Shape, ...], int] = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    top = max(counts.values())
+    if top > 1:
+        opt_key = next(k for k in keys if counts[k] == top)
+    else:
+        by_volume = sorted(keys, key=lambda k: sum(math.prod(s) for s in k))
+        opt_key = by_volume[len(by_volume) // 2]
+    prof = Profile()
+    for j, name in enumerate(names):
+        ranks = {len(k[j]) for k in keys}
+        if len(ranks) != 1:
+            raise DynashapeError(f"input {name!r} is given with different ranks")
+        lo = tuple(min(k[j][a] for k in keys) for a in range(len(keys[0][j])))
+        hi = tuple(max(k[j][a] for k in keys) for a in range(len(keys[0][j])))
+        prof.add(name, lo, opt_key[j], hi)
+    return prof
+
+
+# --------------------------------------------------------------------------- building
+
+
+class BuildError(DynashapeError):
+    """TensorRT refused the model; carries TensorRT's own lines and the ONNX nodes they name."""
+
+    def __init__(self, summary: str, trt_errors: list[str], nodes: list[str]) -> None:
+        super().__init__(summary)
+        self.trt_errors = trt_errors
+        self.nodes = nodes
+
+
+_NAME_CHARS = r"A-Za-z0-9_.\-/:"
+
+
+def nodes_in_messages(lines: Iterable[str], node_names: Iterable[str]) -> list[str]:
+    """The ONNX node names that TensorRT's messages mention (layer names are node names,
+    fused ones joined by ' + '), longest names first so ``/Add`` does not match ``/Add_1``."""
+    text = "\n".join(lines)
+    found: list[str] = []
+    for name in sorted(set(node_names), key=len, reverse=True):
+        if not name:
+            continue
+        pat = rf"(?<![{_NAME_CHARS}]){re.escape(name)}(?![{_NAME_CHARS}])"
+        if re.search(pat, text):
+            found.append(name)
+    return found
+
+
+@dataclass
+class BuiltEngine:
+    """A serialized plan and its metadata, not yet written anywhere."""
+
+    data: bytes
+    info: EngineInfo
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``path`` and ``path.json`` atomically (plan first, then the sidecar)."""
+        target = Path(path)
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(self.data)
+        write_json_atomic(sidecar_path(target), self.info.to_json())
+        log.info("wrote %s (%.1f MB) and %s", target, len(self.data) / 1e6, sidecar_path(target).name)
+        return target
+
+    def load(self) -> Engine:
+        return Engine(self.data, self.info, where="engine")
+
+
+def _model_bytes(model: str | os.PathLike[str] | onnx.ModelProto) -> tuple[bytes, str, str | None]:
+    if isinstance(model, onnx.ModelProto):
+        data = model.SerializeToString()
+        return data, hashlib.sha256(data).hexdigest(), None
+    p = Path(model)
+    if not p.is_file():
+        raise DynashapeError(f"{p}: no such file")
+    return p.read_bytes(), sha256_file(p), str(p)
+
+
+def _network_io(trt: Any, network: Any) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    def info(t: Any, is_input: bool) -> TensorInfo:
+        dtype = trt_compat.numpy_dtype_name(t.dtype)
+        return TensorInfo(t.name, dtype, tuple(int(d) for d in t.shape), is_input)
+
+    inputs = [info(network.get_input(i), True) for i in range(network.num_inputs)]
+    outputs = [info(network.get_output(i), False) for i in range(network.num_outputs)]
+    return inputs, outputs
+
+
+def _check_profiles(profiles: Sequence[Profile], inputs: Sequence[TensorInfo]) -> list[Profile]:
+    """Every dynamic input needs min/opt/max in every profile; fixed dims must agree."""
+    if not profiles:
+        raise DynashapeError("no optimization profile given: pass --min/--opt/--max or --profile")
+    valid = [t.name for t in inputs]
+    out = []
+    for i, prof in enumerate(profiles):
+        unknown = [n for n in prof.inputs if n not in valid]
+        if unknown:
+            raise DynashapeError(
+                f"profile {i} names unknown input {unknown[0]!r} (the model's inputs: {', '.join(valid)})"
+            )
+        full = Profile()
+        for t in inputs:
+            if t.name not in prof.inputs:
+                if any(d < 0 for d in t.shape):
+                    raise DynashapeError(
+                        f"profile {i} has no shape for dynamic input {t.name!r} "
+                        f"({format_shape(t.shape).replace('-1', '?')}); give min, opt and max for it"
+                    )
+                full.add(t.name, t.shape, t.shape, t.shape)
+                continue
+            p = prof.inputs[t.name]
+            if len(p.min) != len(t.shape):
+                raise DynashapeError(
+                    f"profile {i}: input {t.name!r} has rank {len(t.shape)}, the profile gives "
+                    f"{format_shape(p.min)}"
+                )
+            for axis, d in enumerate(t.shape):
+                if d >= 0 and not p.min[axis] == p.opt[axis] == p.max[axis] == d:
+                    raise DynashapeError(
+                        f"profile {i}: axis {axis} of input {t.name!r} is fixed at {d} in the model, "
+                        f"but the profile gives {p.min[axis]}/{p.opt[axis]}/{p.max[axis]}"
+                    )
+            full.add(t.name, p.min, p.opt, p.max)
+        out.append(full)
+    return out
+
+
+def _load_timing_cache(config: Any, path: Path | None) -> Any:
+    blob = b""
+    if path is not None and path.is_file():
+        blob = path.read_bytes()
+        log.info("timing cache: loaded %s (%d bytes)", path, len(blob))
+    cache = config.create_timing_cache(blob)
+    if cache is None and blob:
+        log.warning("timing cache %s is unusable (corrupt or another TensorRT); starting afresh", path)
+        cache = config.create_timing_cache(b"")
+    config.set_timing_cache(cache, False)
+    return cache
+
+
+def _save_timing_cache(config: Any, path: Path) -> None:
+    cache = config.get_timing_cache()
+    if cache is None:
+        return
+    blob = trt_compat.serialized_bytes(cache.serialize())
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(blob)
+    log.info("timing cache: saved %s (%d bytes)", path, len(blob))
+
+
+def build_engine(
+    model: str | os.PathLike[str] | onnx.ModelProto,
+    profiles: Sequence[Profile],
+    *,
+    fp16: bool = False,
+    workspace: int | None = None,
+    timing_cache: str | os.PathLike[str] | None = None,
+    tactic_sources: str | None = trt_compat.DEFAULT_TACTIC_SOURCES,
+    progress: ProgressFn | None = None,
+) -> BuiltEngine:
+    """Build a TensorRT engine with one optimization profile per entry of ``profiles``.
+
+    ``workspace`` is in MiB (None: TensorRT's default, all free memory). ``timing_cache`` is
+    loaded when the file exists and saved after the build. ``tactic_sources`` is trtexec syntax
+    (``-CUBLAS,-CUBLAS_LT,-CUDNN``; ``default`` keeps TensorRT's set). Raises BuildError with
+    TensorRT's own error lines when parsing or building fails.
+    """
+    report = progress or (lambda _msg: None)
+    tactics = trt_compat.parse_tactic_sources(tactic_sources)
+    data, source_sha, source_path = _model_bytes(model)
+    trt = trt_compat.import_trt()
+    logger = trt_compat.trt_logger()
+    builder = trt.Builder(logger)
+    network = trt_compat.create_network(builder)
+    parser = trt.OnnxParser(network, logger)
+    report("parsing the ONNX model")
+    with trt_compat.capture_log() as cap:
+        parsed = trt_compat.parse_onnx(parser, data, source_path)
+    if not parsed:
+        lines = trt_compat.parser_errors(parser) + cap.errors
+        raise BuildError(
+            f"TensorRT's ONNX parser rejects the model: {lines[0] if lines else 'no reason given'}",
+            lines, _nodes_named(data, lines),
+        )
+    inputs, outputs = _network_io(trt, network)
+    full_profiles = _check_profiles(profiles, inputs)
+
+    config = builder.create_builder_config()
+    if workspace is not None:
+        trt_compat.set_workspace(config, int(workspace) << 20)
+    if fp16:
+        if not builder.platform_has_fast_fp16:
+            log.warning("this GPU has no fast fp16; building with --fp16 anyway")
+        config.set_flag(trt.BuilderFlag.FP16)
+    trt_compat.apply_tactic_sources(config, tactics)
+    cache_path = Path(timing_cache) if timing_cache is not None else None
+    _load_timing_cache(config, cache_path)
+    for i, prof in enumerate(full_profiles):
+        trt_prof = builder.create_optimization_profile()
+        for name, p in prof:
+            trt_prof.set_shape(name, p.min, p.opt, p.max)
+        if config.add_optimization_profile(trt_prof) < 0:
+            raise DynashapeError(f"TensorRT rejects optimization profile {i}: {prof}")
+
+    desc = "; ".join(f"profile {i}: {p}" for i, p in enumerate(full_profiles))
+    log.info("building TensorRT engine (%s%s) ...", desc, ", fp16" if fp16 else "")
+    report(f"building ({len(full_profiles)} profile(s){', fp16' if fp16 else ''})")
+    start = time.perf_counter()
+    with trt_compat.capture_log() as cap:
+        serialized = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - start
+    if serialized is None:
+        lines = cap.errors or ["TensorRT gave no reason (run with -v for its log)"]
+        log.info("engine build failed after %.1f s", seconds)
+        raise BuildError(
+            f"TensorRT failed to build the engine after {seconds:.1f} s: {lines[0]}",
+            lines, _nodes_named(data, lines),
+        )
+    log.info("built the engine in %.1f s", seconds)
+    report(f"built in {seconds:.1f} s")
+    if cache_path is not None:
+        _save_timing_cache(config, cache_path)
+    plan = trt_compat.serialized_bytes(serialized)
+    env = trt_compat.runtime_env()
+    info = EngineInfo(
+        tensorrt_version=env.tensorrt_version,
+        gpu_name=env.gpu_name,
+        compute_capability=env.compute_capability,
+        profiles=full_profiles,
+        inputs=inputs,
+        outputs=outputs,
+        source_sha256=source_sha,
+        source_path=source_path,
+        build_options=BuildOptions(
+            fp16=fp16,
+            workspace_mib=workspace,
+            timing_cache=str(cache_path) if cache_path else None,
+            tactic_sources=tactics.text,
+        ),
+        build_seconds=seconds,
+        built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        engine_sha256=hashlib.sha256(plan).hexdigest(),
+        engine_size=len(plan),
+    )
+    return BuiltEngine(plan, info)
+
+
+def _nodes_named(model_bytes: bytes, lines: Sequence[str]) -> list[str]:
+    """ONNX nodes TensorRT's lines point at, by name or (8.5's parser) by index."""
+    try:
+        model = onnx.load_model_from_string(model_bytes)
+    except Exception:  # the parser already said what is wrong with the file
+        return []
+    names = [n.name for n in model.graph.node]
+    found = nodes_in_messages(lines, names)
+    for m in re.finditer(r"\(node #(\d+)\)", "\n".join(lines)):
+        idx = int(m.group(1))
+        if 0 <= idx < len(names) and names[idx] and names[idx] not in found:
+            found.append(names[idx])
+    return found
+
+
+# --------------------------------------------------------------------------- running
+
+
+class _Cuda:
+    """Polygraphy's CUDA wrappers, imported on first use."""
+
+    def __init__(self) -> None:
+        try:
+            from polygraphy import cuda
+            from polygraphy.datatype import DataType
+        except ImportError as exc:
+            raise DynashapeError(
+                f"polygraphy is needed for device memory ({exc}); pip install 'dynashape[tensorrt]'"
+            ) from None
+        self.cuda = cuda
+        self.DataType = DataType
+
+
+@dataclass
+class PreparedRun:
+    """An execution context bound to device buffers holding one set of inputs (for timing)."""
+
+    context: Any
+    stream: Any
+    output_shapes: dict[str, Shape]
+
+    def launch(self) -> None:
+        if not self.context.execute_async_v3(self.stream.ptr):
+            raise DynashapeError("TensorRT's execute_async_v3 failed; see the log above")
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+
+class Engine:
+    """A deserialized engine that infers at any shape inside its profiles.
+
+    ``with Engine.load("model.engine") as eng: outs = eng.infer({"input": x})``. One execution
+    context per profile, created when a shape first needs it; device buffers are kept between
+    calls and reallocated only when a tensor grows.
+    """
+
+    def __init__(self, data: bytes, info: EngineInfo | None = None, where: str = "engine") -> None:
+        trt = trt_compat.import_trt()
+        self.where = where
+        self._runtime = trt.Runtime(trt_compat.trt_logger())
+        with trt_compat.capture_log() as cap:
+            engine = self._runtime.deserialize_cuda_engine(data)
+        if engine is None:
+            reason = cap.errors[0] if cap.errors else "no reason given"
+            raise DynashapeError(
+                f"{where}: TensorRT cannot load the engine (truncated, corrupt, or built by another "
+                f"TensorRT or GPU): {reason}"
+            )
+        self._engine = engine
+        names = trt_compat.io_tensor_names(engine)
+        self.inputs: list[TensorInfo] = []
+        self.outputs: list[TensorInfo] = []
+        for name in names:
+            t = TensorInfo(
+                name,
+                trt_compat.numpy_dtype_name(engine.get_tensor_dtype(name)),
+                tuple(int(d) for d in engine.get_tensor_shape(name)),
+                trt_compat.is_input(engine, name),
+            )
+            (self.inputs if t.is_input else self.outputs).append(t)
+        self.profiles: list[Profile] = []
+        for idx in range(engine.num_optimization_profiles):
+            prof = Profile()
+            for t in self.inputs:
+                prof.add(t.name, *trt_compat.profile_shapes(engine, t.name, idx))
+            self.profiles.append(prof)
+        self.info = info
+        self._contexts: dict[int, Any] = {}
+        self._buffers: dict[str, Any] = {}
+        self._cuda: _Cuda | None = None
+        self._stream: Any = None
+        self.allocations = 0  # device (re)allocations so far, for tests and curiosity
+
+    # ----- construction
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Engine:
+        """Load ``path`` after checking it against its sidecar (a missing sidecar is a warning)."""
+        p = Path(path)
+        if not p.exists():
+            raise DynashapeError(f"{p}: no such file")
+        if p.is_dir():
+            raise DynashapeError(f"{p}: is a directory, expected an engine file")
+        data = p.read_bytes()
+        if not data:
+            raise DynashapeError(f"{p}: the engine file is empty; rebuild it with `dynashape build`")
+        info = read_sidecar(p)
+        if info is not None:
+            check_sidecar(info, data, None, where=str(p))  # integrity first: needs no TensorRT
+        trt_compat.import_trt()
+        if info is None:
+            log.warning(
+                "%s: no sidecar %s; loading without the TensorRT-version and GPU checks",
+                p, sidecar_path(p).name,
+            )
+        else:
+            for warning in check_sidecar(info, data, trt_compat.runtime_env(), where=str(p)):
+                log.warning("%s", warning)
+        return cls(data, info, where=str(p))
+
+    # ----- facts
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def select_profile(self, shapes: ShapeMap) -> int:
+        return select_profile(self.profiles, shapes)
+
+    # ----- running
+
+    def _cuda_mod(self) -> _Cuda:
+        if self._cuda is None:
+            self._cuda = _Cuda()
+            self._stream = self._cuda.cuda.Stream()
+        return self._cuda
+
+    def _context(self, index: int) -> Any:
+        ctx = self._contexts.get(index)
+        if ctx is None:
+            self._cuda_mod()
+            ctx = self._engine.create_execution_context()
+            if ctx is None:
+                raise DynashapeError(
+                    f"{self.where}: TensorRT could not create an execution context (out of memory?)"
+                )
+            ctx.set_optimization_profile_async(index, self._stream.ptr)
+            self._stream.synchronize()
+            self._contexts[index] = ctx
+            log.debug("created the execution context for profile %d", index)
+        return ctx
+
+    def _buffer(self, name: str, shape: Shape, dtype: str) -> Any:
+        cu = self._cuda_mod()
+        buf = self._buffers.get(name)
+        if buf is None:
+            buf = cu.cuda.DeviceArray(shape=shape, dtype=cu.DataType.from_dtype(np.dtype(dtype)))
+            self._buffers[name] = buf
+            self.allocations += 1
+            return buf
+        before = buf.allocated_nbytes
+        buf.resize(shape)
+        if buf.allocated_nbytes != before:
+            self.allocations += 1
+        return buf
+
+    def _check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        valid = self.input_names
+        unknown = [n for n in feeds if n not in valid]
+        if unknown:
+            raise DynashapeError(f"unknown input {unknown[0]!r} (the engine's inputs: {', '.join(valid)})")
+        missing = [n for n in valid if n not in feeds]
+        if missing:
+            raise DynashapeError(
+                f"no value for input {missing[0]!r} (the engine's inputs: {', '.join(valid)})"
+            )
+        arrays = {}
+        for t in self.inputs:
+            arr = np.asarray(feeds[t.name])
+            want = np.dtype(t.dtype)
+            if arr.dtype != want:
+                if not np.can_cast(arr.dtype, want, casting="same_kind"):
+                    raise DynashapeError(f"input {t.name!r} is {arr.dtype}, the engine expects {want}")
+                arr = arr.astype(want)
+            if len(arr.shape) != len(t.shape):
+                raise DynashapeError(
+                    f"input {t.name!r} has shape {format_shape(arr.shape)}, the engine expects rank "
+                    f"{len(t.shape)} ({format_shape(t.shape).replace('-1', '?')})"
+                )
+            arrays[t.name] = np.ascontiguousarray(arr)
+        return arrays
+
+    def _bind(self, shapes: ShapeMap) -> tuple[Any, dict[str, Shape]]:
+        index = self.select_profile(shapes)
+        ctx = self._context(index)
+        with trt_compat.capture_log() as cap:
+            for name, shape in shapes.items():
+                if not ctx.set_input_shape(name, shape):
+                    raise DynashapeError(
+                        f"TensorRT refuses shape {format_shape(shape)} for input {name!r}: "
+                        f"{cap.errors[0] if cap.errors else 'no reason given'}"
+                    )
+        out_shapes: dict[str, Shape] = {}
+        for t in self.outputs:
+            shape = tuple(int(d) for d in ctx.get_tensor_shape(t.name))
+            if any(d < 0 for d in shape):
+                raise DynashapeError(
+                    f"output {t.name!r} has a data-dependent shape ({format_shape(shape)}); "
+                    "engines with such outputs are not supported yet"
+                )
+            out_shapes[t.name] = shape
+        for t in self.inputs:
+            ctx.set_tensor_address(t.name, self._buffer(t.name, shapes[t.name], t.dtype).ptr)
+        for t in self.outputs:
+            ctx.set_tensor_address(t.name, self._buffer(t.name, out_shapes[t.name], t.dtype).ptr)
+        return ctx, out_shapes
+
+    def prepare(self, feeds: Mapping[str, np.ndarray]) -> PreparedRun:
+        """Bind buffers and copy ``feeds`` in once; ``launch()`` then runs only the engine."""
+        arrays = self._check_feeds(feeds)
+        ctx, out_shapes = self._bind({n: tuple(a.shape) for n, a in arrays.items()})
+        for name, arr in arrays.items():
+            self._buffers[name].copy_from(arr, self._stream)
+        self._stream.synchronize()
+        return PreparedRun(ctx, self._stream, out_shapes)
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run once at the feeds' shapes; returns fresh host arrays by output name."""
+        arrays = self._check_feeds(feeds)
+        ctx, out_shapes = self._bind({n: tuple(a.shape) for n, a in arrays.items()})
+        stream = self._stream
+        for name, arr in arrays.items():
+            self._buffers[name].copy_from(arr, stream)
+        with trt_compat.capture_log() as cap:
+            ok = ctx.execute_async_v3(stream.ptr)
+        if not ok:
+            at = format_shapes({n: a.shape for n, a in arrays.items()})
+            raise DynashapeError(
+                f"{self.where}: TensorRT failed to run at {at}: "
+                f"{cap.errors[0] if cap.errors else 'no reason given'}"
+            )
+        outputs: dict[str, np.ndarray] = {}
+        for t in self.outputs:
+            host = np.empty(out_shapes[t.name], dtype=np.dtype(t.dtype))
+            self._buffers[t.name].copy_to(host, stream)
+            outputs[t.name] = host
+        stream.synchronize()
+        return outputs
+
+    def close(self) -> None:
+        """Free device memory and TensorRT objects (contexts before the engine before the runtime)."""
+        for buf in self._buffers.values():
+            buf.free()
+        self._buffers.clear()
+        self._contexts.clear()
+        if self._stream is not None:
+            self._stream.free()
+            self._stream = None
+        self._engine = None
+        self._runtime = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,212 @@
+"""DS003: the valid-size lattice of each dynamic axis, by probing shapes (no tensor arithmetic).
+
+Stride-2 layers on sizes that are not multiples of the total stride, followed by upsampling and a
+join (or an output expected to match the input) make the graph valid only on a lattice
+``{min, min + m, min + 2m, ...}``. Around the export size S0 (which is valid) the scan looks for the
+first valid size above it: the distance is the required multiple m. The minimum is found by
+bisection over the multiples of m below S0. Cost: about m + log2(S0/m) probes per axis.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import onnx
+
+from dynashape.findings import AxisLattice, Finding, Lattice
+from dynashape.model import InputInfo, graph_inputs
+from dynashape.probe import Probe, Prober
+from dynashape.shapes import RangeMap, ShapeMap, format_shape
+
+log = logging.getLogger(__name__)
+
+MAX_MULTIPLE = 256
+AXIS_NAMES = {0: "batch", 2: "height", 3: "width"}
+
+
+@dataclass
+class Validity:
+    ok: bool
+    reason: str = ""
+    node: str | None = None
+
+
+def axis_label(info: InputInfo, axis: int) -> str:
+    d = info.dims[axis]
+    if isinstance(d, str):
+        return d
+    return AXIS_NAMES.get(axis, f"axis {axis}") if info.rank == 4 else f"axis {axis}"
+
+
+class LatticeScanner:
+    """Probes one model along each dynamic axis of its inputs."""
+
+    def __init__(self, model: onnx.ModelProto, s0: ShapeMap, prober: Prober | None = None) -> None:
+        self.model = model
+        self.s0 = s0
+        self.prober = prober or Prober(model)
+        self.inputs = graph_inputs(model)
+        self.outputs = [o.name for o in model.graph.output]
+
+    def _with(self, name: str, axis: int, size: int) -> ShapeMap:
+        shapes = dict(self.s0)
+        shape = list(shapes[name])
+        shape[axis] = size
+        shapes[name] = tuple(shape)
+        return shapes
+
+    def _following_outputs(self, name: str, axis: int) -> list[tuple[str, int]]:
+        """Output axes equal to this input axis at S0 and at 2*S0: they should follow it."""
+        base = self.s0[name][axis]
+        p0 = self.prober.at(self.s0)
+        p2 = self.prober.at(self._with(name, axis, 2 * base))
+        follow = []
+        for out in self.outputs:
+            d0, d2 = p0.shape(out), p2.shape(out)
+            if not d0 or not d2 or len(d0) != len(d2):
+                continue
+            for j, (a, b) in enumerate(zip(d0, d2)):
+                if a == base and b == 2 * base and j >= 1:
+                    follow.append((out, j))
+        return follow
+
+    def validity(self, name: str, axis: int, size: int, follow: list[tuple[str, int]]) -> Validity:
+        probe: Probe = self.prober.at(self._with(name, axis, size))
+        if probe.failure is not None:
+            return Validity(False, str(probe.failure), probe.failure.node)
+        for out, j in follow:
+            dims = probe.shape(out)
+            if dims is not None and dims[j] is not None and dims[j] != size:
+                return Validity(
+                    False, f"output {out!r} axis {j} is {dims[j]} for input size {size} (it should follow it)"
+                )
+        return Validity(True)
+
+    def scan_axis(self, info: InputInfo, axis: int) -> tuple[AxisLattice, Validity | None, int | None]:
+        """The lattice of one axis, plus an invalid example (validity, size) off the lattice."""
+        name = info.name
+        base = self.s0[name][axis]
+        follow = self._following_outputs(name, axis)
+        base_ok = self.validity(name, axis, base, follow)
+        if not base_ok.ok:
+            return AxisLattice(base, 1, irregular=[base]), base_ok, base
+        is_batch = axis == 0 and info.rank >= 3
+        limit = 8 if is_batch else MAX_MULTIPLE
+        multiple = None
+        first_bad: tuple[Validity, int] | None = None
+        for d in range(1, limit + 1):
+            v = self.validity(name, axis, base + d, follow)
+            if v.ok:
+                multiple = d
+                break
+            if first_bad is None:
+                first_bad = (v, base + d)
+        if multiple is None:
+            bad_v, bad_size = first_bad if first_bad else (None, None)
+            return AxisLattice(base, base, irregular=[base]), bad_v, bad_size
+        if base % multiple:
+            # valid sizes are base + k*m: the lattice is offset
+            offset_min = base % multiple
+            lo = self._lowest(name, axis, follow, multiple, offset_min, base)
+            return AxisLattice(lo, multiple, irregular=None), (first_bad[0] if first_bad else None), (
+                first_bad[1] if first_bad else None)
+        lo = self._lowest(name, axis, follow, multiple, multiple, base)
+        bad = first_bad if first_bad else (None, None)
+        return AxisLattice(lo, multiple), bad[0], bad[1]
+
+    def _lowest(self, name: str, axis: int, follow: list[tuple[str, int]], m: int, first: int, base: int) -> int:
+        """Smallest valid size first + k*m <= base, by bisection (validity grows with size)."""
+        if self.validity(name, axis, first, follow).ok:
+            return first
+        lo, hi = 0, (base - first) // m  # invalid at lo, valid at hi
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.validity(name, axis, first + mid * m, follow).ok:
+                hi = mid
+            else:
+                lo = mid
+        return first + hi * m
+
+    def scan(self) -> tuple[Lattice, list[Finding]]:
+        lattice: Lattice = {}
+        findings: list[Finding] = []
+        for info in self.inputs:
+            if info.name not in self.s0:
+                continue
+            for axis in info.dynamic_axes:
+                lat, bad, bad_size = self.scan_axis(info, axis)
+                lattice.setdefault(info.name, {})[axis] = lat
+                if lat.multiple > 1 or lat.irregular:
+                    findings.append(self._finding(info, axis, lat, bad, bad_size))
+        return lattice, findings
+
+    def _finding(self, info: InputInfo, axis: int, lat: AxisLattice, bad: Validity | None,
+                 bad_size: int | None) -> Finding:
+        label = axis_label(info, axis)
+        base = self.s0[info.name][axis]
+        if lat.irregular:
+            rule_text = f"{label} of {info.name!r} works only at its export size {base}"
+        else:
+            rule_text = f"{label} of {info.name!r} must be a multiple of {lat.multiple}, at least {lat.min}"
+        why = f"at {label} = {bad_size}: {bad.reason}" if bad and bad_size else ""
+        return Finding(
+            rule="DS003",
+            severity="warning",
+            node=(bad.node if bad and bad.node else ""),
+            op="",
+            message=f"{rule_text}" + (f"; {why}" if why else ""),
+            fixable=False,
+            detected_by="lattice",
+            baked_value={"input": info.name, "axis": axis, "min": lat.min, "multiple": lat.multiple},
+            breaks_at=f"{label} not in {{{lat.min}, {lat.min + lat.multiple}, ...}}" if not lat.irregular
+            else f"{label} != {base}",
+            fix=("restrict the profile to the lattice (dynashape build snaps to it), or pad inputs up to the "
+                 f"next multiple of {lat.multiple} with `fix --pad-to {lat.multiple}` (borders not bit-exact)"),
+            details={"input": info.name, "axis": axis},
+        )
+
+
+def check_ranges(lattice: Lattice, ranges: RangeMap) -> list[Finding]:
+    """Error findings for requested ranges that include sizes off the lattice."""
+    findings = []
+    for name, rng in ranges.items():
+        for axis, lat in lattice.get(name, {}).items():
+            if axis >= len(rng.axes):
+                continue
+            ar = rng.axes[axis]
+            off = [v for v in ar.values()[:4096] if not lat.contains(v)]
+            if off:
+                snapped_lo = max(lat.min, -(-ar.min // lat.multiple) * lat.multiple)
+                snapped_hi = (ar.max // lat.multiple) * lat.multiple
+                findings.append(Finding(
+                    rule="DS003", severity="error", node="", op="",
+                    message=(f"the range {ar} of {name!r} axis {axis} includes {len(off)} size(s) off the "
+                             f"lattice (multiple of {lat.multiple}, min {lat.min}), e.g. {off[0]}"),
+                    fixable=False, detected_by="lattice",
+                    baked_value={"input": name, "axis": axis, "min": lat.min, "multiple": lat.multiple},
+                    breaks_at=", ".join(str(v) for v in off[:5]),
+                    fix=(f"use [{snapped_lo}..{snapped_hi}:{lat.multiple}] for this axis, or --pad-to {lat.multiple}"
+                         if snapped_lo <= snapped_hi else f"no size of the range is valid; use --pad-to {lat.multiple}"),
+                    details={"input": name, "axis": axis},
+                ))
+    return findings
+
+
+def snap_down(size: int, lat: AxisLattice) -> int:
+    return max(lat.min, (size // lat.multiple) * lat.multiple)
+
+
+def snap_up(size: int, lat: AxisLattice) -> int:
+    return max(lat.min, -(-size // lat.multiple) * lat.multiple)
+
+
+def describe(lattice: Lattice) -> str:
+    parts = []
+    for name, axes in lattice.items():
+        for axis, lat in sorted(axes.items()):
+            parts.append(f"{name}[{axis}]: multiple of {lat.multiple}, >= {lat.min}")
+    return "; ".join(parts)
+
+
+__all__ = ["LatticeScanner", "check_ranges", "describe", "format_shape", "snap_down", "snap_up"]

@@ -1,0 +1,19 @@
+"""The hazard rules. The default set is assembled here, in the order they run: resizes first
+(a frozen resize hides every shape after its join), then pooling, then reshapes."""
+
+from __future__ import annotations
+
+from dynashape.rules import pooling, reshape, resize
+from dynashape.rules.base import Rule
+
+DEFAULT_RULES: list[Rule] = [*resize.RULES, *pooling.RULES, *reshape.RULES]
+
+# Rules that are not graph-node rules, listed for `check --list-rules`.
+OTHER_RULES: dict[str, str] = {
+    "DS003": "Stride-2 layers then upsampling and a join: valid only on a lattice of sizes (min, multiple)",
+}
+
+
+def rule_catalogue() -> list[tuple[str, str]]:
+    rows = [(r.id, r.title) for r in DEFAULT_RULES] + list(OTHER_RULES.items())
+    return sorted(rows)

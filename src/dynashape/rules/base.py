@@ -1,0 +1,55 @@
+"""The rule interface: ``check`` returns a Finding or a Refusal (why it did not fire);
+``rewrite`` applies the fix the finding describes. Rules keep no state between the two: the
+plan travels in ``Finding.details``."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import onnx_ir as ir
+
+from dynashape.analysis import Context
+from dynashape.findings import Finding, Refusal
+
+
+class Rule:
+    id: ClassVar[str]
+    title: ClassVar[str]  # one line for `check --list-rules`
+    ops: ClassVar[tuple[str, ...]]
+
+    def check(self, ctx: Context, node: ir.Node) -> Finding | Refusal:  # pragma: no cover
+        raise NotImplementedError
+
+    def rewrite(self, ctx: Context, node: ir.Node, finding: Finding) -> str:  # pragma: no cover
+        """Apply the fix in ``ctx.model``; return a one-line description of what changed."""
+        raise NotImplementedError
+
+    def refuse(self, node: ir.Node, reason: str) -> Refusal:
+        return Refusal(self.id, node.name or "", reason)
+
+
+def input_names(node: ir.Node) -> list[str]:
+    return [v.name or "" if v is not None else "" for v in node.inputs]
+
+
+def new_name(graph: ir.Graph, base: str) -> str:
+    taken = {n.name for n in graph}
+    name = base
+    k = 1
+    while name in taken:
+        name = f"{base}_{k}"
+        k += 1
+    return name
+
+
+def replace_value(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
+    """Make every consumer (and the graph outputs) use ``new``; ``new`` takes ``old``'s name."""
+    name = old.name
+    if new.type is None:
+        new.type = old.type
+    ir.convenience.replace_all_uses_with(old, new)
+    for i, out in enumerate(graph.outputs):
+        if out is old:
+            graph.outputs[i] = new
+    old.name = f"{name}__replaced"
+    new.name = name
