@@ -762,3 +762,39 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# --------------------------------------------------------------------------- default profile
+
+
+def profile_from_lattice(
+    inputs: Sequence[Any], export_shape: ShapeMap, lattice: Mapping[str, Mapping[int, Any]]
+) -> Profile:
+    """The profile `build` uses when no shapes are given.
+
+    opt is the export shape. A batch axis (axis 0 of a rank >= 3 input) spans 1..export; every
+    other dynamic axis spans export/4..export*2, both snapped onto the axis's valid-size lattice
+    (its minimum and multiple, DS003), so the demo exported at 512 gets 128..1024.
+    ``inputs`` are ``dynashape.model.InputInfo``; ``lattice`` maps input -> axis -> AxisLattice.
+    """
+    prof = Profile()
+    for info in inputs:
+        if info.name not in export_shape:
+            raise DynashapeError(
+                f"no export shape for input {info.name!r}; give --min/--opt/--max for it"
+            )
+        opt = tuple(export_shape[info.name])
+        lo, hi = list(opt), list(opt)
+        for axis in info.dynamic_axes:
+            lat = lattice.get(info.name, {}).get(axis)
+            multiple = int(lat.multiple) if lat is not None else 1
+            floor = int(lat.min) if lat is not None else 1
+            size = opt[axis]
+            if axis == 0 and info.rank >= 3:
+                want_lo, want_hi = 1, size
+            else:
+                want_lo, want_hi = max(1, size // 4), size * 2
+            lo[axis] = min(size, max(floor, -(-want_lo // multiple) * multiple))
+            hi[axis] = max(size, (want_hi // multiple) * multiple)
+        prof.add(info.name, lo, opt, hi)
+    return prof

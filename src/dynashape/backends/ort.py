@@ -33,7 +33,16 @@ def failing_node(message: str) -> str | None:
 
 
 def first_line(message: str) -> str:
-    for line in str(message).splitlines():
+    """The useful part of an ONNX Runtime error: the node's status message, without source paths."""
+    message = str(message)
+    if "Status Message:" in message:
+        node = failing_node(message)
+        detail = message.split("Status Message:", 1)[1]
+        if "was false." in detail:
+            detail = detail.split("was false.", 1)[1]
+        detail = re.sub(r"^\s*\S+\.(?:h|cc|cpp):\d+\s+", "", detail).strip()
+        return (f"node {node}: " if node else "") + detail.splitlines()[0][:300] if detail else message[:300]
+    for line in message.splitlines():
         line = line.strip()
         if line:
             return line[:400]
@@ -53,6 +62,7 @@ class OrtRunner(Runner):
     def activate(self) -> None:
         import onnxruntime as ort
 
+        ort.set_default_logger_severity(3)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if self._threads:

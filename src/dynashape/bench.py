@@ -1,0 +1,489 @@
+"""Latency of an engine per shape, against static engines and PyTorch eager on the same GPU.
+
+Timing: CUDA events around ``execute_async_v3`` when torch with CUDA is importable in this
+process; otherwise the stream-synchronized wall time of each launch (``launch(); sync()``),
+which adds the launch overhead (microseconds) to every sample. The method is recorded in the
+result. Inputs are copied to the device once per shape; only the engine is timed.
+
+PyTorch eager can run in another interpreter (``torch_python``), for machines where TensorRT
+lives in one Python and torch in another: ``python -m dynashape.bench --worker ...`` is that
+worker; it writes its results as JSON to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dynashape.errors import DynashapeError
+from dynashape.shapes import Profile, ShapeMap, format_shapes, parse_shapes
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str], None]
+DEFAULT_WARMUP = 10
+DEFAULT_ITERS = 200
+DEFAULT_BUDGET_S = 3.0  # per shape and runtime; at least MIN_ITERS samples are always taken
+MIN_ITERS = 20
+
+
+@dataclass
+class LatencyStats:
+    median_ms: float
+    p99_ms: float
+    mean_ms: float
+    min_ms: float
+    iters: int
+    method: str  # "cuda-events" or "wall-sync"
+
+    @classmethod
+    def from_samples(cls, samples_ms: Sequence[float], method: str) -> LatencyStats:
+        if not samples_ms:
+            raise ValueError("no samples")
+        ordered = sorted(samples_ms)
+        # nearest-rank percentile: with 100 samples, p99 is the 99th smallest
+        rank = max(1, math.ceil(0.99 * len(ordered)))
+        return cls(
+            median_ms=statistics.median(ordered),
+            p99_ms=ordered[rank - 1],
+            mean_ms=statistics.fmean(ordered),
+            min_ms=ordered[0],
+            iters=len(ordered),
+            method=method,
+        )
+
+
+@dataclass
+class ShapeResult:
+    """One row: a shape and its latency in each runtime that ran."""
+
+    shapes: ShapeMap
+    dynamic: LatencyStats | None = None
+    static: LatencyStats | None = None
+    static_build_s: float | None = None
+    torch: LatencyStats | None = None
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def dynamic_vs_static(self) -> float | None:
+        if self.dynamic is None or self.static is None or self.static.median_ms <= 0:
+            return None
+        return self.dynamic.median_ms / self.static.median_ms
+
+    @property
+    def torch_vs_dynamic(self) -> float | None:
+        if self.dynamic is None or self.torch is None or self.dynamic.median_ms <= 0:
+            return None
+        return self.torch.median_ms / self.dynamic.median_ms
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "shapes": format_shapes(self.shapes),
+            "dynamic": asdict(self.dynamic) if self.dynamic else None,
+            "static": asdict(self.static) if self.static else None,
+            "static_build_s": self.static_build_s,
+            "torch": asdict(self.torch) if self.torch else None,
+            "dynamic_vs_static": self.dynamic_vs_static,
+            "torch_vs_dynamic": self.torch_vs_dynamic,
+            "errors": self.errors,
+        }
+
+
+@dataclass
+class BenchResult:
+    engine: str
+    precision: str
+    device: str
+    tensorrt_version: str
+    rows: list[ShapeResult]
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "engine": self.engine,
+            "precision": self.precision,
+            "device": self.device,
+            "tensorrt_version": self.tensorrt_version,
+            "rows": [r.to_json() for r in self.rows],
+            "notes": self.notes,
+        }
+
+
+def to_json(result: BenchResult) -> str:
+    return json.dumps(result.to_json(), indent=2)
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def _torch_cuda() -> Any:
+    """torch, when it is importable and sees a GPU; else None."""
+    try:
+        import torch
+    except Exception:  # missing, or a broken install
+        return None
+    try:
+        return torch if torch.cuda.is_available() else None
+    except Exception:
+        return None
+
+
+def _sample(
+    launch: Callable[[], None],
+    sync: Callable[[], None],
+    *,
+    warmup: int,
+    iters: int,
+    budget_s: float,
+    stream_ptr: int | None = None,
+) -> LatencyStats:
+    """Time ``launch`` per call: CUDA events when torch has CUDA, else synchronized wall time."""
+    for _ in range(warmup):
+        launch()
+    sync()
+    torch = _torch_cuda()
+    samples: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    if torch is not None:
+        stream = torch.cuda.ExternalStream(stream_ptr) if stream_ptr else torch.cuda.current_stream()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        while len(samples) < iters and (len(samples) < MIN_ITERS or time.perf_counter() < deadline):
+            start.record(stream)
+            launch()
+            end.record(stream)
+            end.synchronize()
+            samples.append(float(start.elapsed_time(end)))
+        return LatencyStats.from_samples(samples, "cuda-events")
+    while len(samples) < iters and (len(samples) < MIN_ITERS or time.perf_counter() < deadline):
+        t0 = time.perf_counter()
+        launch()
+        sync()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return LatencyStats.from_samples(samples, "wall-sync")
+
+
+def random_inputs(shapes: ShapeMap, dtypes: dict[str, str], seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in shapes.items():
+        dtype = np.dtype(dtypes.get(name, "float32"))
+        if np.issubdtype(dtype, np.floating):
+            out[name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            out[name] = rng.integers(0, 4, shape).astype(dtype)
+    return out
+
+
+def time_engine(
+    engine: Any,
+    shapes: ShapeMap,
+    *,
+    warmup: int = DEFAULT_WARMUP,
+    iters: int = DEFAULT_ITERS,
+    budget_s: float = DEFAULT_BUDGET_S,
+) -> LatencyStats:
+    """Latency of ``engine`` (a dynashape Engine) at one shape, inputs already on the device."""
+    feeds = random_inputs(shapes, {t.name: t.dtype for t in engine.inputs})
+    run = engine.prepare(feeds)
+    return _sample(
+        run.launch, run.synchronize, warmup=warmup, iters=iters, budget_s=budget_s,
+        stream_ptr=run.stream.ptr,
+    )
+
+
+# --------------------------------------------------------------------------- static engines
+
+
+def compare_static(
+    model: str | os.PathLike[str],
+    shape_list: Sequence[ShapeMap],
+    *,
+    fp16: bool = False,
+    workspace: int | None = None,
+    tactic_sources: str | None = None,
+    timing_cache: str | os.PathLike[str] | None = None,
+    warmup: int = DEFAULT_WARMUP,
+    iters: int = DEFAULT_ITERS,
+    budget_s: float = DEFAULT_BUDGET_S,
+    progress: ProgressFn | None = None,
+) -> list[tuple[LatencyStats | None, float | None, str | None]]:
+    """Build one static engine per shape (min = opt = max) and time it there.
+
+    Returns ``(latency, build seconds, error)`` per shape; a failed build is reported in its row
+    rather than ending the run. One timing cache is shared by all builds (a temporary one when
+    ``timing_cache`` is None), so later builds reuse the tactics timed by earlier ones.
+    """
+    from dynashape import trt_compat
+    from dynashape.engine import Engine, build_engine
+
+    tactics = tactic_sources if tactic_sources is not None else trt_compat.DEFAULT_TACTIC_SOURCES
+    results: list[tuple[LatencyStats | None, float | None, str | None]] = []
+    with tempfile.TemporaryDirectory(prefix="dynashape-static-") as tmp:
+        cache = Path(timing_cache) if timing_cache is not None else Path(tmp) / "timing.cache"
+        for shapes in shape_list:
+            label = format_shapes(shapes)
+            if progress:
+                progress(f"static engine at {label}")
+            prof = Profile()
+            for name, shape in shapes.items():
+                prof.add(name, shape, shape, shape)
+            t0 = time.perf_counter()
+            try:
+                built = build_engine(
+                    model, [prof], fp16=fp16, workspace=workspace, timing_cache=cache,
+                    tactic_sources=tactics,
+                )
+            except DynashapeError as exc:
+                log.warning("static engine at %s: %s", label, exc)
+                results.append((None, None, f"static build failed: {exc}"))
+                continue
+            build_s = time.perf_counter() - t0
+            with Engine(built.data, built.info, where=f"static engine {label}") as eng:
+                stats = time_engine(eng, shapes, warmup=warmup, iters=iters, budget_s=budget_s)
+            results.append((stats, build_s, None))
+    return results
+
+
+# --------------------------------------------------------------------------- PyTorch eager
+
+
+def bench_torch(
+    spec: str,
+    shape_list: Sequence[ShapeMap],
+    *,
+    fp16: bool = False,
+    warmup: int = DEFAULT_WARMUP,
+    iters: int = DEFAULT_ITERS,
+    budget_s: float = DEFAULT_BUDGET_S,
+) -> list[LatencyStats]:
+    """PyTorch eager latency of the module built by ``spec`` (``FILE.py:FACTORY`` or
+    ``package.module:FACTORY``) on this process's GPU, inputs passed positionally in the order
+    the shape maps name them."""
+    torch = _torch_cuda()
+    if torch is None:
+        raise DynashapeError("PyTorch with CUDA is not available in this Python; pass --torch-python")
+    try:
+        from dynashape.export import load_module
+    except ImportError as exc:
+        raise DynashapeError(f"dynashape.export is not available ({exc}); cannot load {spec}") from None
+    module = load_module(spec).cuda().eval()
+    dtype = torch.float16 if fp16 else torch.float32
+    if fp16:
+        module = module.half()
+    out = []
+    with torch.inference_mode():
+        for shapes in shape_list:
+            gen = torch.Generator(device="cuda").manual_seed(0)
+            args = [torch.randn(*s, generator=gen, device="cuda", dtype=dtype) for s in shapes.values()]
+
+            def launch(args: list[Any] = args) -> None:
+                module(*args)
+
+            out.append(
+                _sample(launch, torch.cuda.synchronize, warmup=warmup, iters=iters, budget_s=budget_s)
+            )
+    return out
+
+
+def bench_torch_subprocess(
+    python: str,
+    spec: str,
+    shape_list: Sequence[ShapeMap],
+    *,
+    fp16: bool = False,
+    warmup: int = DEFAULT_WARMUP,
+    iters: int = DEFAULT_ITERS,
+    budget_s: float = DEFAULT_BUDGET_S,
+    timeout_s: float = 900.0,
+) -> list[LatencyStats]:
+    """``bench_torch`` in another interpreter (one with torch), through the worker below."""
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    # only dynashape itself: the caller's PYTHONPATH may hold another Python's compiled packages
+    env["PYTHONPATH"] = package_root
+    with tempfile.TemporaryDirectory(prefix="dynashape-torch-") as tmp:
+        out = Path(tmp) / "torch.json"
+        cmd = [
+            python, "-m", "dynashape.bench", "--worker", "--spec", spec,
+            "--shapes", json.dumps([format_shapes(s) for s in shape_list]),
+            "--warmup", str(warmup), "--iters", str(iters), "--budget", str(budget_s),
+            "--out", str(out),
+        ] + (["--fp16"] if fp16 else [])
+        log.info("PyTorch eager in %s", python)
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise DynashapeError(f"cannot run PyTorch eager with {python}: {exc}") from None
+        if not out.exists():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise DynashapeError(f"PyTorch eager with {python} failed (exit {proc.returncode}): {tail[0]}")
+        data = json.loads(out.read_text())
+    if "error" in data:
+        raise DynashapeError(f"PyTorch eager with {python}: {data['error']}")
+    return [LatencyStats(**s) for s in data["stats"]]
+
+
+def _worker_main(argv: Sequence[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m dynashape.bench")
+    ap.add_argument("--worker", action="store_true", required=True)
+    ap.add_argument("--spec", required=True)
+    ap.add_argument("--shapes", required=True, help="JSON list of shape specs")
+    ap.add_argument("--fp16", action="store_true")
+    ap.add_argument("--warmup", type=int, default=DEFAULT_WARMUP)
+    ap.add_argument("--iters", type=int, default=DEFAULT_ITERS)
+    ap.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    result: dict[str, Any]
+    try:
+        shape_list = [parse_shapes(s) for s in json.loads(args.shapes)]
+        stats = bench_torch(
+            args.spec, shape_list, fp16=args.fp16, warmup=args.warmup, iters=args.iters,
+            budget_s=args.budget,
+        )
+        result = {"stats": [asdict(s) for s in stats]}
+    except DynashapeError as exc:
+        result = {"error": str(exc)}
+    Path(args.out).write_text(json.dumps(result))
+    return 0
+
+
+# --------------------------------------------------------------------------- the whole bench
+
+
+def run_bench(
+    engine_path: str | os.PathLike[str],
+    shape_list: Sequence[ShapeMap] | None = None,
+    *,
+    static: bool = False,
+    source_model: str | os.PathLike[str] | None = None,
+    torch_spec: str | None = None,
+    torch_python: str | None = None,
+    fp16: bool | None = None,
+    warmup: int = DEFAULT_WARMUP,
+    iters: int = DEFAULT_ITERS,
+    budget_s: float = DEFAULT_BUDGET_S,
+    progress: ProgressFn | None = None,
+) -> BenchResult:
+    """Time the engine at each shape (default: every profile's min/opt/max), optionally against
+    static engines built from its source model and against PyTorch eager.
+
+    ``fp16`` (default: as the engine was built) sets the precision of the static engines and of
+    PyTorch eager, so all three columns compare like with like.
+    """
+    from dynashape import trt_compat
+    from dynashape.engine import Engine
+    from dynashape.model import sha256_file
+
+    report = progress or (lambda _msg: None)
+    notes: list[str] = []
+    with Engine.load(engine_path) as eng:
+        info = eng.info
+        if fp16 is None:
+            fp16 = bool(info and info.build_options.fp16)
+        if not shape_list:
+            shape_list = _profile_shapes(eng.profiles)
+        for shapes in shape_list:
+            eng.select_profile(shapes)  # refuse shapes outside the engine before any work
+        rows = [ShapeResult(shapes=dict(s)) for s in shape_list]
+        for row in rows:
+            report(f"engine at {format_shapes(row.shapes)}")
+            row.dynamic = time_engine(eng, row.shapes, warmup=warmup, iters=iters, budget_s=budget_s)
+        timing = rows[0].dynamic.method if rows and rows[0].dynamic else "none"
+        notes.append(f"timing: {timing}")
+    if static:
+        model = _source_model(engine_path, info, source_model, sha256_file)
+        results = compare_static(
+            model, [r.shapes for r in rows], fp16=fp16,
+            workspace=info.build_options.workspace_mib if info else None,
+            tactic_sources=info.build_options.tactic_sources if info else None,
+            warmup=warmup, iters=iters, budget_s=budget_s, progress=report,
+        )
+        for row, (stats, build_s, err) in zip(rows, results, strict=True):
+            row.static, row.static_build_s = stats, build_s
+            if err:
+                row.errors.append(err)
+    if torch_spec:
+        report(f"PyTorch eager: {torch_spec}")
+        try:
+            if torch_python:
+                stats_list = bench_torch_subprocess(
+                    torch_python, torch_spec, [r.shapes for r in rows], fp16=fp16,
+                    warmup=warmup, iters=iters, budget_s=budget_s,
+                )
+            else:
+                stats_list = bench_torch(
+                    torch_spec, [r.shapes for r in rows], fp16=fp16, warmup=warmup, iters=iters,
+                    budget_s=budget_s,
+                )
+            for row, stats in zip(rows, stats_list, strict=True):
+                row.torch = stats
+            notes.append(f"PyTorch eager timing: {stats_list[0].method}" if stats_list else "")
+        except DynashapeError as exc:
+            notes.append(f"PyTorch eager skipped: {exc}")
+            log.warning("PyTorch eager skipped: %s", exc)
+    name, cap = trt_compat.gpu_identity()
+    return BenchResult(
+        engine=str(engine_path),
+        precision="fp16" if fp16 else "fp32",
+        device=f"{name} (sm {cap})",
+        tensorrt_version=trt_compat.trt_version(),
+        rows=rows,
+        notes=[n for n in notes if n],
+    )
+
+
+def _profile_shapes(profiles: Sequence[Profile]) -> list[ShapeMap]:
+    seen: list[ShapeMap] = []
+    for prof in profiles:
+        for pick in ("min", "opt", "max"):
+            shapes = {name: getattr(p, pick) for name, p in prof}
+            if shapes not in seen:
+                seen.append(shapes)
+    return seen
+
+
+def _source_model(
+    engine_path: str | os.PathLike[str],
+    info: Any,
+    given: str | os.PathLike[str] | None,
+    sha256: Callable[[str | os.PathLike[str]], str],
+) -> str | os.PathLike[str]:
+    if given is not None:
+        model: str | os.PathLike[str] = given
+    elif info is not None and info.source_path:
+        # recorded as given at build time: relative to where `build` ran, or beside the engine
+        model = info.source_path
+        beside = Path(engine_path).parent / Path(model).name
+        if not Path(model).is_file() and beside.is_file():
+            model = beside
+    else:
+        raise DynashapeError(
+            "--compare-static needs the engine's source model: pass --model MODEL.onnx"
+        )
+    if not Path(model).is_file():
+        raise DynashapeError(f"{model}: source model not found; pass --model MODEL.onnx")
+    if info is not None and info.source_sha256 and sha256(model) != info.source_sha256:
+        raise DynashapeError(
+            f"{model} is not the model this engine was built from (SHA-256 differs); "
+            "pass the right one with --model, or rebuild the engine"
+        )
+    return model
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1:]))

@@ -1,0 +1,609 @@
+"""PyTorch → ONNX with dynamic axes: load the user's module, export it, keep what the exporter said.
+
+``load_module("path/to/file.py:FACTORY")`` or ``load_module("package.module:FACTORY")`` builds the
+module (in eval mode); ``export_module`` exports it with either exporter of ``torch.onnx.export``
+and returns the model together with the warnings the exporter raised (TracerWarnings of the
+legacy exporter, guards and specializations of the dynamo exporter), each with its file:line.
+
+The legacy exporter is run with ``verbose=True`` because only then does it keep each node's
+Python stack in ``doc_string``; differential export uses it to name the source line of a baked
+value. Its verbose graph dump goes to the C++ stdout and is discarded.
+
+Torch is imported lazily: importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+import importlib.util
+import io
+import logging
+import os
+import re
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import onnx
+
+from dynashape.errors import DynashapeError
+from dynashape.model import save_model, write_export_shape
+from dynashape.shapes import ShapeMap, format_shape
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+Exporter = Literal["legacy", "dynamo"]
+EXPORTERS: tuple[str, ...] = ("legacy", "dynamo")
+DEFAULT_OPSET = {"legacy": 17, "dynamo": 18}
+
+# Guard/specialization lines of torch's symbolic shape engine, e.g.
+# "eval Eq(s53, 64) [guard added] (mp/t7.py:15 in forward), for more info ..."
+_GUARD_LOCATION = re.compile(r"\(([^()\s]+):(\d+) in ([^)]+)\)")
+_GUARD_LOCATION_COMMENT = re.compile(r"#\s*([^\s:]+):(\d+) in (\S+)")
+
+
+@dataclass(frozen=True)
+class ExportWarning:
+    """One warning the exporter raised, with the user's source line when known."""
+
+    category: str
+    message: str
+    filename: str | None = None
+    lineno: int | None = None
+
+    @property
+    def location(self) -> str:
+        if self.filename is None:
+            return "<unknown>"
+        return f"{display_path(self.filename)}:{self.lineno}" if self.lineno else self.filename
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.category}: {self.message}"
+
+
+@dataclass
+class ExportResult:
+    """An exported model, the shape it was exported at, and what the exporter warned about."""
+
+    model: onnx.ModelProto
+    input_shapes: ShapeMap
+    dynamic: dict[str, list[int]]
+    exporter: str
+    opset: int
+    input_names: list[str]
+    output_names: list[str]
+    warnings: list[ExportWarning] = field(default_factory=list)
+    path: Path | None = None
+    # axes that were asked to be dynamic but came out fixed (the exporter specialized them)
+    specialized: dict[str, list[int]] = field(default_factory=dict)
+
+
+def display_path(path: str) -> str:
+    """A path relative to the working directory when it lies inside it, else as given."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_module(spec: str) -> torch.nn.Module:
+    """Build the module named by ``path/to/file.py:FACTORY`` or ``package.module:FACTORY``.
+
+    FACTORY is a class or a function called with no arguments; it must give an ``nn.Module``,
+    which is returned in eval mode.
+    """
+    import torch
+
+    target, factory_name = _split_spec(spec)
+    if target.endswith(".py") or os.sep in target or "/" in target:
+        mod = _import_file(Path(target), spec)
+    else:
+        mod = _import_dotted(target, spec)
+    if not hasattr(mod, factory_name):
+        available = sorted(
+            n for n, v in vars(mod).items() if callable(v) and not n.startswith("_")
+            and getattr(v, "__module__", None) == mod.__name__
+        )
+        hint = f" (callables defined there: {', '.join(available)})" if available else ""
+        raise DynashapeError(f"{spec}: {target} has no {factory_name!r}{hint}")
+    factory = getattr(mod, factory_name)
+    if not callable(factory):
+        raise DynashapeError(f"{spec}: {factory_name!r} is not a class or function")
+    try:
+        built = factory()
+    except Exception as exc:
+        raise DynashapeError(
+            f"{spec}: calling {factory_name}() failed: {type(exc).__name__}: {exc}; FACTORY must "
+            "build the model with no arguments (wrap it in a small function)"
+        ) from None
+    if not isinstance(built, torch.nn.Module):
+        raise DynashapeError(
+            f"{spec}: {factory_name}() returned {type(built).__name__}, not a torch.nn.Module; "
+            "FACTORY must be a class or function that returns the model"
+        )
+    return built.eval()
+
+
+def _split_spec(spec: str) -> tuple[str, str]:
+    target, sep, factory = spec.rpartition(":")
+    if not sep or not target or not factory:
+        raise DynashapeError(
+            f"{spec!r}: name the model as path/to/file.py:FACTORY or package.module:FACTORY"
+        )
+    if not factory.isidentifier():
+        raise DynashapeError(f"{spec!r}: {factory!r} is not a Python name; write FILE.py:FACTORY")
+    return target, factory
+
+
+def _import_file(path: Path, spec: str) -> Any:
+    if not path.exists():
+        raise DynashapeError(f"{spec}: {path}: no such file")
+    if path.is_dir():
+        raise DynashapeError(f"{spec}: {path} is a directory; name the .py file that defines the model")
+    module_name = f"_dynashape_user_{abs(hash(str(path.resolve())))}"
+    loader_spec = importlib.util.spec_from_file_location(module_name, path)
+    if loader_spec is None or loader_spec.loader is None:
+        raise DynashapeError(f"{spec}: {path} cannot be imported as Python source")
+    mod = importlib.util.module_from_spec(loader_spec)
+    # The file's own folder goes on sys.path while it runs, so it can import its siblings.
+    folder = str(path.resolve().parent)
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    sys.modules[module_name] = mod
+    try:
+        loader_spec.loader.exec_module(mod)
+    except Exception as exc:
+        sys.modules.pop(module_name, None)
+        raise DynashapeError(
+            f"{spec}: importing {path} failed: {type(exc).__name__}: {exc}{_where(exc, path)}; "
+            "fix the file so that `python " + str(path) + "` runs"
+        ) from None
+    finally:
+        if added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(folder)
+    return mod
+
+
+def _where(exc: BaseException, path: Path) -> str:
+    """' (file.py:LINE)' for the deepest traceback frame inside the user's file."""
+    if isinstance(exc, SyntaxError) and exc.lineno:
+        return f" ({display_path(str(path))}:{exc.lineno})"
+    tb = exc.__traceback__
+    line = None
+    resolved = str(path.resolve())
+    while tb is not None:
+        if os.path.abspath(tb.tb_frame.f_code.co_filename) == resolved:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return f" ({display_path(str(path))}:{line})" if line else ""
+
+
+def _import_dotted(name: str, spec: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
+            raise DynashapeError(
+                f"{spec}: no module named {name!r}; give a path to a .py file or install the package"
+            ) from None
+        raise DynashapeError(f"{spec}: importing {name} failed: {exc}") from None
+    except Exception as exc:
+        raise DynashapeError(f"{spec}: importing {name} failed: {type(exc).__name__}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- exporting
+
+
+def default_dynamic(input_shapes: ShapeMap) -> dict[str, list[int]]:
+    """Every axis except the channels (axis 1) of 4-D inputs."""
+    return {
+        name: [a for a in range(len(shape)) if not (len(shape) == 4 and a == 1)]
+        for name, shape in input_shapes.items()
+    }
+
+
+def axis_names(input_shapes: ShapeMap, dynamic: dict[str, list[int]]) -> dict[str, dict[int, str]]:
+    """Symbolic dim names: ``batch``, ``height``, ``width`` (prefixed by the input for later inputs)."""
+    names: dict[str, dict[int, str]] = {}
+    for k, (name, shape) in enumerate(input_shapes.items()):
+        prefix = "" if k == 0 else f"{name}_"
+        per: dict[int, str] = {}
+        for axis in dynamic.get(name, []):
+            if axis == 0:
+                per[axis] = "batch"
+            elif len(shape) == 4 and axis == 2:
+                per[axis] = f"{prefix}height"
+            elif len(shape) == 4 and axis == 3:
+                per[axis] = f"{prefix}width"
+            else:
+                per[axis] = f"{name}_dim{axis}"
+        names[name] = per
+    return names
+
+
+def _check_dynamic(input_shapes: ShapeMap, dynamic: dict[str, list[int]]) -> None:
+    for name, axes in dynamic.items():
+        if name not in input_shapes:
+            raise DynashapeError(
+                f"--dynamic names {name!r}, which is not an input (inputs: {', '.join(input_shapes)})"
+            )
+        rank = len(input_shapes[name])
+        for axis in axes:
+            if not 0 <= axis < rank:
+                raise DynashapeError(
+                    f"--dynamic {name}: axis {axis} is out of range for the {rank}-D input "
+                    f"{name}:{format_shape(input_shapes[name])}"
+                )
+
+
+def example_inputs(input_shapes: ShapeMap, seed: int = 0) -> list[torch.Tensor]:
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(*shape, generator=gen) for shape in input_shapes.values()]
+
+
+def run_module(module: torch.nn.Module, input_shapes: ShapeMap, args: Sequence[torch.Tensor]) -> Any:
+    """Run the module once; a module that rejects the shapes raises one clear DynashapeError."""
+    import torch
+
+    try:
+        with torch.inference_mode():
+            return module(*args)
+    except (RuntimeError, ValueError, IndexError, TypeError, AssertionError) as exc:
+        given = ", ".join(f"{n}:{format_shape(s)}" for n, s in input_shapes.items())
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DynashapeError(
+            f"the module does not accept --input {given}: {first[:300]}; check the number of "
+            "inputs, the channels and the minimum size the model needs"
+        ) from None
+
+
+def export_module(
+    module: torch.nn.Module,
+    input_shapes: ShapeMap,
+    dynamic: dict[str, list[int]] | None = None,
+    exporter: str = "legacy",
+    path: str | os.PathLike[str] | None = None,
+    opset: int | None = None,
+    output_names: Sequence[str] | None = None,
+) -> ExportResult:
+    """Export ``module`` at ``input_shapes`` with ``dynamic`` axes (default: all but channels).
+
+    ``exporter`` is ``legacy`` (TorchScript tracing, ``dynamo=False``) or ``dynamo``
+    (``torch.export``). ``opset`` defaults to 17 for legacy and 18 for dynamo (its lowest
+    native opset). The export shape is written into the model's metadata; with ``path`` the
+    model is also saved there atomically.
+    """
+    from dynashape.backends.torch import flatten_outputs
+
+    if exporter not in EXPORTERS:
+        raise DynashapeError(f"unknown exporter {exporter!r}; choose legacy or dynamo")
+    if not input_shapes:
+        raise DynashapeError("no input shapes given; write e.g. --input input:1x3x224x224")
+    dynamic = default_dynamic(input_shapes) if dynamic is None else dynamic
+    _check_dynamic(input_shapes, dynamic)
+    opset = opset or DEFAULT_OPSET[exporter]
+    module = module.eval()
+    input_names = list(input_shapes)
+    args = example_inputs(input_shapes)
+
+    eager = run_module(module, input_shapes, args)
+    outs = flatten_outputs(eager)
+    if not outs:
+        raise DynashapeError("the module returned no tensor; there is nothing to export")
+    names = list(output_names) if output_names else [n for n, _ in outs]
+
+    dims = axis_names(input_shapes, dynamic)
+    log.info("exporting with the %s exporter at %s", exporter,
+             ", ".join(f"{n}:{format_shape(s)}" for n, s in input_shapes.items()))
+    if exporter == "legacy":
+        model, caught = _export_legacy(module, args, input_names, names, dims, opset)
+    else:
+        model, caught = _export_dynamo(module, args, input_names, names, dims, opset)
+        _rename_dims(model, dims)
+
+    specialized = _specialized_axes(model, dims)
+    for name, axes in specialized.items():
+        caught.append(ExportWarning(
+            "Specialization",
+            f"input {name!r} axes {axes} were asked to be dynamic but the exporter fixed them "
+            f"to {[input_shapes[name][a] for a in axes]}",
+        ))
+    write_export_shape(model, input_shapes)
+    result = ExportResult(
+        model=model, input_shapes=dict(input_shapes), dynamic={k: list(v) for k, v in dynamic.items()},
+        exporter=exporter, opset=opset, input_names=input_names, output_names=names,
+        warnings=_dedupe(caught), specialized=specialized,
+    )
+    if path is not None:
+        result.path = save_model(model, path)
+        log.info("wrote %s", result.path)
+    return result
+
+
+def _dedupe(items: list[ExportWarning]) -> list[ExportWarning]:
+    seen: set[tuple[str, str, str | None, int | None]] = set()
+    out = []
+    for w in items:
+        key = (w.category, w.message, w.filename, w.lineno)
+        if key not in seen:
+            seen.add(key)
+            out.append(w)
+    return out
+
+
+def _torch_dir() -> str:
+    import torch
+
+    return os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+
+
+def is_library_frame(filename: str) -> bool:
+    """True for frames inside torch itself or the standard library (not the user's model code)."""
+    path = os.path.abspath(filename)
+    if path.startswith(_torch_dir()):
+        return True
+    stdlib = os.path.dirname(os.path.abspath(contextlib.__file__)) + os.sep
+    if path.startswith(stdlib) and "site-packages" not in path:
+        return True
+    return False
+
+
+def _keep_warning(w: warnings.WarningMessage) -> bool:
+    if w.category.__name__ == "TracerWarning":
+        return True
+    if issubclass(w.category, DeprecationWarning | FutureWarning):
+        return False
+    return not is_library_frame(str(w.filename))
+
+
+@contextlib.contextmanager
+def _discard_native_stdout() -> Iterator[None]:
+    """Send file descriptor 1 to /dev/null (the legacy exporter's verbose dump is C++ output)."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no fd 1 (embedded interpreters): nothing to protect
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None).fflush(None)  # flush C stdio before fd 1 points back
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _export_legacy(
+    module: torch.nn.Module,
+    args: list[torch.Tensor],
+    input_names: list[str],
+    output_names: list[str],
+    dims: dict[str, dict[int, str]],
+    opset: int,
+) -> tuple[onnx.ModelProto, list[ExportWarning]]:
+    import torch
+
+    buf = io.BytesIO()
+    dynamic_axes: dict[str, dict[int, str]] = {n: d for n, d in dims.items() if d}
+    with warnings.catch_warnings(record=True) as caught, _discard_native_stdout():
+        warnings.simplefilter("always")
+        try:
+            torch.onnx.export(
+                module, tuple(args), buf, input_names=input_names, output_names=output_names,
+                dynamic_axes=dynamic_axes or None, opset_version=opset, dynamo=False, verbose=True,
+            )
+        except torch.onnx.errors.UnsupportedOperatorError as exc:
+            raise DynashapeError(f"the legacy exporter cannot export this module: {exc}") from None
+        except (RuntimeError, torch.onnx.errors.OnnxExporterError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DynashapeError(
+                f"the legacy exporter failed: {first[:400]}; try --exporter dynamo"
+            ) from None
+    model = onnx.load_from_string(buf.getvalue())
+    found = [
+        ExportWarning(w.category.__name__, str(w.message).strip().splitlines()[0], str(w.filename), w.lineno)
+        for w in caught if _keep_warning(w)
+    ]
+    return model, found
+
+
+class _GuardLogs(logging.Handler):
+    """Collects the symbolic-shape engine's guard and specialization records during export."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if "[guard added]" in msg or "specializ" in msg.lower() or record.levelno >= logging.WARNING:
+            self.records.append(record)
+
+
+_GUARD_LOGGERS = ("torch.fx.experimental.symbolic_shapes", "torch._export", "torch.export")
+
+
+@contextlib.contextmanager
+def _capture_guard_logs() -> Iterator[_GuardLogs]:
+    handler = _GuardLogs()
+    saved = []
+    for name in _GUARD_LOGGERS:
+        lg = logging.getLogger(name)
+        saved.append((lg, lg.level, lg.propagate, list(lg.handlers)))
+        # torch attaches its own stderr handlers to these loggers; swap them out while we listen
+        lg.handlers = [handler]
+        if lg.getEffectiveLevel() > logging.INFO:
+            lg.setLevel(logging.INFO)
+        lg.propagate = False  # keep torch's INFO chatter out of the user's terminal
+    try:
+        yield handler
+    finally:
+        for lg, level, propagate, handlers in saved:
+            lg.handlers = handlers
+            lg.setLevel(level)
+            lg.propagate = propagate
+
+
+def _guard_warning(record: logging.LogRecord, user_files: Sequence[str]) -> ExportWarning | None:
+    msg = record.getMessage()
+    if "runtime_assert" in msg.split("[guard added]")[0]:
+        return None  # the same guard is logged as "eval" first
+    text = msg.split(", for more info")[0].strip()
+    m = _GUARD_LOCATION_COMMENT.search(text) or _GUARD_LOCATION.search(text)
+    filename: str | None = None
+    lineno: int | None = None
+    if m:
+        filename = _resolve_truncated(m.group(1), user_files)
+        lineno = int(m.group(2))
+        if filename is not None and is_library_frame(filename):
+            return None  # torch's own guards (e.g. inside F.interpolate) carry no user line
+    expr = text.split("[guard added]")[0].strip()
+    return ExportWarning("Guard" if "[guard added]" in msg else "Specialization", expr, filename, lineno)
+
+
+def _resolve_truncated(name: str, user_files: Sequence[str]) -> str:
+    """torch shortens paths in guard logs ("mp/t7.py"); find the real file by its suffix."""
+    if os.path.isabs(name) and os.path.exists(name):
+        return name
+    for f in user_files:
+        if f.endswith(name):
+            return f
+    return name
+
+
+def _user_files(module: torch.nn.Module) -> list[str]:
+    import inspect
+
+    files: set[str] = set()
+    for m in module.modules():
+        with contextlib.suppress(TypeError, OSError):
+            f = inspect.getsourcefile(type(m))
+            if f:
+                files.add(os.path.abspath(f))
+    return sorted(files)
+
+
+def _export_dynamo(
+    module: torch.nn.Module,
+    args: list[torch.Tensor],
+    input_names: list[str],
+    output_names: list[str],
+    dims: dict[str, dict[int, str]],
+    opset: int,
+) -> tuple[onnx.ModelProto, list[ExportWarning]]:
+    import torch
+
+    dynamic_shapes = tuple(
+        {axis: torch.export.Dim.DYNAMIC for axis in dims.get(name, {})} or None for name in input_names
+    )
+    with warnings.catch_warnings(record=True) as caught, _capture_guard_logs() as guards, \
+            _quiet_loggers(("torch.onnx", "onnxscript", "onnx_ir")):
+        warnings.simplefilter("always")
+        try:
+            program = torch.onnx.export(
+                module, tuple(args), input_names=input_names, output_names=output_names,
+                dynamic_shapes=dynamic_shapes if any(d is not None for d in dynamic_shapes) else None,
+                opset_version=opset, dynamo=True, verbose=False,
+            )
+        except Exception as exc:  # torch.onnx raises TorchExportError / ConversionError and friends
+            raise DynashapeError(_dynamo_failure(exc)) from None
+    if program is None:  # pragma: no cover - only when torch.onnx.export is given a file name
+        raise DynashapeError("the dynamo exporter returned no program")
+    model = program.model_proto
+    found = [
+        ExportWarning(w.category.__name__, str(w.message).strip().splitlines()[0], str(w.filename), w.lineno)
+        for w in caught if _keep_warning(w)
+    ]
+    files = _user_files(module)
+    for rec in guards.records:
+        g = _guard_warning(rec, files)
+        if g is not None:
+            found.append(g)
+    return model, found
+
+
+@contextlib.contextmanager
+def _quiet_loggers(names: Sequence[str]) -> Iterator[None]:
+    saved = []
+    for name in names:
+        lg = logging.getLogger(name)
+        saved.append((lg, lg.level))
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in saved:
+            lg.setLevel(level)
+
+
+def _dynamo_failure(exc: BaseException) -> str:
+    """The useful part of a dynamo export failure: the summary and the user's line that raised it."""
+    text = str(exc)
+    cause = exc.__cause__
+    summary = ""
+    for candidate in (str(cause) if cause else "", text):
+        for line in candidate.splitlines():
+            line = line.strip()
+            if line and not line.startswith(("Failed to export", "- ", "#")):
+                summary = line
+                break
+        if summary:
+            break
+    m = re.search(r'The following call raised this error:\s*\n\s*File "([^"]+)", line (\d+)', text)
+    if not m and cause is not None:
+        m = re.search(r'The following call raised this error:\s*\n\s*File "([^"]+)", line (\d+)', str(cause))
+    where = f" at {display_path(m.group(1))}:{m.group(2)}" if m else ""
+    summary = re.sub(r"\x1b\[[0-9;]*m", "", summary)[:300]
+    return (
+        f"the dynamo exporter cannot export this module{where}: {summary}; "
+        "try --exporter legacy, or change that line so it does not turn a size into data"
+    )
+
+
+def _rename_dims(model: onnx.ModelProto, dims: dict[str, dict[int, str]]) -> None:
+    """Give the dynamo exporter's symbols (s77, s53, ...) the names batch/height/width everywhere."""
+    rename: dict[str, str] = {}
+    for vi in model.graph.input:
+        per = dims.get(vi.name, {})
+        for axis, d in enumerate(vi.type.tensor_type.shape.dim):
+            if axis in per and d.HasField("dim_param") and d.dim_param not in rename:
+                rename[d.dim_param] = per[axis]
+    if not rename:
+        return
+    for vi in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param in rename:
+                d.dim_param = rename[d.dim_param]
+
+
+def _specialized_axes(model: onnx.ModelProto, dims: dict[str, dict[int, str]]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for vi in model.graph.input:
+        per = dims.get(vi.name, {})
+        fixed = [
+            axis for axis, d in enumerate(vi.type.tensor_type.shape.dim)
+            if axis in per and d.HasField("dim_value")
+        ]
+        if fixed:
+            out[vi.name] = fixed
+    return out

@@ -1,0 +1,373 @@
+"""`verify`: run a model over a sweep of shapes chosen to catch shape faults, against a reference.
+
+The sweep has the export shape, the range's min and max, non-square shapes, batch > 1, a shape in
+the middle of the lattice and, when the range holds them, sizes off the lattice. Its size grows
+with the number of faults to look for, not with the product of the axes.
+
+References:
+* ``torch:FILE.py:FACTORY`` or ``torch:package.module:FACTORY``: PyTorch eager at every shape;
+* ``onnx:PATH``: another ONNX model run at every shape;
+* ``respecialized``: the original graph with each baked constant recomputed for the shape (the
+  numbers come from the original ops, the sizes from shape probing) — what re-exporting at that
+  shape would give, without torch;
+* ``none``: only checks that the model runs and that outputs that follow the input do.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from dynashape.backends import Runner
+from dynashape.backends.ort import OrtRunner, RunError
+from dynashape.check import CheckReport
+from dynashape.errors import DynashapeError
+from dynashape.findings import Lattice
+from dynashape.lattice import snap_down, snap_up
+from dynashape.model import graph_inputs, load_model
+from dynashape.probe import Prober
+from dynashape.shapes import AxisRange, RangeMap, ShapeMap, ShapeRange, format_shapes
+from dynashape.testing import random_feeds
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShapeResult:
+    shapes: ShapeMap
+    status: str  # "ok" | "wrong" | "error"
+    max_abs_error: float | None = None
+    output_shapes: dict[str, list[int]] = field(default_factory=dict)
+    message: str = ""
+    node: str | None = None
+    on_lattice: bool | None = None
+    divergent: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "shape": format_shapes(self.shapes), "status": self.status, "max_abs_error": self.max_abs_error,
+            "message": self.message, "node": self.node, "output_shapes": self.output_shapes,
+            "on_lattice": self.on_lattice, "first_divergent_node": self.divergent,
+        }
+
+
+@dataclass
+class SweepResult:
+    results: list[ShapeResult]
+    reference: str
+    backend: str
+    atol: float
+    rtol: float
+
+    @property
+    def all_ok(self) -> bool:
+        return all(r.status == "ok" for r in self.results)
+
+    def counts(self) -> dict[str, int]:
+        out = {"ok": 0, "wrong": 0, "error": 0}
+        for r in self.results:
+            out[r.status] = out.get(r.status, 0) + 1
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "reference": self.reference, "backend": self.backend, "atol": self.atol, "rtol": self.rtol,
+            "results": [r.to_json() for r in self.results],
+        }
+
+
+# ---------------------------------------------------------------- references
+
+
+class Reference:
+    """Gives the expected outputs at a shape; ``None`` means it has no numbers, only checks sizes."""
+
+    label = "reference"
+
+    def outputs(self, shapes: ShapeMap, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class NoReference(Reference):
+    label = "none (output sizes only)"
+
+    def outputs(self, shapes: ShapeMap, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        return None
+
+
+class OnnxReference(Reference):
+    def __init__(self, model: onnx.ModelProto, label: str) -> None:
+        self.model = model
+        self.label = label
+
+    def outputs(self, shapes: ShapeMap, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        with OrtRunner(self.model) as r:
+            return r.infer(feeds)
+
+
+class RespecializedReference(Reference):
+    """The original graph with its baked constants set, per shape, to what that shape needs."""
+
+    label = "original graph re-specialized per shape"
+
+    def __init__(self, original: onnx.ModelProto, report: CheckReport) -> None:
+        self.original = original
+        self.report = report
+        self.prober = Prober(report.fixed_model)
+        self.nodes = {f.node: f for f in report.findings if f.fixable and f.rule in ("DS001", "DS002", "DS005")}
+
+    def model_at(self, shapes: ShapeMap) -> onnx.ModelProto:
+        probe = self.prober.at(shapes)
+        m = onnx.ModelProto()
+        m.CopyFrom(self.original)
+        fixed_nodes = {n.name: n for n in self.report.fixed_model.graph.node}
+        for node in m.graph.node:
+            finding = self.nodes.get(node.name)
+            if finding is None:
+                continue
+            if finding.rule == "DS001":
+                dims = probe.shape(node.input[0])
+                if dims is None:
+                    raise DynashapeError(f"cannot re-specialize {node.name} at {format_shapes(shapes)}")
+                for attr in node.attribute:
+                    if attr.name in ("kernel_shape", "strides"):
+                        values = list(attr.ints)
+                        for axis in finding.details["pooled_axes"]:
+                            values[axis - 2] = int(dims[axis])  # type: ignore[arg-type]
+                        del attr.ints[:]
+                        attr.ints.extend(values)
+            else:
+                target = fixed_nodes.get(node.name)
+                out_dims = probe.shape(target.output[0]) if target is not None else None
+                if out_dims is None or any(d is None for d in out_dims):
+                    raise DynashapeError(f"cannot re-specialize {node.name} at {format_shapes(shapes)}")
+                name = f"{node.name}__respecialized"
+                m.graph.initializer.append(
+                    onnx.numpy_helper.from_array(np.array(out_dims, dtype=np.int64), name)
+                )
+                index = 3 if finding.rule == "DS002" else 1
+                node.input[index] = name
+        return m
+
+    def outputs(self, shapes: ShapeMap, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        with OrtRunner(self.model_at(shapes)) as r:
+            return r.infer(feeds)
+
+
+class TorchReference(Reference):
+    def __init__(self, spec: str, output_names: list[str]) -> None:
+        from dynashape.backends.torch import TorchRunner
+        from dynashape.export import load_module
+
+        self.label = f"PyTorch eager ({spec})"
+        self.runner: Runner = TorchRunner(load_module(spec), output_names=output_names)
+        self.runner.activate()
+
+    def outputs(self, shapes: ShapeMap, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        return self.runner.infer(feeds)
+
+    def close(self) -> None:
+        self.runner.deactivate()
+
+
+def make_reference(spec: str | None, model: onnx.ModelProto, original: onnx.ModelProto | None = None,
+                   report: CheckReport | None = None) -> Reference:
+    """Parse ``--reference``: torch:SPEC, onnx:PATH, respecialized, none."""
+    if spec is None or spec == "none":
+        return NoReference()
+    if spec.startswith("torch:"):
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise DynashapeError("--reference torch: needs PyTorch; pip install 'dynashape[torch]'") from None
+        return TorchReference(spec[len("torch:"):], [o.name for o in model.graph.output])
+    if spec.startswith("onnx:"):
+        path = spec[len("onnx:"):]
+        return OnnxReference(load_model(path), f"ONNX model {path}")
+    if spec == "respecialized":
+        if original is None or report is None:
+            raise DynashapeError("the respecialized reference needs the original model and its check report")
+        return RespecializedReference(original, report)
+    raise DynashapeError(
+        f"unknown reference {spec!r}: use torch:FILE.py:FACTORY, torch:package.module:FACTORY, onnx:PATH or none"
+    )
+
+
+# ---------------------------------------------------------------- the sweep
+
+
+def default_ranges(model: onnx.ModelProto, s0: ShapeMap, lattice: Lattice) -> RangeMap:
+    """A range around the export shape, on the lattice: spatial S0/4 .. 2*S0, batch 1..4."""
+    ranges: RangeMap = {}
+    for info in graph_inputs(model):
+        axes = []
+        for axis, size in enumerate(s0[info.name]):
+            if axis not in info.dynamic_axes:
+                axes.append(AxisRange(size, size))
+                continue
+            lat = lattice.get(info.name, {}).get(axis)
+            if axis == 0 and info.rank >= 3:
+                axes.append(AxisRange(1, max(4, size)))
+                continue
+            step = lat.multiple if lat else 1
+            lo = snap_up(max(1, size // 4), lat) if lat else max(1, size // 4)
+            hi = snap_down(size * 2, lat) if lat else size * 2
+            axes.append(AxisRange(lo, hi, step))
+        ranges[info.name] = ShapeRange(tuple(axes))
+    return ranges
+
+
+def sweep_shapes(model: onnx.ModelProto, s0: ShapeMap, ranges: RangeMap, lattice: Lattice) -> list[ShapeMap]:
+    """Export shape, min, max, non-square, batch > 1, lattice middle, off-lattice (if in range)."""
+    infos = {i.name: i for i in graph_inputs(model)}
+    candidates: list[ShapeMap] = []
+
+    def build(pick: Callable[[str, int, AxisRange, int], int]) -> ShapeMap:
+        out: ShapeMap = {}
+        for name, rng in ranges.items():
+            base = s0.get(name, rng.min_shape)
+            out[name] = tuple(pick(name, axis, ar, base[axis]) for axis, ar in enumerate(rng.axes))
+        return out
+
+    def is_batch(name: str, axis: int) -> bool:
+        return axis == 0 and infos[name].rank >= 3
+
+    def on_range(ar: AxisRange, v: int) -> int:
+        v = min(max(v, ar.min), ar.max)
+        return ar.min + ((v - ar.min) // ar.step) * ar.step
+
+    candidates.append(build(lambda n, a, ar, b: on_range(ar, b)))  # export shape (clamped into range)
+    candidates.append(build(lambda n, a, ar, b: b if is_batch(n, a) else ar.min))
+    candidates.append(build(lambda n, a, ar, b: b if is_batch(n, a) else ar.max))
+    spatial_first: dict[str, int] = {}
+    for n, rng in ranges.items():
+        dyn = [a for a in rng.dynamic_axes if not is_batch(n, a)]
+        if dyn:
+            spatial_first[n] = dyn[0]
+    candidates.append(build(
+        lambda n, a, ar, b: b if is_batch(n, a) else (ar.min if spatial_first.get(n) == a else ar.max)))
+    candidates.append(build(
+        lambda n, a, ar, b: b if is_batch(n, a) else on_range(ar, (ar.min + ar.max) // 2 + (ar.step if spatial_first.get(n) == a else 0))))
+    candidates.append(build(lambda n, a, ar, b: on_range(ar, max(2, b + 1)) if is_batch(n, a) else on_range(ar, b)))
+    candidates.append(build(lambda n, a, ar, b: b if is_batch(n, a) else on_range(ar, (ar.min + 3 * ar.max) // 4)))
+    # off the lattice, only where the requested range contains such sizes
+    for n, rng in ranges.items():
+        for a in rng.dynamic_axes:
+            lat = lattice.get(n, {}).get(a)
+            if lat is None or lat.multiple <= 1 or is_batch(n, a):
+                continue
+            off = [v for v in rng.axes[a].values()[:4096] if not lat.contains(v)]
+            if off:
+                target = min(off, key=lambda v: abs(v - s0[n][a]))
+                candidates.append(build(lambda n2, a2, ar, b, n=n, a=a, t=target: t if (n2, a2) == (n, a) else on_range(ar, b)))
+    unique: list[ShapeMap] = []
+    for c in candidates:
+        if c not in unique:
+            unique.append(c)
+    return unique
+
+
+def on_lattice(shapes: ShapeMap, lattice: Lattice) -> bool:
+    return all(
+        lat.contains(shapes[name][axis])
+        for name, axes in lattice.items() if name in shapes
+        for axis, lat in axes.items()
+    )
+
+
+def compare(outputs: dict[str, np.ndarray], ref: dict[str, np.ndarray], atol: float, rtol: float) -> tuple[str, float, str]:
+    worst = 0.0
+    for (name, got), want in zip(outputs.items(), ref.values()):
+        if got.shape != want.shape:
+            return "wrong", float("inf"), f"output {name!r} has shape {list(got.shape)}, the reference {list(want.shape)}"
+        if got.size:
+            diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+            worst = max(worst, float(diff.max()))
+            if not np.all(diff <= atol + rtol * np.abs(want.astype(np.float64))):
+                return "wrong", float(diff.max()), f"output {name!r} differs by up to {float(diff.max()):.3g}"
+    return "ok", worst, ""
+
+
+def verify(
+    model: onnx.ModelProto,
+    shapes: list[ShapeMap],
+    reference: Reference,
+    runner_factory: Callable[[], Runner] | None = None,
+    *,
+    lattice: Lattice | None = None,
+    follow: Callable[[ShapeMap, dict[str, np.ndarray]], str] | None = None,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    backend: str = "ort",
+    progress: Callable[[int, int, ShapeMap], None] | None = None,
+    diagnose: Callable[[ShapeMap, dict[str, np.ndarray]], dict[str, Any] | None] | None = None,
+) -> SweepResult:
+    """Run ``model`` at every shape and compare with ``reference``."""
+    results: list[ShapeResult] = []
+    runner = runner_factory() if runner_factory else OrtRunner(model)
+    with runner:
+        for i, s in enumerate(shapes):
+            if progress:
+                progress(i, len(shapes), s)
+            feeds = random_feeds(model, s, seed=i)
+            res = ShapeResult(s, "ok", on_lattice=on_lattice(s, lattice) if lattice else None)
+            try:
+                out = runner.infer(feeds)
+                res.output_shapes = {k: list(v.shape) for k, v in out.items()}
+            except RunError as exc:
+                res.status, res.message, res.node = "error", str(exc), exc.node
+                results.append(res)
+                if diagnose:
+                    res.divergent = diagnose(s, feeds)
+                continue
+            try:
+                ref = reference.outputs(s, feeds)
+            except (RunError, DynashapeError) as exc:
+                res.status, res.message = "error", f"the reference failed: {exc}"
+                results.append(res)
+                continue
+            if ref is None:
+                problem = follow(s, out) if follow else ""
+                if problem:
+                    res.status, res.message = "wrong", problem
+            else:
+                res.status, err, res.message = compare(out, ref, atol, rtol)
+                res.max_abs_error = err if err != float("inf") else None
+            if res.status != "ok" and diagnose:
+                res.divergent = diagnose(s, feeds)
+            results.append(res)
+    if progress:
+        progress(len(shapes), len(shapes), {})
+    reference.close()
+    return SweepResult(results, reference.label, backend, atol, rtol)
+
+
+def output_follow_check(model: onnx.ModelProto, s0: ShapeMap) -> Callable[[ShapeMap, dict[str, np.ndarray]], str]:
+    """For reference-free sweeps: outputs whose spatial size equals the input's at S0 must follow it."""
+    from dynashape.lattice import LatticeScanner
+
+    scanner = LatticeScanner(model, s0)
+    follow: list[tuple[str, int, str, int]] = []
+    for info in scanner.inputs:
+        for axis in info.dynamic_axes:
+            if axis >= 1:
+                follow += [(out, j, info.name, axis) for out, j in scanner._following_outputs(info.name, axis)]
+
+    def check(shapes: ShapeMap, outputs: dict[str, np.ndarray]) -> str:
+        for out, j, name, axis in follow:
+            if out in outputs and outputs[out].shape[j] != shapes[name][axis]:
+                return f"output {out!r} axis {j} is {outputs[out].shape[j]}, the input's is {shapes[name][axis]}"
+        return ""
+
+    return check
+
+
+__all__ = ["RunError", "SweepResult", "default_ranges", "make_reference", "output_follow_check", "sweep_shapes", "verify"]
