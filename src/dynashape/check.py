@@ -95,6 +95,12 @@ def check_model(
                 refusals.append(result)
         rewritten = False
         for finding in found:
+            if finding.fixable and rule.needs_export_shape and es.source == "default":
+                finding.fixable = False
+                finding.fix = (
+                    "not rewritten: the export shape is unknown (no baked constant points at it) and "
+                    f"this fix depends on it; give the export shape (e.g. --input). It would {finding.fix}"
+                )
             if not finding.fixable:
                 continue
             node = next((n for n in ctx.model.graph if n.name == finding.node), None)

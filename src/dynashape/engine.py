@@ -275,7 +275,7 @@ class BuildError(DynashapeError):
         self.nodes = nodes
 
 
-_NAME_CHARS = r"A-Za-z0-9_.\-/:"
+_NAME_CHARS = r"A-Za-z0-9_.\-/"
 
 
 def nodes_in_messages(lines: Iterable[str], node_names: Iterable[str]) -> list[str]:

@@ -516,8 +516,10 @@ def _export_dynamo(
     dynamic_shapes = tuple(
         {axis: torch.export.Dim.DYNAMIC for axis in dims.get(name, {})} or None for name in input_names
     )
+    chatter = io.StringIO()  # torch prints the traced graph on some failures; keep it for the log
     with warnings.catch_warnings(record=True) as caught, _capture_guard_logs() as guards, \
-            _quiet_loggers(("torch.onnx", "onnxscript", "onnx_ir")):
+            _quiet_loggers(("torch.onnx", "onnxscript", "onnx_ir")), \
+            contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
         warnings.simplefilter("always")
         try:
             program = torch.onnx.export(
@@ -526,6 +528,7 @@ def _export_dynamo(
                 opset_version=opset, dynamo=True, verbose=False,
             )
         except Exception as exc:  # torch.onnx raises TorchExportError / ConversionError and friends
+            log.debug("dynamo exporter output:\n%s", chatter.getvalue())
             raise DynashapeError(_dynamo_failure(exc)) from None
     if program is None:  # pragma: no cover - only when torch.onnx.export is given a file name
         raise DynashapeError("the dynamo exporter returned no program")

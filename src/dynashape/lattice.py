@@ -22,6 +22,7 @@ from dynashape.shapes import RangeMap, ShapeMap, format_shape
 log = logging.getLogger(__name__)
 
 MAX_MULTIPLE = 256
+PROGRESSION_STEPS = 4  # valid sizes base + j*m checked for j = 1..4 before m is taken as the multiple
 AXIS_NAMES = {0: "batch", 2: "height", 3: "width"}
 
 
@@ -96,12 +97,17 @@ class LatticeScanner:
         multiple = None
         first_bad: tuple[Validity, int] | None = None
         for d in range(1, limit + 1):
-            v = self.validity(name, axis, base + d, follow)
+            # d is the multiple only if base + j*d stays valid for a few steps: with floor-mode
+            # pooling the valid sizes can be {4k, 4k+1}, where base + 1 is valid but base + 2 is not
+            for size in range(base + d, base + PROGRESSION_STEPS * d + 1, d):
+                v = self.validity(name, axis, size, follow)
+                if not v.ok:
+                    break
             if v.ok:
                 multiple = d
                 break
-            if first_bad is None:
-                first_bad = (v, base + d)
+            if first_bad is None or size < first_bad[1]:
+                first_bad = (v, size)
         if multiple is None:
             bad_v, bad_size = first_bad if first_bad else (None, None)
             return AxisLattice(base, base, irregular=[base]), bad_v, bad_size

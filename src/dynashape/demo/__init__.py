@@ -22,4 +22,4 @@ def demo_onnx_path() -> Path:
 
 def demo_torch_spec() -> str:
     """The factory spec of the demo net, for `--reference torch:` and `export`."""
-    return "dynashape.demo.model:DemoNet"
+    return "dynashape.demo.model:build"

@@ -16,6 +16,9 @@ class Rule:
     id: ClassVar[str]
     title: ClassVar[str]  # one line for `check --list-rules`
     ops: ClassVar[tuple[str, ...]]
+    # the rewrite is only right at the true export shape (it matches baked constants against
+    # export-time sizes); with only a guessed shape it must not be applied
+    needs_export_shape: ClassVar[bool] = False
 
     def check(self, ctx: Context, node: ir.Node) -> Finding | Refusal:  # pragma: no cover
         raise NotImplementedError

@@ -57,6 +57,10 @@ class FrozenReshapeTarget(Rule):
             if i < len(x0) and i in dynamic and t0[i] == x0[i]:
                 copies.append(i)
                 continue
+            if i < len(x0) and i not in dynamic and t0[i] == x0[i]:
+                # a fixed dim kept in place (the channels of view(b, c, -1)): not an export-time
+                # size, even though 1 * c is a product over a batch of 1
+                continue
             run = _product_run(x0, dynamic, t0[i])  # type: ignore[arg-type]
             if run:
                 products[i] = run

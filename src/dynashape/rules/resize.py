@@ -27,6 +27,7 @@ class FrozenResizeSize(Rule):
     id = "DS002"
     title = "Resize output size is a constant frozen at the export shape (interpolate(size=...) with ints)"
     ops = ("Resize",)
+    needs_export_shape = True
 
     def check(self, ctx: Context, node: ir.Node) -> Finding | Refusal:
         if len(node.inputs) < 4 or node.inputs[3] is None:
@@ -86,11 +87,14 @@ class FrozenResizeSize(Rule):
                 return {"kind": "shape", "ref": ref.name}
         x0 = ctx.dims(node.inputs[0], ctx.p0)
         assert x0 is not None
-        factors = {Fraction(s0[i], x0[i]) for i in frozen if x0[i]}
-        if len(factors) == 1:
+        per_axis = {i: Fraction(s0[i], x0[i]) for i in frozen if x0[i]}
+        # a frozen axis kept at its input size (the batch of a constant ``sizes``) scales by 1
+        scaled = {i: f for i, f in per_axis.items() if f != 1}
+        factors = set(scaled.values())
+        if len(factors) == 1 and len(per_axis) == len(frozen):
             f = factors.pop()
             if f.denominator == 1 or f.numerator == 1:
-                return {"kind": "scales", "factor": float(f)}
+                return {"kind": "scales", "factor": float(f), "axes": sorted(scaled)}
         return {}
 
     def _reference_candidates(self, ctx: Context, node: ir.Node) -> list[ir.Value]:
@@ -118,7 +122,8 @@ class FrozenResizeSize(Rule):
         assert x is not None
         if plan["kind"] == "scales":
             rank = len(s0)
-            scales = np.array([plan["factor"] if i in frozen else 1.0 for i in range(rank)], np.float32)
+            scaled_axes = plan.get("axes", frozen)
+            scales = np.array([plan["factor"] if i in scaled_axes else 1.0 for i in range(rank)], np.float32)
             scales_v = ir.Value(
                 name=new_name_init(graph, f"{node.name}_scales"), shape=ir.Shape([rank]),
                 type=ir.TensorType(ir.DataType.FLOAT), const_value=ir.tensor(scales),

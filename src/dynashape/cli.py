@@ -1,0 +1,413 @@
+"""The `dynashape` command: parse arguments, call the library, print. Nothing else lives here.
+
+Exit codes: 0 success / clean, 1 findings (check) or failed shapes (verify, doctor), 2 usage or
+input errors (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from dynashape import __version__
+from dynashape.errors import DynashapeError
+
+log = logging.getLogger("dynashape")
+
+_RANGE_HELP = "shape range, e.g. input:1x3x[128..1024:32]x[128..2048:32] (min..max:step per axis)"
+_EXPORT_HELP = "the shape the model was exported at, e.g. input:1x3x512x512 (default: recovered from the graph)"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"dynashape: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _console(args: argparse.Namespace) -> Console:
+    # with --json, human output goes to stderr so stdout stays machine-readable
+    stderr = bool(getattr(args, "json", False))
+    console = Console(stderr=stderr, highlight=False, soft_wrap=False)
+    if not console.is_terminal:
+        console = Console(stderr=stderr, highlight=False, soft_wrap=False, width=140)
+    return console
+
+
+def _progress(console: Console, label: str) -> tuple[Progress, Callable[[int, int, Any], None]]:
+    progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                        TimeElapsedColumn(), console=console, transient=True)
+    task = progress.add_task("", total=None)
+
+    def update(done: int, total: int, shapes: Any) -> None:
+        from dynashape.shapes import format_shapes
+
+        progress.update(task, completed=done, total=total, description=format_shapes(shapes) if shapes else "")
+
+    return progress, update
+
+
+def _load(path: str) -> Any:
+    from dynashape.model import load_model
+
+    return load_model(path)
+
+
+def _export_shape(args: argparse.Namespace, model: Any) -> Any:
+    from dynashape.model import input_names
+    from dynashape.shapes import parse_shapes
+
+    return parse_shapes(args.export_shape, input_names(model)) if args.export_shape else None
+
+
+def _ranges(args: argparse.Namespace, model: Any) -> Any:
+    from dynashape.model import input_names
+    from dynashape.shapes import parse_ranges
+
+    return parse_ranges(args.range, input_names(model)) if getattr(args, "range", None) else None
+
+
+# ---------------------------------------------------------------- check
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    console = _console(args)
+    if args.list_rules:
+        from dynashape.rules import rule_catalogue
+
+        for rule_id, title in rule_catalogue():
+            console.print(f"{rule_id}  {title}")
+        return 0
+    if not args.model:
+        raise DynashapeError("check needs a MODEL.onnx (or --list-rules)")
+    from dynashape.check import check_model
+    from dynashape.report import lattice_table, print_findings
+
+    model = _load(args.model)
+    report = check_model(model, export_shape=_export_shape(args, model), ranges=_ranges(args, model), path=args.model)
+    findings = list(report.findings)
+    if getattr(args, "torch", None):
+        findings += _torch_findings(args, model)
+    if args.json:
+        data = report.to_json()
+        data["findings"] = [f.to_json() for f in findings]
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        from dynashape.shapes import format_shapes
+
+        console.print(f"[bold]{args.model}[/]: export shape {format_shapes(report.export_shape)} "
+                      f"({report.export_shape_note})")
+        print_findings(console, findings)
+        if report.lattice:
+            console.print(lattice_table(report.lattice, report.export_shape))
+        for note in report.notes:
+            console.print(f"[yellow]note:[/] {note}")
+    if args.heatmap:
+        from dynashape.doctor import write_doctor_heatmap
+
+        path = write_doctor_heatmap(model, report.fixed_model, report, Path(args.heatmap))
+        console.print(f"heat map: {path}")
+    return 1 if findings else 0
+
+
+def _torch_findings(args: argparse.Namespace, model: Any) -> list[Any]:
+    try:
+        from dynashape.cli_torch import torch_findings
+    except ImportError as exc:
+        raise DynashapeError(f"--torch needs the PyTorch extra: pip install 'dynashape[torch]' ({exc})") from None
+    return list(torch_findings(args, model))
+
+
+# ---------------------------------------------------------------- fix
+
+
+def cmd_fix(args: argparse.Namespace) -> int:
+    console = _console(args)
+    from dynashape.fix import fix_model, write_fixed
+    from dynashape.model import check_output_path
+
+    if not args.dry_run:
+        if not args.output:
+            raise DynashapeError("fix needs -o OUT.onnx (or --dry-run)")
+        check_output_path(args.output, [args.model])
+    model = _load(args.model)
+    result = fix_model(model, export_shape=_export_shape(args, model), pad_to=args.pad_to)
+    if not args.dry_run:
+        write_fixed(result, args.output)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2, default=str))
+    else:
+        for line in result.applied:
+            console.print(f"[green]fixed[/]   {line}")
+        if result.pad_to:
+            console.print(f"[green]padded[/]  inputs up to a multiple of {result.pad_to}, outputs cropped back "
+                          "(not bit-exact near the bottom/right border)")
+        for f in result.unfixed:
+            console.print(f"[yellow]not fixed[/] {f.rule} {f.node}: {f.fix or f.message}")
+        if result.export_proof:
+            p = result.export_proof
+            console.print(f"proof: matches the original at the export shape (max abs error {p.max_abs_error:.2e})")
+        for p in result.other_proofs:
+            style = "green" if p.status == "ok" else "red"
+            outs = "; ".join("x".join(map(str, v)) for v in p.output_shapes.values())
+            console.print(f"proof: [{style}]{p.status}[/] at {_fmt(p.shapes)} -> {outs or p.message}")
+        if not result.applied and not result.pad_to:
+            console.print("nothing to rewrite")
+        if args.dry_run:
+            console.print("dry run: nothing written")
+        else:
+            console.print(f"wrote {args.output}")
+    return 0
+
+
+def _fmt(shapes: Any) -> str:
+    from dynashape.shapes import format_shapes
+
+    return format_shapes(shapes)
+
+
+# ---------------------------------------------------------------- verify
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    console = _console(args)
+    from dynashape.check import check_model
+    from dynashape.report import sweep_table
+    from dynashape.verify import default_ranges, make_reference, output_follow_check, sweep_shapes, verify
+
+    model = _load(args.model)
+    report = check_model(model, export_shape=_export_shape(args, model), ranges=_ranges(args, model))
+    ranges = _ranges(args, model) or default_ranges(model, report.export_shape, report.lattice)
+    shapes = sweep_shapes(model, report.export_shape, ranges, report.lattice)
+    reference = make_reference(args.reference, model, model, report)
+    runner_factory = None
+    if args.backend == "trt":
+        runner_factory = _trt_runner_factory(model, shapes)
+    diagnose = _diagnoser(args, model, report)
+    progress, update = _progress(console, "verifying")
+    with progress:
+        sweep = verify(model, shapes, reference, runner_factory, lattice=report.lattice,
+                       follow=output_follow_check(model, report.export_shape), atol=args.atol, rtol=args.rtol,
+                       backend=args.backend, progress=update, diagnose=diagnose)
+    if args.json:
+        print(json.dumps(sweep.to_json(), indent=2, default=str))
+    else:
+        console.print(sweep_table(sweep))
+        c = sweep.counts()
+        console.print(f"{c['ok']} ok, {c['wrong']} wrong, {c['error']} error")
+    return 0 if sweep.all_ok else 1
+
+
+def _trt_runner_factory(model: Any, shapes: Any) -> Callable[[], Any]:
+    try:
+        from dynashape.trt_compat import tensorrt_available
+    except ImportError:
+        raise DynashapeError("--backend trt: the TensorRT backend is not installed") from None
+    reason = tensorrt_available()
+    if reason:
+        raise DynashapeError(f"--backend trt: {reason}")
+    from dynashape.backends.trt import engine_runner_for_shapes
+
+    return lambda: engine_runner_for_shapes(model, shapes)
+
+
+def _diagnoser(args: argparse.Namespace, model: Any, report: Any) -> Callable[..., Any] | None:
+    """First divergent node at failing shapes (needs the differential module)."""
+    try:
+        from dynashape.differential import first_divergent_node
+    except ImportError:
+        return None
+    ref = args.reference or ""
+
+    def diagnose(shapes: Any, feeds: Any) -> Any:
+        try:
+            found = first_divergent_node(model, feeds, reference=ref, export_shape=report.export_shape)
+        except Exception:  # diagnosis is best effort; the sweep result stands without it
+            log.debug("first-divergent-node search failed", exc_info=True)
+            return None
+        if found is None:
+            return None
+        return found.to_json() if hasattr(found, "to_json") else dict(found.__dict__)
+
+    return diagnose
+
+
+# ---------------------------------------------------------------- doctor
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    console = _console(args)
+    from dynashape.doctor import run_doctor
+    from dynashape.report import lattice_table, print_findings, sweep_table
+    from dynashape.shapes import format_shapes
+
+    model_path = args.model
+    torch_spec = None
+    if model_path and not model_path.endswith(".onnx") and ":" in model_path:
+        model_path, torch_spec = _export_for_doctor(args, console)
+    export_shape = None
+    ranges = None
+    if args.export_shape or args.range:
+        model = _load(model_path) if model_path else None
+        if model is not None:
+            export_shape = _export_shape(args, model)
+            ranges = _ranges(args, model)
+    progress, update = _progress(console, "verifying")
+    with progress:
+        result = run_doctor(model_path, out_dir=args.out_dir, export_shape=export_shape, ranges=ranges,
+                            reference=args.reference, torch_spec=torch_spec, tensorrt=not args.no_tensorrt,
+                            heatmap=not args.no_heatmap, progress=update)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2, default=str))
+        return 0 if result.healthy else 1
+    rep = result.check
+    console.rule(f"[bold]dynashape doctor: {result.model}")
+    console.print(f"export shape {format_shapes(rep.export_shape)} ({rep.export_shape_note})")
+    print_findings(console, rep.findings)
+    if rep.lattice:
+        console.print(lattice_table(rep.lattice, rep.export_shape))
+    for line in result.fix.applied:
+        console.print(f"[green]fixed[/]   {line}")
+    for f in result.fix.unfixed:
+        console.print(f"[yellow]not fixed[/] {f.rule} {f.node}: {f.fix}")
+    if result.fix.export_proof:
+        console.print(f"proof: the fixed model matches the original at {format_shapes(rep.export_shape)} "
+                      f"(max abs error {result.fix.export_proof.max_abs_error:.2e})")
+    console.print(f"fixed model: {result.fix.path}")
+    console.print(sweep_table(result.sweep))
+    c = result.sweep.counts()
+    console.print(f"verify ({result.sweep.reference}): {c['ok']} ok, {c['wrong']} wrong, {c['error']} error")
+    trt = result.tensorrt
+    if trt.status == "built" and trt.sweep is not None:
+        console.print(sweep_table(trt.sweep))
+    else:
+        console.print(f"TensorRT: {trt.status} ({trt.reason})")
+    if result.heatmap:
+        console.print(f"shape-validity heat map: {result.heatmap}")
+    return 0 if result.healthy else 1
+
+
+def _export_for_doctor(args: argparse.Namespace, console: Console) -> tuple[str, str]:
+    try:
+        from dynashape.export import export_module, load_module
+    except ImportError as exc:
+        raise DynashapeError(f"doctor FILE.py:FACTORY needs PyTorch: pip install 'dynashape[torch]' ({exc})") from None
+    from dynashape.model import save_model
+    from dynashape.shapes import parse_shapes
+
+    if not args.input:
+        raise DynashapeError("doctor FILE.py:FACTORY needs --input NAME:SHAPE, e.g. --input input:1x3x512x512")
+    spec = args.model
+    shapes = parse_shapes(args.input)
+    module = load_module(spec)
+    exported = export_module(module, shapes, None)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "model.onnx"
+    save_model(exported.model, path)
+    console.print(f"exported {spec} at {args.input} -> {path}")
+    return str(path), spec
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dynashape", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"dynashape {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("check", help="find dynamic-shape hazards (exit 0 clean, 1 findings, 2 errors)")
+    p.add_argument("model", nargs="?", metavar="MODEL.onnx")
+    p.add_argument("--range", help=_RANGE_HELP)
+    p.add_argument("--export-shape", help=_EXPORT_HELP)
+    p.add_argument("--json", action="store_true", help="print JSON on stdout")
+    p.add_argument("--list-rules", action="store_true", help="list the rules with a one-line description")
+    p.add_argument("--heatmap", metavar="PATH", help="write a shape-validity heat map (.png or .html)")
+    _add_torch_check_arguments(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("fix", help="rewrite the fixable hazards, prove the result, write it")
+    p.add_argument("model", metavar="MODEL.onnx")
+    p.add_argument("-o", "--output", metavar="OUT.onnx")
+    p.add_argument("--export-shape", help=_EXPORT_HELP)
+    p.add_argument("--pad-to", metavar="N|auto",
+                   help="also pad inputs up to a multiple of N (auto: the lattice's) and crop outputs back; "
+                        "padded borders are NOT bit-exact")
+    p.add_argument("--dry-run", action="store_true", help="report and prove, write nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_fix)
+
+    p = sub.add_parser("verify", help="run a sweep of shapes against a reference")
+    p.add_argument("model", metavar="MODEL.onnx")
+    p.add_argument("--range", help=_RANGE_HELP + " (default: S0/4 .. 2*S0 on the lattice)")
+    p.add_argument("--export-shape", help=_EXPORT_HELP)
+    p.add_argument("--reference", metavar="REF",
+                   help="torch:FILE.py:FACTORY | torch:package.module:FACTORY | onnx:PATH | none (default none: "
+                        "only output sizes are checked)")
+    p.add_argument("--backend", choices=("ort", "trt"), default="ort")
+    p.add_argument("--atol", type=float, default=1e-4)
+    p.add_argument("--rtol", type=float, default=1e-3)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("doctor", help="check, fix, verify (and build with TensorRT when present) end to end")
+    p.add_argument("model", nargs="?", metavar="MODEL",
+                   help="MODEL.onnx or FILE.py:FACTORY / package.module:FACTORY (default: the built-in demo)")
+    p.add_argument("--input", help="export shape for a PyTorch model, e.g. input:1x3x512x512")
+    p.add_argument("--range", help=_RANGE_HELP)
+    p.add_argument("--export-shape", help=_EXPORT_HELP)
+    p.add_argument("--reference", help="as for verify (default: PyTorch when available, else the re-specialized "
+                                       "original graph)")
+    p.add_argument("--out-dir", default="dynashape-out", help="where the fixed model and reports go")
+    p.add_argument("--no-tensorrt", action="store_true", help="skip the TensorRT build")
+    p.add_argument("--no-heatmap", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_doctor)
+
+    for module in ("dynashape.cli_engine", "dynashape.cli_torch"):
+        try:
+            mod = __import__(module, fromlist=["register"])
+        except ImportError:
+            continue
+        mod.register(sub)
+    return parser
+
+
+def _add_torch_check_arguments(p: argparse.ArgumentParser) -> None:
+    try:
+        from dynashape.cli_torch import add_torch_check_arguments
+    except ImportError:
+        return
+    add_torch_check_arguments(p)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args))
+    except DynashapeError as exc:
+        print(f"dynashape: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("dynashape: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

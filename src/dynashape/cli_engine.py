@@ -1,0 +1,437 @@
+"""`dynashape build`, `run` and `bench`: the TensorRT subcommands (parse, call the library, print).
+
+``cli.py`` calls ``register(subparsers)``; each subcommand stores its handler as ``func`` and the
+handler returns the exit code: 0 done, 1 refused or failed (hazards found, TensorRT's build
+failed), 2 a usage or environment error, printed as one line. ``python -m dynashape.cli_engine``
+runs these three alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dynashape import trt_compat
+from dynashape.errors import DynashapeError
+from dynashape.findings import Finding
+from dynashape.shapes import Profile, ShapeMap, format_shape, format_shapes, make_profile, parse_shapes
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[argparse.Namespace], int]
+
+_PROFILE_HELP = (
+    "one optimization profile as three shape specs, MIN OPT MAX, each like --min "
+    "(e.g. --profile input:1x3x128x128 input:1x3x256x256 input:1x3x512x512); repeat for "
+    "several profiles; several inputs are comma-separated inside each spec"
+)
+_TACTIC_HELP = (
+    "tactic sources in trtexec syntax, added to (+) or removed from (-) TensorRT's default: "
+    "CUBLAS, CUBLAS_LT, CUDNN, EDGE_MASK_CONVOLUTIONS, JIT_CONVOLUTIONS; 'default' keeps "
+    f"TensorRT's set (default: {trt_compat.DEFAULT_TACTIC_SOURCES}, i.e. TensorRT's own "
+    "kernels only, no cuBLAS/cuDNN)"
+)
+
+
+def register(subparsers: Any) -> None:
+    """Add `build`, `run` and `bench` to an argparse subparsers object."""
+    b = subparsers.add_parser(
+        "build",
+        help="build a TensorRT engine (+ MODEL.engine.json sidecar) with optimization profiles",
+        description=(
+            "Build a TensorRT engine. Shapes use trtexec syntax, name:1x3x128x128, or name:[1,3,128,128]; "
+            "several inputs are comma-separated. With no shapes, the profile is derived from the "
+            "model's export shape and its valid-size lattice (batch 1..export, other axes "
+            "export/4..export*2). `check` runs first: hazards of severity error stop the build "
+            "unless --force."
+        ),
+    )
+    b.add_argument("model", help="the ONNX model")
+    b.add_argument("-o", "--output", required=True, help="the engine file to write (sidecar: OUTPUT.json)")
+    b.add_argument("--min", dest="min_shapes", metavar="SHAPES", help="min shapes, e.g. input:1x3x128x128")
+    b.add_argument("--opt", dest="opt_shapes", metavar="SHAPES",
+                   help="opt shapes (default: between min and max)")
+    b.add_argument("--max", dest="max_shapes", metavar="SHAPES", help="max shapes, e.g. input:1x3x1024x1024")
+    b.add_argument("--profile", action="append", nargs=3, metavar=("MIN", "OPT", "MAX"), help=_PROFILE_HELP)
+    b.add_argument("--fp16", action="store_true", help="allow fp16 kernels")
+    b.add_argument("--workspace", type=int, metavar="MIB", help="workspace memory limit in MiB")
+    b.add_argument("--timing-cache", metavar="PATH", help="timing cache file: loaded if present, saved after")
+    b.add_argument("--tactic-sources", default=trt_compat.DEFAULT_TACTIC_SOURCES, metavar="LIST",
+                   help=_TACTIC_HELP)
+    b.add_argument("--force", action="store_true", help="build even when `check` finds hazards")
+    b.set_defaults(func=_guarded(cmd_build, "build"))
+
+    r = subparsers.add_parser(
+        "run",
+        help="run an engine at any shape in its profiles",
+        description=(
+            "Load an engine, pick the profile containing the shape (the nearest opt when several "
+            "do), run, and print or save the outputs. Inputs without --input get seeded random "
+            "data at --shape (default: profile 0's opt shape)."
+        ),
+    )
+    r.add_argument("engine", help="the engine file (its sidecar ENGINE.json is checked when present)")
+    r.add_argument("--shape", action="append", default=[], metavar="SHAPES",
+                   help="input shapes, e.g. input:1x3x480x640 (repeatable, or comma-separated)")
+    r.add_argument("--input", action="append", default=[], metavar="NAME:FILE.npy",
+                   help="an input's value from a .npy file (repeatable)")
+    r.add_argument("-o", "--output", metavar="OUT.npz", help="save the outputs here")
+    r.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    r.set_defaults(func=_guarded(cmd_run, "run"))
+
+    n = subparsers.add_parser(
+        "bench",
+        help="latency per shape (median, p99), against static engines and PyTorch eager",
+        description=(
+            "Time the engine at each shape (default: each profile's min/opt/max). "
+            "--compare-static builds one static engine per shape from the source model and "
+            "prints dynamic/static ratios; --torch times PyTorch eager on the same GPU."
+        ),
+    )
+    n.add_argument("engine", help="the engine file")
+    n.add_argument("--shapes", action="extend", nargs="+", default=[], metavar="SHAPES",
+                   help="one shape spec per benchmarked shape, e.g. "
+                        "--shapes input:1x3x256x256 input:4x3x512x512")
+    n.add_argument("--compare-static", action="store_true",
+                   help="also build and time one static engine per shape")
+    n.add_argument("--model", metavar="MODEL.onnx", help="the source model (default: the one in the sidecar)")
+    n.add_argument("--torch", metavar="FILE.py:FACTORY", help="also time PyTorch eager on this module")
+    n.add_argument("--torch-python", metavar="PYTHON",
+                   help="run PyTorch in this interpreter (when TensorRT and torch live in different Pythons)")
+    n.add_argument("--fp16", action="store_true", default=None,
+                   help="fp16 static engines and PyTorch (default: as the engine was built)")
+    n.add_argument("--warmup", type=int, default=10, help="warm-up runs per shape (default 10)")
+    n.add_argument("--iters", type=int, default=200, help="timed runs per shape, at most (default 200)")
+    n.add_argument("--json", action="store_true", help="print the results as JSON")
+    n.set_defaults(func=_guarded(cmd_bench, "bench"))
+
+
+def _guarded(handler: Handler, name: str) -> Handler:
+    """User mistakes as one line and exit 2; bugs stay loud (a traceback)."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except DynashapeError as exc:
+            print(f"dynashape {name}: error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            print(f"dynashape {name}: interrupted", file=sys.stderr)
+            return 130
+
+    run.__name__ = handler.__name__
+    return run
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+# --------------------------------------------------------------------------- build
+
+
+def _profiles_from_args(args: argparse.Namespace, names: Sequence[str]) -> list[Profile]:
+    profiles = []
+    given = [args.min_shapes, args.opt_shapes, args.max_shapes]
+    if any(given):
+        if args.profile:
+            raise DynashapeError("give either --min/--opt/--max or --profile groups, not both")
+        if not (args.min_shapes and args.max_shapes):
+            raise DynashapeError("--min and --max go together (--opt is optional)")
+        profiles.append(make_profile(
+            parse_shapes(args.min_shapes, names),
+            parse_shapes(args.opt_shapes, names) if args.opt_shapes else None,
+            parse_shapes(args.max_shapes, names),
+        ))
+    for lo, mid, hi in args.profile or []:
+        profiles.append(
+            make_profile(parse_shapes(lo, names), parse_shapes(mid, names), parse_shapes(hi, names))
+        )
+    return profiles
+
+
+def _run_check(model: Any, path: str) -> Any:
+    """`check`'s report, or None when the model has no dynamic input (nothing to check)."""
+    from dynashape.model import graph_inputs
+
+    if not any(i.dynamic_axes for i in graph_inputs(model)):
+        return None
+    from dynashape.check import check_model
+
+    return check_model(model, export_shape=None, ranges=None, path=path)
+
+
+def _finding_lines(findings: Sequence[Finding]) -> list[str]:
+    lines = []
+    for f in findings:
+        where = f"{f.node} ({f.op})" if f.node else "(model)"
+        lines.append(f"  {f.rule} {f.severity:<7} {where}: {f.message}")
+        if f.fix:
+            lines.append(f"      fix: {f.fix}")
+    return lines
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from dynashape.engine import BuildError, build_engine, profile_from_lattice
+    from dynashape.model import check_output_path, graph_inputs, load_model
+
+    model = load_model(args.model)
+    out = check_output_path(args.output, [args.model])
+    if out.suffix.lower() == ".onnx":
+        raise DynashapeError(
+            f"{out}: an engine is not an ONNX model; name it e.g. {out.with_suffix('.engine')}"
+        )
+    tactics = trt_compat.parse_tactic_sources(args.tactic_sources)  # a typo fails before the slow parts
+    inputs = graph_inputs(model)
+    names = [i.name for i in inputs]
+    profiles = _profiles_from_args(args, names)
+
+    report = _run_check(model, args.model)
+    findings: list[Finding] = list(report.findings) if report is not None else []
+    errors = [f for f in findings if f.severity == "error"]
+    if errors and not args.force:
+        print(
+            f"dynashape build: refusing to build {args.model}: `check` found {len(errors)} hazard(s) "
+            "that break it at other input shapes:",
+            file=sys.stderr,
+        )
+        print("\n".join(_finding_lines(errors)), file=sys.stderr)
+        print(
+            f"fix them first (`dynashape fix {args.model} -o FIXED.onnx`), or pass --force to build anyway",
+            file=sys.stderr,
+        )
+        return 1
+    for f in findings:
+        if f.severity != "error":
+            print(f"dynashape build: {f.rule} {f.severity}: {f.message}", file=sys.stderr)
+    if errors:
+        print(f"dynashape build: --force: building despite {len(errors)} hazard(s)", file=sys.stderr)
+
+    if not profiles:
+        if report is None:
+            profiles = [Profile()]  # static model: TensorRT needs no shapes
+        else:
+            profiles = [profile_from_lattice(inputs, report.export_shape, report.lattice)]
+            print(f"dynashape build: profile from the export shape and lattice: {profiles[0]}",
+                  file=sys.stderr)
+
+    reason = trt_compat.tensorrt_available()
+    if reason is not None:
+        raise DynashapeError(reason)
+
+    console = _console()
+    start = time.perf_counter()
+    try:
+        with console.status(f"building {out.name} ...") as status:
+
+            def progress(msg: str) -> None:
+                status.update(f"{out.name}: {msg} ({time.perf_counter() - start:.0f} s)")
+
+            built = build_engine(
+                model, profiles, fp16=args.fp16, workspace=args.workspace,
+                timing_cache=args.timing_cache, tactic_sources=tactics.text, progress=progress,
+            )
+    except BuildError as exc:
+        print(f"dynashape build: error: {exc}", file=sys.stderr)
+        if len(exc.trt_errors) > 1:
+            print("TensorRT said:", file=sys.stderr)
+            for line in exc.trt_errors[:20]:
+                print(f"  {line}", file=sys.stderr)
+        involved = [f for f in findings if f.node and f.node in exc.nodes]
+        if involved:
+            print(f"what `check` says about the nodes involved ({', '.join(exc.nodes)}):", file=sys.stderr)
+            print("\n".join(_finding_lines(involved)), file=sys.stderr)
+        elif findings:
+            print("TensorRT's message names no node that `check` flagged; `check` found:", file=sys.stderr)
+            print("\n".join(_finding_lines(findings)), file=sys.stderr)
+        else:
+            print("`check` found no hazard in this model; the failure is TensorRT's own.", file=sys.stderr)
+        return 1
+    built.info.source_path = args.model
+    built.save(out)
+    info = built.info
+    print(
+        f"built {out} in {info.build_seconds:.1f} s ({len(info.profiles)} profile(s)"
+        f"{', fp16' if args.fp16 else ''}; TensorRT {info.tensorrt_version} on {info.gpu_name}); "
+        f"sidecar {out.name}.json"
+    )
+    for i, prof in enumerate(info.profiles):
+        print(f"  profile {i}: {prof}")
+    return 0
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _split_known_name(item: str, names: Sequence[str]) -> tuple[str, str]:
+    """``NAME:VALUE`` where NAME is one of ``names`` (names and paths may contain ':')."""
+    for name in sorted(names, key=len, reverse=True):
+        if item.startswith(name + ":"):
+            return name, item[len(name) + 1 :]
+    if len(names) == 1:
+        return names[0], item
+    raise DynashapeError(f"{item!r}: write NAME:FILE.npy (the engine's inputs: {', '.join(names)})")
+
+
+def _load_npy(path: str, name: str) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise DynashapeError(f"--input {name}: {p}: no such file")
+    try:
+        arr = np.load(p, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DynashapeError(f"--input {name}: {p} is not a readable .npy file ({exc})") from None
+    if not isinstance(arr, np.ndarray):
+        raise DynashapeError(f"--input {name}: {p} holds several arrays; save one array with np.save")
+    return arr
+
+
+def _feeds_from_args(args: argparse.Namespace, engine: Any) -> dict[str, np.ndarray]:
+    from dynashape.bench import random_inputs
+
+    names = engine.input_names
+    feeds: dict[str, np.ndarray] = {}
+    for item in args.input:
+        name, path = _split_known_name(item, names)
+        if name in feeds:
+            raise DynashapeError(f"--input {name} is given twice")
+        feeds[name] = _load_npy(path, name)
+    shapes: ShapeMap = {}
+    for text in args.shape:
+        for name, shape in parse_shapes(text, names).items():
+            if name in feeds:
+                if tuple(feeds[name].shape) != shape:
+                    raise DynashapeError(
+                        f"--shape {name}:{format_shape(shape)} disagrees with its --input "
+                        f"({format_shape(feeds[name].shape)})"
+                    )
+                continue
+            shapes[name] = shape
+    missing = [n for n in names if n not in feeds and n not in shapes]
+    for name in missing:
+        shapes[name] = engine.profiles[0].inputs[name].opt
+    if missing:
+        print(f"dynashape run: using profile 0's opt shape for {', '.join(missing)}", file=sys.stderr)
+    dtypes = {t.name: t.dtype for t in engine.inputs}
+    feeds.update(random_inputs(shapes, dtypes, seed=args.seed))
+    return feeds
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from dynashape.engine import Engine
+    from dynashape.model import atomic_path, check_output_path
+
+    out = check_output_path(args.output, [args.engine]) if args.output else None
+    with Engine.load(args.engine) as engine:
+        feeds = _feeds_from_args(args, engine)
+        shapes = {n: tuple(a.shape) for n, a in feeds.items()}
+        index = engine.select_profile(shapes)
+        start = time.perf_counter()
+        outputs = engine.infer(feeds)
+        ms = (time.perf_counter() - start) * 1e3
+    table = Table(title=f"{Path(args.engine).name} at {format_shapes(shapes)} (profile {index}, {ms:.1f} ms)")
+    for col in ("output", "shape", "dtype", "min", "max", "mean"):
+        table.add_column(col, justify="left" if col in ("output", "dtype") else "right")
+    for name, arr in outputs.items():
+        if arr.size and np.issubdtype(arr.dtype, np.number):
+            stats = [f"{float(arr.min()):.4g}", f"{float(arr.max()):.4g}", f"{float(arr.mean()):.4g}"]
+        else:
+            stats = ["-", "-", "-"]
+        table.add_row(name, format_shape(arr.shape), str(arr.dtype), *stats)
+    from rich.console import Console
+
+    Console().print(table)
+    if out is not None:
+        with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+            arrays: dict[str, Any] = dict(outputs)
+            np.savez(fh, **arrays)  # a file object: np.savez would append .npz to a path
+        print(f"wrote {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- bench
+
+
+def _ratio(x: float | None) -> str:
+    return f"{x:.2f}x" if x is not None else "-"
+
+
+def _ms(stats: Any) -> str:
+    return f"{stats.median_ms:.3f}" if stats is not None else "-"
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from dynashape.bench import run_bench, to_json
+    from dynashape.engine import read_sidecar
+
+    info = read_sidecar(args.engine) if Path(args.engine).is_file() else None
+    names = [t.name for t in info.inputs] if info is not None else None
+    shape_list = [parse_shapes(text, names) for text in args.shapes]
+    console = _console()
+    with console.status("benchmarking ...") as status:
+        result = run_bench(
+            args.engine, shape_list, static=args.compare_static, source_model=args.model,
+            torch_spec=args.torch, torch_python=args.torch_python, fp16=args.fp16,
+            warmup=args.warmup, iters=args.iters, progress=lambda msg: status.update(msg),
+        )
+    if args.json:
+        print(to_json(result))
+        return 0
+    table = Table(title=f"{Path(args.engine).name}: {result.precision}, {result.device}, "
+                        f"TensorRT {result.tensorrt_version}, latency in ms")
+    cols = ["shape", "TRT p50", "TRT p99"]
+    if args.compare_static:
+        cols += ["static p50", "dyn/static"]
+    if args.torch:
+        cols += ["torch p50", "torch/TRT"]
+    for col in cols:
+        table.add_column(col, justify="left" if col == "shape" else "right")
+    for row in result.rows:
+        cells = [format_shapes(row.shapes), _ms(row.dynamic),
+                 f"{row.dynamic.p99_ms:.3f}" if row.dynamic else "-"]
+        if args.compare_static:
+            cells += [_ms(row.static), _ratio(row.dynamic_vs_static)]
+        if args.torch:
+            cells += [_ms(row.torch), _ratio(row.torch_vs_dynamic)]
+        table.add_row(*cells)
+    from rich.console import Console
+
+    Console().print(table)
+    for row in result.rows:
+        for err in row.errors:
+            print(f"  {format_shapes(row.shapes)}: {err}")
+    for note in result.notes:
+        print(f"  note: {note}")
+    return 0
+
+
+# --------------------------------------------------------------------------- standalone
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dynashape", description="TensorRT engines (build, run, bench)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (TensorRT too)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,739 @@
+"""Differential detection: what only the PyTorch module knows about other shapes.
+
+* :func:`differential_export` exports the module at the export shape S0 and at a second shape
+  S1, aligns the two graphs, and reports every constant, initializer or attribute whose value
+  changed: each one is a value the exporter baked from the input shape. A graph whose node
+  sequence changed is Python control flow on a size (DS009).
+* :func:`first_divergent_node` takes a model that fails or is wrong at some shape and names
+  the first node whose output stops agreeing with the reference (PyTorch, or a reference ONNX
+  graph with the same structure), or the node ONNX Runtime failed on.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from dynashape.errors import DynashapeError
+from dynashape.findings import Finding, Severity
+from dynashape.shapes import Shape, ShapeMap, format_shape, format_shapes
+
+if TYPE_CHECKING:
+    import torch
+
+    from dynashape.export import ExportResult
+
+log = logging.getLogger(__name__)
+
+# -------------------------------------------------------------------- rules by consumer
+
+# (op, input slot) -> rule for a constant input; op -> rule for a changed attribute.
+_INPUT_RULES: dict[tuple[str, int], str] = {
+    ("Resize", 1): "DS002", ("Resize", 2): "DS002", ("Resize", 3): "DS002",
+    ("Upsample", 1): "DS002",
+    ("Reshape", 1): "DS005",
+    ("Split", 1): "DS006",
+    ("ConstantOfShape", 0): "DS007",
+    ("Range", 0): "DS007", ("Range", 1): "DS007", ("Range", 2): "DS007",
+    ("Expand", 1): "DS012", ("Tile", 1): "DS012",
+    ("Pad", 1): "DS013",
+    ("Slice", 1): "DS014", ("Slice", 2): "DS014",
+}
+_ATTR_RULES: dict[str, str] = {
+    "AveragePool": "DS001", "MaxPool": "DS001", "LpPool": "DS001",
+    "Split": "DS006", "Pad": "DS013", "Slice": "DS014", "Resize": "DS002", "Upsample": "DS002",
+}
+# ops that only carry a shape tensor along (Concat of sizes, Cast, Unsqueeze, ...); a changed
+# integer constant is followed through them to the op that uses the shape.
+_SHAPE_PLUMBING = {
+    "Concat", "Cast", "Unsqueeze", "Squeeze", "Gather", "Mul", "Add", "Sub", "Div", "Identity",
+    "Floor", "Ceil", "Max", "Min", "Abs", "Neg", "Slice", "Reshape",
+}
+_PLUMBING_DEPTH = 8
+
+_WHY = {
+    "DS001": "pooling kernel taken from the input size",
+    "DS002": "resize target size frozen from the export shape",
+    "DS005": "reshape target with sizes frozen from the export shape",
+    "DS006": "split sizes frozen from the export shape",
+    "DS007": "tensor sized from the input shape at export",
+    "DS010": "a value computed from the input size in Python",
+    "DS012": "expand/tile sizes frozen from the export shape",
+    "DS013": "padding computed in Python from the export shape",
+    "DS014": "slice bounds frozen from the export shape",
+}
+_SOURCE_FIX = {
+    "DS001": "pool over the whole axis with a reduction (x.mean(dim, keepdim=True)) or "
+    "adaptive_avg_pool2d instead of a kernel read from x.shape",
+    "DS002": "pass size=skip.shape[-2:] (tensors, not Python ints) or scale_factor",
+    "DS005": "use -1 or x.flatten(start_dim) instead of Python-int sizes in view/reshape",
+    "DS006": "split with sizes computed from tensors, or use chunk/narrow along the axis",
+    "DS007": "build the tensor with torch.zeros_like / new_zeros(x.shape) or arange(x.shape[i])",
+    "DS010": "keep the size a tensor (x.shape[i] without int()/.item()/math on it)",
+    "DS012": "expand with -1 for the axes that follow the input",
+    "DS013": "compute the padding with tensor ops on x.shape, or pad to a fixed multiple",
+    "DS014": "slice with open ends (x[:, :, :]) or bounds taken from another tensor's shape",
+}
+
+
+# -------------------------------------------------------------------- results
+
+
+@dataclass
+class DifferentialResult:
+    """Two exports of one module and what differed between them."""
+
+    s0: ShapeMap
+    s1: ShapeMap
+    findings: list[Finding]
+    export_s0: ExportResult
+    export_s1: ExportResult
+    nodes_s0: int
+    nodes_s1: int
+    aligned: int
+
+    @property
+    def same_structure(self) -> bool:
+        return self.nodes_s0 == self.nodes_s1 and self.aligned == self.nodes_s0
+
+
+@dataclass
+class DivergentNode:
+    """The first node whose output disagrees with the reference (or that failed to run)."""
+
+    node: str
+    op: str
+    module_path: str
+    kind: str  # "error" (the runtime failed there), "shape" or "value"
+    message: str
+    output: str = ""
+    max_error: float | None = None
+    shape: Shape | None = None
+    expected_shape: Shape | None = None
+    source: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        where = f" (module {self.module_path})" if self.module_path else ""
+        src = f" at {self.source}" if self.source else ""
+        return f"{self.node} [{self.op}]{where}{src}: {self.message}"
+
+
+# -------------------------------------------------------------------- S1
+
+
+def largest_pow2_divisor(n: int, cap: int = 64) -> int:
+    p = 1
+    while p * 2 <= cap and n % (p * 2) == 0:
+        p *= 2
+    return p
+
+
+def choose_s1(s0: ShapeMap, dynamic: dict[str, list[int]]) -> ShapeMap:
+    """A second shape on the lattice that differs in every dynamic axis.
+
+    Batch (axis 0) grows by one; any other dynamic axis grows by twice the largest power of
+    two (≤ 64) that divides it, so a model needing multiples of its stride still accepts it.
+    """
+    s1: ShapeMap = {}
+    for name, shape in s0.items():
+        dims = list(shape)
+        for axis in dynamic.get(name, []):
+            dims[axis] = dims[axis] + 1 if axis == 0 else dims[axis] + 2 * largest_pow2_divisor(dims[axis])
+        s1[name] = tuple(dims)
+    return s1
+
+
+# -------------------------------------------------------------------- graph helpers
+
+
+class _Graph:
+    """Index of one exported graph: constants, producers and consumers by tensor name."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.nodes = list(model.graph.node)
+        self.inits = {t.name: t for t in model.graph.initializer}
+        self.const_nodes: dict[str, onnx.NodeProto] = {}
+        self.producer: dict[str, int] = {}
+        self.consumers: dict[str, list[tuple[int, int]]] = {}
+        for i, node in enumerate(self.nodes):
+            for out in node.output:
+                self.producer[out] = i
+            if node.op_type == "Constant" and node.output:
+                self.const_nodes[node.output[0]] = node
+            for k, inp in enumerate(node.input):
+                if inp:
+                    self.consumers.setdefault(inp, []).append((i, k))
+
+    def constant(self, name: str) -> onnx.TensorProto | None:
+        if name in self.inits:
+            return self.inits[name]
+        node = self.const_nodes.get(name)
+        if node is None:
+            return None
+        for attr in node.attribute:
+            if attr.name == "value":
+                return attr.t
+            value = onnx.helper.get_attribute_value(attr)
+            arr = np.asarray(value, dtype=np.float32 if "float" in attr.name else np.int64)
+            return numpy_helper.from_array(arr, name)
+        return None
+
+
+def _key(node: onnx.NodeProto) -> str:
+    """Alignment key: op type plus the name without the exporter's running numbers."""
+    name = re.sub(r"(_\d+)+$", "", node.name)
+    name = re.sub(r"\d+", "#", name)
+    return f"{node.op_type}|{name}"
+
+
+def align(nodes0: Sequence[onnx.NodeProto], nodes1: Sequence[onnx.NodeProto]) -> list[tuple[str, int, int, int, int]]:
+    """difflib opcodes over the two node sequences (robust to renumbered names)."""
+    keys0 = [_key(n) for n in nodes0]
+    keys1 = [_key(n) for n in nodes1]
+    return difflib.SequenceMatcher(a=keys0, b=keys1, autojunk=False).get_opcodes()
+
+
+def _pairs(opcodes: Iterable[tuple[str, int, int, int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for tag, i1, i2, j1, j2 in opcodes:
+        if tag == "equal":
+            out.extend(zip(range(i1, i2), range(j1, j2)))
+    return out
+
+
+def _tensor_equal(a: onnx.TensorProto, b: onnx.TensorProto) -> bool:
+    if list(a.dims) != list(b.dims) or a.data_type != b.data_type:
+        return False
+    if a.raw_data and b.raw_data:
+        return a.raw_data == b.raw_data
+    return bool(np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b)))
+
+
+def _show(value: Any, limit: int = 16) -> Any:
+    """A JSON-friendly value: the list itself when small, else a summary with the shape."""
+    if isinstance(value, onnx.TensorProto):
+        value = numpy_helper.to_array(value)
+    if isinstance(value, np.ndarray):
+        if value.size <= limit:
+            return value.tolist()
+        return f"tensor of shape {list(value.shape)}"
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, list | tuple):
+        return [_show(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _attr_value(attr: onnx.AttributeProto) -> Any:
+    if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+        return None  # subgraphs are compared through their own nodes, not here
+    return onnx.helper.get_attribute_value(attr)
+
+
+def _attr_equal(a: Any, b: Any) -> bool:
+    if isinstance(a, onnx.TensorProto) and isinstance(b, onnx.TensorProto):
+        return _tensor_equal(a, b)
+    return bool(a == b)
+
+
+# -------------------------------------------------------------------- source lines
+
+_LEGACY_FRAME = re.compile(r"^(.*)\((\d+)\): (\S+)$")
+_DYNAMO_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+
+
+def node_source(node: onnx.NodeProto) -> str | None:
+    """``file.py:LINE`` of the user's code that produced the node, when the exporter kept it.
+
+    The legacy exporter (run verbose) keeps the Python stack in ``doc_string``, innermost
+    frame first; the dynamo exporter keeps it in the ``pkg.torch.onnx.stack_trace`` metadata,
+    innermost frame last. The innermost frame outside torch is the user's line.
+    """
+    from dynashape.export import display_path, is_library_frame
+
+    def user(path: str) -> bool:
+        return os.path.isabs(path) and not is_library_frame(path)
+
+    for line in node.doc_string.splitlines():
+        m = _LEGACY_FRAME.match(line.strip())
+        if m and user(m.group(1)):
+            return f"{display_path(m.group(1))}:{m.group(2)}"
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.stack_trace":
+            frames = [m for m in _DYNAMO_FRAME.finditer(prop.value) if user(m.group(1))]
+            if frames:
+                return f"{display_path(frames[-1].group(1))}:{frames[-1].group(2)}"
+    return None
+
+
+def module_path(node: onnx.NodeProto) -> str:
+    """The PyTorch module that produced the node: ``/stage4/stage4.0/Conv`` -> ``stage4.0``."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            scopes = re.findall(r"'([^']*)'", prop.value)
+            return ".".join(s for s in scopes[1:-1] if s)
+    parts = [p for p in node.name.split("/") if p]
+    if node.name.startswith("/") and len(parts) >= 2:
+        return parts[-2]
+    return ""
+
+
+def module_scopes(node: onnx.NodeProto) -> list[str]:
+    """Every enclosing module path of a node, outermost first."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            scopes = [s for s in re.findall(r"'([^']*)'", prop.value)[1:-1] if s]
+            return [".".join(scopes[: i + 1]) for i in range(len(scopes))]
+    parts = [p for p in node.name.split("/") if p]
+    return parts[:-1] if node.name.startswith("/") else []
+
+
+# -------------------------------------------------------------------- differential export
+
+
+@dataclass
+class _Change:
+    consumer: int  # node index in the S0 graph
+    slot: int | None  # input slot, or None for an attribute
+    attr: str | None
+    v0: Any
+    v1: Any
+    constant: str | None  # tensor name of the changed constant in the S0 graph
+    dims_changed: bool
+    attributes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _rule_for(op: str, slot: int | None, attr: str | None) -> str | None:
+    if attr is not None:
+        return _ATTR_RULES.get(op)
+    if slot is not None:
+        return _INPUT_RULES.get((op, slot))
+    return None
+
+
+def _final_consumers(g: _Graph, start: int, depth: int = _PLUMBING_DEPTH) -> list[tuple[int, int]]:
+    """Follow a shape tensor from node ``start`` through plumbing ops to the ops that use it."""
+    found: list[tuple[int, int]] = []
+    frontier = [start]
+    seen = {start}
+    for _ in range(depth):
+        nxt: list[int] = []
+        for idx in frontier:
+            for out in g.nodes[idx].output:
+                for ci, slot in g.consumers.get(out, []):
+                    op = g.nodes[ci].op_type
+                    if _rule_for(op, slot, None):
+                        found.append((ci, slot))
+                    elif op in _SHAPE_PLUMBING and ci not in seen:
+                        seen.add(ci)
+                        nxt.append(ci)
+        frontier = nxt
+        if not frontier:
+            break
+    return found
+
+
+def differential_export(
+    module_or_spec: torch.nn.Module | str,
+    input_shapes: ShapeMap,
+    *,
+    dynamic: dict[str, list[int]] | None = None,
+    exporter: str = "legacy",
+    s1: ShapeMap | None = None,
+    opset: int | None = None,
+) -> DifferentialResult:
+    """Export at S0 and S1 and report every value that changed between the two graphs."""
+    from dynashape.export import default_dynamic, export_module, load_module
+
+    module = load_module(module_or_spec) if isinstance(module_or_spec, str) else module_or_spec
+    dynamic = default_dynamic(input_shapes) if dynamic is None else dynamic
+    s0 = dict(input_shapes)
+    if s1 is None:
+        s1 = choose_s1(s0, dynamic)
+    _check_s1(s0, s1, dynamic)
+    log.info("differential export at %s and %s", format_shapes(s0), format_shapes(s1))
+    e0 = export_module(module, s0, dynamic, exporter=exporter, opset=opset)
+    e1 = export_module(module, s1, dynamic, exporter=exporter, opset=opset)
+    findings, aligned = diff_exports(e0.model, e1.model, s0, s1)
+    return DifferentialResult(
+        s0=s0, s1=dict(s1), findings=findings, export_s0=e0, export_s1=e1,
+        nodes_s0=len(e0.model.graph.node), nodes_s1=len(e1.model.graph.node), aligned=aligned,
+    )
+
+
+def _check_s1(s0: ShapeMap, s1: ShapeMap, dynamic: dict[str, list[int]]) -> None:
+    for name, shape in s0.items():
+        other = s1.get(name)
+        if other is None:
+            raise DynashapeError(f"the second shape has no input {name!r}")
+        if len(other) != len(shape):
+            raise DynashapeError(
+                f"the second shape {name}:{format_shape(other)} has another rank than {format_shape(shape)}"
+            )
+        fixed = [a for a in range(len(shape)) if a not in dynamic.get(name, []) and shape[a] != other[a]]
+        if fixed:
+            raise DynashapeError(f"the second shape changes static axes {fixed} of input {name!r}")
+
+
+def diff_exports(
+    model0: onnx.ModelProto, model1: onnx.ModelProto, s0: ShapeMap, s1: ShapeMap
+) -> tuple[list[Finding], int]:
+    """Findings for every baked value (and the control-flow change) between two exports."""
+    g0, g1 = _Graph(model0), _Graph(model1)
+    opcodes = align(g0.nodes, g1.nodes)
+    pairs = _pairs(opcodes)
+    changes: list[_Change] = []
+    for i, j in pairs:
+        n0, n1 = g0.nodes[i], g1.nodes[j]
+        if n0.op_type == "Constant":
+            continue  # reported at its consumers
+        attrs1 = {a.name: a for a in n1.attribute}
+        changed: dict[str, tuple[Any, Any]] = {}
+        for a0 in n0.attribute:
+            a1 = attrs1.get(a0.name)
+            if a1 is None:
+                continue
+            v0, v1 = _attr_value(a0), _attr_value(a1)
+            if v0 is not None and not _attr_equal(v0, v1):
+                changed[a0.name] = (v0, v1)
+        if changed:
+            # one finding per node: the kernel when it changed (strides follow it), else the first
+            primary = "kernel_shape" if "kernel_shape" in changed else next(iter(changed))
+            v0, v1 = changed[primary]
+            changes.append(_Change(i, None, primary, v0, v1, None, False, {
+                k: {"s0": _show(a), "s1": _show(b)} for k, (a, b) in changed.items()
+            }))
+        for k, (in0, in1) in enumerate(zip(n0.input, n1.input)):
+            c0, c1 = g0.constant(in0), g1.constant(in1)
+            if c0 is None or c1 is None or _tensor_equal(c0, c1):
+                continue
+            changes.append(_Change(i, k, None, c0, c1, in0, list(c0.dims) != list(c1.dims)))
+    findings = _changes_to_findings(g0, changes, s0, s1)
+    cf = _control_flow_finding(g0, g1, opcodes, s0, s1)
+    if cf is not None:
+        findings.append(cf)
+    return findings, len(pairs)
+
+
+def _changes_to_findings(g0: _Graph, changes: list[_Change], s0: ShapeMap, s1: ShapeMap) -> list[Finding]:
+    findings: list[Finding] = []
+    seen: set[tuple[str, str, str]] = set()
+    shapes = f"{format_shapes(s0)} and {format_shapes(s1)}"
+    for ch in changes:
+        direct = g0.nodes[ch.consumer]
+        targets: list[tuple[onnx.NodeProto, str, str]] = []  # (node, rule, what)
+        rule = _rule_for(direct.op_type, ch.slot, ch.attr)
+        what = f"attribute {ch.attr}" if ch.attr else f"input {ch.slot}"
+        if len(ch.attributes) > 1:
+            what = "attributes " + ", ".join(ch.attributes)
+        via: list[str] = []
+        if rule is not None:
+            targets.append((direct, rule, what))
+        elif ch.attr is None and _is_integer(ch.v0) and direct.op_type in _SHAPE_PLUMBING:
+            for ci, slot in _final_consumers(g0, ch.consumer):
+                node = g0.nodes[ci]
+                targets.append((node, _INPUT_RULES[(node.op_type, slot)], f"input {slot}"))
+            via = [direct.name]
+        if not targets:
+            fallback = "DS007" if ch.dims_changed else "DS010"
+            targets.append((direct, fallback, what))
+        for node, rule_id, slot_text in targets:
+            key = (rule_id, node.name, f"{slot_text}|{ch.constant}")
+            if key in seen:
+                continue
+            seen.add(key)
+            source = None
+            if ch.constant and ch.constant in g0.const_nodes:
+                source = node_source(g0.const_nodes[ch.constant])
+            source = source or node_source(node) or node_source(direct)
+            v0, v1 = _show(ch.v0), _show(ch.v1)
+            name = f"{ch.constant} " if ch.constant else ""
+            via_text = f" (through {', '.join(via)})" if via else ""
+            message = (
+                f"{_WHY.get(rule_id, 'a value baked from the input shape')}: {node.op_type} {node.name} "
+                f"{slot_text} {name}{'are' if len(ch.attributes) > 1 else 'is'} {v0} when exported at {format_shapes(s0)} and {v1} at "
+                f"{format_shapes(s1)}{via_text}"
+            )
+            severity: Severity = "warning" if rule_id == "DS010" else "error"
+            findings.append(Finding(
+                rule=rule_id, severity=severity, node=node.name, op=node.op_type, message=message,
+                fixable=False, detected_by="differential-export", inputs=list(node.input),
+                baked_value=v0, breaks_at=f"any shape other than {format_shapes(s0)}",
+                fix=f"in the source{f' ({source})' if source else ''}: {_SOURCE_FIX.get(rule_id, '')}",
+                source=source,
+                details={
+                    "s0": v0, "s1": v1, "shape_s0": format_shapes(s0), "shape_s1": format_shapes(s1),
+                    "what": slot_text, "constant": ch.constant, "via": via,
+                    "module": module_path(node), "exports_compared": shapes,
+                    **({"attributes": ch.attributes} if ch.attributes else {}),
+                },
+            ))
+    return findings
+
+
+def _is_integer(value: Any) -> bool:
+    if isinstance(value, onnx.TensorProto):
+        return value.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+    return False
+
+
+def _control_flow_finding(
+    g0: _Graph, g1: _Graph, opcodes: Sequence[tuple[str, int, int, int, int]], s0: ShapeMap, s1: ShapeMap
+) -> Finding | None:
+    diffs = [op for op in opcodes if op[0] != "equal"]
+    if not diffs:
+        return None
+    tag, i1, i2, j1, j2 = diffs[0]
+    in_s0 = i2 > i1
+    node = g0.nodes[i1] if in_s0 else g1.nodes[j1]
+    only = "only in the S1 graph" if not in_s0 else (
+        "only in the S0 graph" if tag == "delete" else "replaced between the graphs"
+    )
+    extra0 = [g0.nodes[k].name for op in diffs for k in range(op[1], op[2])]
+    extra1 = [g1.nodes[k].name for op in diffs for k in range(op[3], op[4])]
+    source = node_source(node)
+    return Finding(
+        rule="DS009", severity="error", node=node.name, op=node.op_type,
+        message=(
+            f"the graph exported at {format_shapes(s0)} has {len(g0.nodes)} nodes and the one at "
+            f"{format_shapes(s1)} has {len(g1.nodes)}: Python control flow on a size picked a different "
+            f"branch; first difference: {node.op_type} {node.name} ({only})"
+        ),
+        fixable=False, detected_by="differential-export", inputs=list(node.input),
+        baked_value=len(g0.nodes), breaks_at="shapes that take the other branch",
+        fix=f"in the source{f' ({source})' if source else ''}: replace the Python `if` on a size "
+        "with tensor ops that work for every size (e.g. always pad to a multiple)",
+        source=source,
+        details={
+            "s0": len(g0.nodes), "s1": len(g1.nodes), "only_in_s0": extra0[:20], "only_in_s1": extra1[:20],
+            "shape_s0": format_shapes(s0), "shape_s1": format_shapes(s1),
+        },
+    )
+
+
+# -------------------------------------------------------------------- first divergent node
+
+
+def with_all_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose graph outputs include every node output, so ORT returns all intermediates."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    existing = {o.name for o in m.graph.output}
+    for node in m.graph.node:
+        for out in node.output:
+            if out and out not in existing:
+                vi = m.graph.output.add()
+                vi.name = out
+                existing.add(out)
+    return m
+
+
+def run_intermediates(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every tensor the model computes at these feeds (raises ``RunError`` if ORT fails)."""
+    from dynashape.backends.ort import OrtRunner
+
+    with OrtRunner(with_all_outputs(model)) as runner:
+        return runner.infer(feeds)
+
+
+def _compare(got: np.ndarray, ref: np.ndarray, atol: float, rtol: float) -> tuple[str, float] | None:
+    """None when they agree; else ("shape"|"value", max abs error)."""
+    if got.shape != ref.shape:
+        return "shape", float("inf")
+    if got.size == 0:
+        return None
+    if got.dtype == np.bool_ or ref.dtype == np.bool_:
+        err = float(np.count_nonzero(got != ref))
+        return ("value", err) if err else None
+    a = got.astype(np.float64)
+    b = ref.astype(np.float64)
+    finite = np.isfinite(a) & np.isfinite(b)
+    if not np.array_equal(np.isfinite(a), np.isfinite(b)):
+        return "value", float("inf")
+    diff = np.abs(a[finite] - b[finite])
+    err = float(diff.max()) if diff.size else 0.0
+    scale = float(np.abs(b[finite]).max()) if diff.size else 0.0
+    return ("value", err) if err > atol + rtol * scale else None
+
+
+def _node_by_name(model: onnx.ModelProto, name: str | None) -> onnx.NodeProto | None:
+    if not name:
+        return None
+    for node in model.graph.node:
+        if node.name == name:
+            return node
+    return None
+
+
+def _shapes_of(feeds: dict[str, np.ndarray]) -> ShapeMap:
+    return {n: tuple(int(d) for d in a.shape) for n, a in feeds.items()}
+
+
+def first_divergent_node(
+    model: onnx.ModelProto,
+    feeds: dict[str, np.ndarray],
+    reference: torch.nn.Module | str | onnx.ModelProto,
+    *,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    exporter: str = "legacy",
+    dynamic: dict[str, list[int]] | None = None,
+) -> DivergentNode | None:
+    """The first node of ``model`` whose output disagrees with the reference at ``feeds``.
+
+    ``reference`` is a PyTorch module (or ``FILE.py:FACTORY`` spec) or an ONNX model with the
+    same structure. For a module, its outputs are captured with forward hooks and compared
+    where the node names carry the module path, and the module is re-exported at this shape
+    (same dynamic axes, so the same structure with this shape's values baked in); node
+    outputs are then compared one by one in graph order. Returns None when all agree. If ONNX
+    Runtime cannot run the model at this shape, the node it failed on is returned.
+    """
+    from dynashape.backends.ort import RunError
+
+    try:
+        got = run_intermediates(model, feeds)
+    except RunError as exc:
+        node = _node_by_name(model, exc.node)
+        return DivergentNode(
+            node=exc.node or "", op=node.op_type if node is not None else "",
+            module_path=module_path(node) if node is not None else "", kind="error",
+            message=f"ONNX Runtime fails at {format_shapes(_shapes_of(feeds))}: {exc}",
+            source=node_source(node) if node is not None else None,
+        )
+
+    module_hint: DivergentNode | None = None
+    if isinstance(reference, onnx.ModelProto):
+        ref_model = reference
+    else:
+        from dynashape.export import export_module, load_module
+
+        module = load_module(reference) if isinstance(reference, str) else reference
+        module_hint = _compare_module_outputs(model, got, module, feeds, atol, rtol)
+        if dynamic is None:
+            from dynashape.model import graph_inputs
+
+            dynamic = {i.name: i.dynamic_axes for i in graph_inputs(model)}
+        try:
+            ref_model = export_module(module, _shapes_of(feeds), dynamic, exporter=exporter).model
+        except DynashapeError as exc:
+            log.warning("cannot re-export the reference at this shape (%s); using module outputs only", exc)
+            return module_hint
+    found = _compare_with_reference(model, got, ref_model, feeds, atol, rtol)
+    if found is not None and module_hint is not None:
+        found.details["first_divergent_module"] = module_hint.module_path
+        found.details["module_node"] = module_hint.node
+    return found if found is not None else module_hint
+
+
+def _compare_with_reference(
+    model: onnx.ModelProto,
+    got: dict[str, np.ndarray],
+    ref_model: onnx.ModelProto,
+    feeds: dict[str, np.ndarray],
+    atol: float,
+    rtol: float,
+) -> DivergentNode | None:
+    from dynashape.backends.ort import RunError
+
+    try:
+        ref = run_intermediates(ref_model, feeds)
+    except RunError as exc:
+        raise DynashapeError(f"the reference model itself fails at this shape: {exc}") from None
+    nodes, ref_nodes = list(model.graph.node), list(ref_model.graph.node)
+    for i, j in _pairs(align(nodes, ref_nodes)):
+        node, rnode = nodes[i], ref_nodes[j]
+        if node.op_type == "Constant":
+            continue
+        for out, rout in zip(node.output, rnode.output):
+            if not out or out not in got or rout not in ref:
+                continue
+            bad = _compare(np.asarray(got[out]), np.asarray(ref[rout]), atol, rtol)
+            if bad is None:
+                continue
+            kind, err = bad
+            a, b = np.asarray(got[out]), np.asarray(ref[rout])
+            msg = (
+                f"output {out} has shape {format_shape(a.shape)}, the reference {format_shape(b.shape)}"
+                if kind == "shape" else f"output {out} differs from the reference by {err:.3g}"
+            )
+            return DivergentNode(
+                node=node.name, op=node.op_type, module_path=module_path(node), kind=kind, message=msg,
+                output=out, max_error=err, shape=tuple(a.shape), expected_shape=tuple(b.shape),
+                source=node_source(node), details={"reference_node": rnode.name},
+            )
+    return None
+
+
+def _compare_module_outputs(
+    model: onnx.ModelProto,
+    got: dict[str, np.ndarray],
+    module: torch.nn.Module,
+    feeds: dict[str, np.ndarray],
+    atol: float,
+    rtol: float,
+) -> DivergentNode | None:
+    """Compare each submodule's output (forward hooks) with the last node of its scope."""
+    import torch
+
+    nodes = list(model.graph.node)
+    last: dict[str, int] = {}
+    for idx, node in enumerate(nodes):
+        for scope in module_scopes(node):
+            last[scope] = idx
+    if not last:
+        return None
+    named = dict(module.named_modules())
+    captured: dict[str, np.ndarray] = {}
+
+    def hook_for(path: str) -> Callable[..., None]:
+        def hook(_mod: Any, _inp: Any, out: Any) -> None:
+            t = out[0] if isinstance(out, (tuple, list)) and out else out
+            if isinstance(t, torch.Tensor) and path not in captured:
+                captured[path] = t.detach().cpu().numpy()
+        return hook
+
+    handles = [named[p].register_forward_hook(hook_for(p)) for p in last if p in named]
+    try:
+        args = [torch.from_numpy(np.ascontiguousarray(a)) for a in feeds.values()]
+        with torch.inference_mode():
+            module.eval()(*args)
+    except RuntimeError as exc:
+        raise DynashapeError(f"the PyTorch reference fails at this shape too: {exc}") from None
+    finally:
+        for h in handles:
+            h.remove()
+    for path, idx in sorted(last.items(), key=lambda kv: kv[1]):
+        if path not in captured:
+            continue
+        node = nodes[idx]
+        out = node.output[0] if node.output else ""
+        if out not in got:
+            continue
+        a, b = np.asarray(got[out]), captured[path]
+        if a.ndim != b.ndim or not np.issubdtype(a.dtype, np.floating):
+            continue  # the scope's last node is not what the module returned
+        bad = _compare(a, b, atol, rtol)
+        if bad is None:
+            continue
+        kind, err = bad
+        return DivergentNode(
+            node=node.name, op=node.op_type, module_path=path, kind=kind,
+            message=f"module {path} returns {format_shape(b.shape)} in PyTorch; ONNX gives "
+            f"{format_shape(a.shape)}" + ("" if kind == "shape" else f", max error {err:.3g}"),
+            output=out, max_error=err, shape=tuple(a.shape), expected_shape=tuple(b.shape),
+            source=node_source(node), details={"compared": "module output"},
+        )
+    return None

@@ -1,0 +1,166 @@
+"""`doctor`: check -> fix -> verify -> (TensorRT build + verify) end to end, on one model.
+
+With no model it runs the built-in demo. The reference for the sweep is PyTorch eager when the
+model came from a module (or is the demo) and torch is installed; otherwise the original graph
+re-specialized at each shape.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from dynashape.check import CheckReport, check_model
+from dynashape.fix import FixResult, fix_model, write_fixed
+from dynashape.model import load_model
+from dynashape.shapes import RangeMap, ShapeMap, format_shapes
+from dynashape.verify import (
+    SweepResult,
+    default_ranges,
+    make_reference,
+    sweep_shapes,
+    verify,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TensorRTStep:
+    status: str  # "built" | "skipped" | "failed"
+    reason: str = ""
+    sweep: SweepResult | None = None
+    engine_path: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": self.status, "reason": self.reason, "engine": self.engine_path}
+        if self.sweep is not None:
+            out["verify"] = self.sweep.to_json()
+        return out
+
+
+@dataclass
+class DoctorResult:
+    model: str
+    check: CheckReport
+    fix: FixResult
+    sweep: SweepResult
+    tensorrt: TensorRTStep
+    heatmap: str | None = None
+    extra_findings: list[Any] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return self.sweep.all_ok and not self.fix.unfixed
+
+    def to_json(self) -> dict[str, Any]:
+        data = self.check.to_json()
+        data["findings"] = [f.to_json() for f in self.check.findings]
+        data["fixed"] = {"path": self.fix.path, "applied": self.fix.applied,
+                         "not_fixed": self.fix.to_json()["not_fixed"], "proof": self.fix.to_json()["proof"]}
+        data["verify"] = self.sweep.to_json()
+        data["tensorrt"] = self.tensorrt.to_json()
+        data["heatmap"] = self.heatmap
+        return data
+
+
+def tensorrt_step(fixed: onnx.ModelProto, shapes: list[ShapeMap], reference_factory: Callable[[], Any],
+                  lattice: Any, progress: Callable[[int, int, ShapeMap], None] | None = None) -> TensorRTStep:
+    """Build an engine over the sweep's shapes and verify it, when TensorRT and a GPU are here."""
+    try:
+        from dynashape.trt_compat import tensorrt_available
+    except ImportError:
+        return TensorRTStep("skipped", "the TensorRT backend is not part of this installation")
+    reason = tensorrt_available()
+    if reason:
+        return TensorRTStep("skipped", reason)
+    from dynashape.backends.trt import engine_runner_for_shapes
+
+    try:
+        sweep = verify(fixed, shapes, reference_factory(), lambda: engine_runner_for_shapes(fixed, shapes),
+                       lattice=lattice, backend="tensorrt", atol=1e-3, rtol=1e-3, progress=progress)
+    except Exception as exc:  # a TensorRT build failure is a result of the doctor, not a crash
+        log.debug("TensorRT step failed", exc_info=True)
+        return TensorRTStep("failed", str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
+    return TensorRTStep("built", "", sweep)
+
+
+def run_doctor(
+    model_path: str | None,
+    *,
+    out_dir: str | Path,
+    export_shape: ShapeMap | None = None,
+    ranges: RangeMap | None = None,
+    reference: str | None = None,
+    torch_spec: str | None = None,
+    heatmap: bool = True,
+    tensorrt: bool = True,
+    progress: Callable[[int, int, ShapeMap], None] | None = None,
+) -> DoctorResult:
+    from dynashape.demo import demo_onnx_path, demo_torch_spec
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if model_path is None:
+        path = demo_onnx_path()
+        if torch_spec is None and _torch_available():
+            torch_spec = demo_torch_spec()
+    else:
+        path = Path(model_path)
+    original = load_model(path)
+    report = check_model(original, export_shape=export_shape, ranges=ranges, path=str(path))
+    result = fix_model(original, report=report)
+    fixed_path = out / f"{path.stem}.fixed.onnx"
+    write_fixed(result, fixed_path)
+    lattice = report.lattice
+    rng = ranges or default_ranges(original, report.export_shape, lattice)
+    shapes = sweep_shapes(original, report.export_shape, rng, lattice)
+    if reference is None:
+        reference = f"torch:{torch_spec}" if torch_spec else "respecialized"
+
+    def make_ref() -> Any:
+        return make_reference(reference, result.fixed, original, report)
+
+    log.info("verifying %d shapes against %s", len(shapes), reference)
+    sweep = verify(result.fixed, shapes, make_ref(), lattice=lattice, progress=progress)
+    trt = tensorrt_step(result.fixed, shapes, make_ref, lattice, progress) if tensorrt else TensorRTStep(
+        "skipped", "disabled with --no-tensorrt")
+    heatmap_path = None
+    if heatmap:
+        heatmap_path = str(write_doctor_heatmap(original, result.fixed, report, out / f"{path.stem}.validity.png"))
+    return DoctorResult(str(path), report, result, sweep, trt, heatmap_path)
+
+
+def write_doctor_heatmap(original: onnx.ModelProto, fixed: onnx.ModelProto, report: CheckReport,
+                         target: Path) -> Path:
+    from dynashape.model import graph_inputs
+    from dynashape.report import grid_sizes, validity_grid, write_heatmap
+
+    info = next((i for i in graph_inputs(original) if len([a for a in i.dynamic_axes if a >= 2]) >= 2), None)
+    if info is None:
+        raise ValueError("no input with two dynamic spatial axes")
+    axes = tuple(a for a in info.dynamic_axes if a >= 2)[:2]
+    s0 = report.export_shape[info.name]
+    rows = grid_sizes(max(8, s0[axes[0]] // 2), s0[axes[0]] * 3 // 2)
+    cols = grid_sizes(max(8, s0[axes[1]] // 2), s0[axes[1]] * 3 // 2)
+    grids = [
+        validity_grid(original, report.export_shape, info.name, (axes[0], axes[1]), rows, cols, "as exported"),
+        validity_grid(fixed, report.export_shape, info.name, (axes[0], axes[1]), rows, cols, "after dynashape fix"),
+    ]
+    return write_heatmap(grids, target)
+
+
+def _torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+__all__ = ["DoctorResult", "format_shapes", "run_doctor"]
