@@ -103,10 +103,10 @@ def check_model(
                 )
             if not finding.fixable:
                 continue
-            node = next((n for n in ctx.model.graph if n.name == finding.node), None)
-            if node is None:
+            target = next((n for n in ctx.model.graph if n.name == finding.node), None)
+            if target is None:
                 continue
-            applied.append(rule.rewrite(ctx, node, finding))
+            applied.append(rule.rewrite(ctx, target, finding))
             rewritten = True
         if rewritten:
             ctx.refresh()

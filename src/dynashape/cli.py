@@ -7,6 +7,7 @@ input errors (one line on stderr, no traceback).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -191,7 +192,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     runner_factory = None
     if args.backend == "trt":
         runner_factory = _trt_runner_factory(model, shapes)
-    diagnose = _diagnoser(args, model, report)
+    diagnose = _diagnoser(args, model)
     progress, update = _progress(console, "verifying")
     with progress:
         sweep = verify(model, shapes, reference, runner_factory, lattice=report.lattice,
@@ -219,23 +220,24 @@ def _trt_runner_factory(model: Any, shapes: Any) -> Callable[[], Any]:
     return lambda: engine_runner_for_shapes(model, shapes)
 
 
-def _diagnoser(args: argparse.Namespace, model: Any, report: Any) -> Callable[..., Any] | None:
-    """First divergent node at failing shapes (needs the differential module)."""
+def _diagnoser(args: argparse.Namespace, model: Any) -> Callable[..., Any] | None:
+    """First divergent node at failing shapes, against a torch or ONNX reference."""
+    ref = args.reference or ""
+    if not (ref.startswith("torch:") or ref.startswith("onnx:")):
+        return None
     try:
         from dynashape.differential import first_divergent_node
     except ImportError:
         return None
-    ref = args.reference or ""
+    reference: Any = ref[len("torch:"):] if ref.startswith("torch:") else _load(ref[len("onnx:"):])
 
     def diagnose(shapes: Any, feeds: Any) -> Any:
         try:
-            found = first_divergent_node(model, feeds, reference=ref, export_shape=report.export_shape)
+            found = first_divergent_node(model, feeds, reference, atol=args.atol, rtol=args.rtol)
         except Exception:  # diagnosis is best effort; the sweep result stands without it
             log.debug("first-divergent-node search failed", exc_info=True)
             return None
-        if found is None:
-            return None
-        return found.to_json() if hasattr(found, "to_json") else dict(found.__dict__)
+        return None if found is None else dataclasses.asdict(found)
 
     return diagnose
 

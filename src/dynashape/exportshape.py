@@ -61,9 +61,7 @@ def _complete(inputs: list[InputInfo], shapes: ShapeMap) -> ShapeMap:
                 )
             for axis, d in enumerate(info.dims):
                 if isinstance(d, int) and d != s[axis]:
-                    raise DynashapeError(
-                        f"input {info.name!r} axis {axis} is fixed at {d} in the model, not {s[axis]}"
-                    )
+                    raise DynashapeError(f"input {info.name!r} axis {axis} is fixed at {d} in the model, not {s[axis]}")
             out[info.name] = s
         elif not info.dynamic_axes:
             out[info.name] = tuple(d for d in info.dims if isinstance(d, int))
@@ -164,7 +162,7 @@ def _estimate(proto, inputs: list[InputInfo], prober: Prober) -> ExportShape | N
         return None
     shapes = {k: list(v) for k, v in _base(inputs, 0).items()}
     voted = {key: c.most_common(1)[0][0] for key, c in votes.items() if c}
-    for (name, axis) in spatial:
+    for name, axis in spatial:
         if (name, axis) in voted:
             shapes[name][axis] = voted[(name, axis)]
         else:  # an axis no constant speaks for: take its sibling's size (square), else 512
@@ -174,8 +172,9 @@ def _estimate(proto, inputs: list[InputInfo], prober: Prober) -> ExportShape | N
     count = sum(sum(c.values()) for c in votes.values())
     if not prober.at(result).ok:
         log.info("estimated export shape %s is not consistent: %s", format_shapes(result), prober.at(result).failure)
-        return ExportShape(result, "estimated",
-                           f"estimated from {count} baked constants (the graph is not consistent there)")
+        return ExportShape(
+            result, "estimated", f"estimated from {count} baked constants (the graph is not consistent there)"
+        )
     return ExportShape(result, "estimated", f"estimated from {count} baked constant(s)")
 
 
@@ -183,5 +182,7 @@ def _default(inputs: list[InputInfo], prober: Prober) -> ExportShape:
     for size in _FALLBACK_SIZES:
         shapes = _base(inputs, size)
         if prober.at(shapes).ok:
-            return ExportShape(shapes, "default", "no baked constants point at an export shape; a size where the graph is consistent")
+            return ExportShape(
+                shapes, "default", "no baked constants point at an export shape; a size where the graph is consistent"
+            )
     return ExportShape(_base(inputs, _FALLBACK_SIZES[0]), "default", "no size found where the graph is consistent")

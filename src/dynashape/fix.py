@@ -188,8 +188,8 @@ def pad_wrap(model: onnx.ModelProto, multiple: int, s0: ShapeMap) -> onnx.ModelP
     for info in scanner.inputs:
         for axis in info.dynamic_axes:
             if axis >= 2:
-                for out, j in scanner._following_outputs(info.name, axis):
-                    follow.setdefault(out, []).append((info.name, j))
+                for out_name, j in scanner._following_outputs(info.name, axis):
+                    follow.setdefault(out_name, []).append((info.name, j))
     m = ir.serde.deserialize_model(model)
     graph = m.graph
     first = next(iter(graph))

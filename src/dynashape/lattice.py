@@ -115,8 +115,11 @@ class LatticeScanner:
             # valid sizes are base + k*m: the lattice is offset
             offset_min = base % multiple
             lo = self._lowest(name, axis, follow, multiple, offset_min, base)
-            return AxisLattice(lo, multiple, irregular=None), (first_bad[0] if first_bad else None), (
-                first_bad[1] if first_bad else None)
+            return (
+                AxisLattice(lo, multiple, irregular=None),
+                (first_bad[0] if first_bad else None),
+                (first_bad[1] if first_bad else None),
+            )
         lo = self._lowest(name, axis, follow, multiple, multiple, base)
         bad = first_bad if first_bad else (None, None)
         return AxisLattice(lo, multiple), bad[0], bad[1]
@@ -147,8 +150,9 @@ class LatticeScanner:
                     findings.append(self._finding(info, axis, lat, bad, bad_size))
         return lattice, findings
 
-    def _finding(self, info: InputInfo, axis: int, lat: AxisLattice, bad: Validity | None,
-                 bad_size: int | None) -> Finding:
+    def _finding(
+        self, info: InputInfo, axis: int, lat: AxisLattice, bad: Validity | None, bad_size: int | None
+    ) -> Finding:
         label = axis_label(info, axis)
         base = self.s0[info.name][axis]
         if lat.irregular:
@@ -165,10 +169,13 @@ class LatticeScanner:
             fixable=False,
             detected_by="lattice",
             baked_value={"input": info.name, "axis": axis, "min": lat.min, "multiple": lat.multiple},
-            breaks_at=f"{label} not in {{{lat.min}, {lat.min + lat.multiple}, ...}}" if not lat.irregular
+            breaks_at=f"{label} not in {{{lat.min}, {lat.min + lat.multiple}, ...}}"
+            if not lat.irregular
             else f"{label} != {base}",
-            fix=("restrict the profile to the lattice (dynashape build snaps to it), or pad inputs up to the "
-                 f"next multiple of {lat.multiple} with `fix --pad-to {lat.multiple}` (borders not bit-exact)"),
+            fix=(
+                "restrict the profile to the lattice (dynashape build snaps to it), or pad inputs up to the "
+                f"next multiple of {lat.multiple} with `fix --pad-to {lat.multiple}` (borders not bit-exact)"
+            ),
             details={"input": info.name, "axis": axis},
         )
 
@@ -185,17 +192,28 @@ def check_ranges(lattice: Lattice, ranges: RangeMap) -> list[Finding]:
             if off:
                 snapped_lo = max(lat.min, -(-ar.min // lat.multiple) * lat.multiple)
                 snapped_hi = (ar.max // lat.multiple) * lat.multiple
-                findings.append(Finding(
-                    rule="DS003", severity="error", node="", op="",
-                    message=(f"the range {ar} of {name!r} axis {axis} includes {len(off)} size(s) off the "
-                             f"lattice (multiple of {lat.multiple}, min {lat.min}), e.g. {off[0]}"),
-                    fixable=False, detected_by="lattice",
-                    baked_value={"input": name, "axis": axis, "min": lat.min, "multiple": lat.multiple},
-                    breaks_at=", ".join(str(v) for v in off[:5]),
-                    fix=(f"use [{snapped_lo}..{snapped_hi}:{lat.multiple}] for this axis, or --pad-to {lat.multiple}"
-                         if snapped_lo <= snapped_hi else f"no size of the range is valid; use --pad-to {lat.multiple}"),
-                    details={"input": name, "axis": axis},
-                ))
+                findings.append(
+                    Finding(
+                        rule="DS003",
+                        severity="error",
+                        node="",
+                        op="",
+                        message=(
+                            f"the range {ar} of {name!r} axis {axis} includes {len(off)} size(s) off the "
+                            f"lattice (multiple of {lat.multiple}, min {lat.min}), e.g. {off[0]}"
+                        ),
+                        fixable=False,
+                        detected_by="lattice",
+                        baked_value={"input": name, "axis": axis, "min": lat.min, "multiple": lat.multiple},
+                        breaks_at=", ".join(str(v) for v in off[:5]),
+                        fix=(
+                            f"use [{snapped_lo}..{snapped_hi}:{lat.multiple}] for this axis, or --pad-to {lat.multiple}"
+                            if snapped_lo <= snapped_hi
+                            else f"no size of the range is valid; use --pad-to {lat.multiple}"
+                        ),
+                        details={"input": name, "axis": axis},
+                    )
+                )
     return findings
 
 

@@ -16,6 +16,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -182,11 +183,11 @@ class Prober:
                 if dims and target is not None and all(d is not None for d in dims):
                     t = [int(v) for v in np.atleast_1d(target)]
                     allowzero = _attr(node, "allowzero", 0)
-                    resolved = [
-                        (dims[i] if (v == 0 and not allowzero and i < len(dims)) else v)
+                    resolved: list[int] = [
+                        (int(dims[i] or 0) if (v == 0 and not allowzero and i < len(dims)) else v)
                         for i, v in enumerate(t)
                     ]
-                    total = math.prod(d for d in dims if d is not None)
+                    total = math.prod(int(d) for d in dims if d is not None)
                     if -1 not in resolved and math.prod(resolved) != total:
                         return ProbeFailure(
                             node.name, node.op_type,
@@ -266,42 +267,42 @@ def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
     return None
 
 
-def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
+def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
     for a in node.attribute:
         if a.name == name:
             return onnx.helper.get_attribute_value(a)
     return default
 
 
-def _eval_small(node: onnx.NodeProto, ins: list[np.ndarray | None]) -> list[np.ndarray | None] | None:
+def _eval_small(node: onnx.NodeProto, ins: list[Any]) -> list[Any] | None:
     """numpy semantics of the ops that shape subgraphs are made of."""
     op = node.op_type
-    a = ins[0] if ins else None
+    a: Any = ins[0] if ins else None
     if op == "Constant":
         return None  # already in the constants table
     if op == "Identity":
         return [a]
     if op == "Cast":
-        to = onnx.helper.tensor_dtype_to_np_dtype(int(_attr(node, "to", 7)))  # type: ignore[arg-type]
+        to = onnx.helper.tensor_dtype_to_np_dtype(int(_attr(node, "to", 7)))
         return [np.asarray(a).astype(to)]
     if op == "Gather":
-        axis = int(_attr(node, "axis", 0))  # type: ignore[arg-type]
+        axis = int(_attr(node, "axis", 0))
         return [np.take(a, np.asarray(ins[1]).astype(np.int64), axis=axis)]
     if op == "Unsqueeze":
         axes = _attr(node, "axes", None)
         if axes is None:
             axes = [int(v) for v in np.atleast_1d(ins[1])]
         out = np.asarray(a)
-        for ax in sorted(int(x) for x in axes):  # type: ignore[union-attr]
+        for ax in sorted(int(x) for x in axes):
             out = np.expand_dims(out, ax if ax >= 0 else ax + out.ndim + 1)
         return [out]
     if op == "Squeeze":
         axes = _attr(node, "axes", None)
         if axes is None and len(ins) > 1 and ins[1] is not None:
             axes = [int(v) for v in np.atleast_1d(ins[1])]
-        return [np.squeeze(a, axis=tuple(axes) if axes else None)]  # type: ignore[arg-type]
+        return [np.squeeze(a, axis=tuple(axes) if axes else None)]
     if op == "Concat":
-        axis = int(_attr(node, "axis", 0))  # type: ignore[arg-type]
+        axis = int(_attr(node, "axis", 0))
         return [np.concatenate([np.atleast_1d(x) for x in ins if x is not None], axis=axis)]
     if op == "Slice":
         data = np.asarray(a)
@@ -319,7 +320,7 @@ def _eval_small(node: onnx.NodeProto, ins: list[np.ndarray | None]) -> list[np.n
             e = int(min(max(int(e), -(2**62)), 2**62))
             index[int(ax)] = slice(int(s), e, int(st))
         return [data[tuple(index)]]
-    binary = {
+    binary: dict[str, Any] = {
         "Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Max": np.maximum, "Min": np.minimum,
         "Equal": np.equal, "Less": np.less, "Greater": np.greater, "Pow": np.power,
     }
@@ -332,7 +333,7 @@ def _eval_small(node: onnx.NodeProto, ins: list[np.ndarray | None]) -> list[np.n
         return [np.asarray(x / y)]
     if op == "Mod":
         return [np.asarray(np.fmod(a, ins[1]) if _attr(node, "fmod", 0) else np.mod(a, ins[1]))]
-    unary = {"Floor": np.floor, "Ceil": np.ceil, "Neg": np.negative, "Abs": np.abs, "Sqrt": np.sqrt,
+    unary: dict[str, Any] = {"Floor": np.floor, "Ceil": np.ceil, "Neg": np.negative, "Abs": np.abs, "Sqrt": np.sqrt,
              "Not": np.logical_not, "Round": np.round}
     if op in unary:
         return [np.asarray(unary[op](a))]
@@ -348,7 +349,7 @@ def _eval_small(node: onnx.NodeProto, ins: list[np.ndarray | None]) -> list[np.n
         if math.prod(shape) > 4096:
             return None
         val = _attr(node, "value", None)
-        fill = numpy_helper.to_array(val) if val is not None else np.zeros(1, np.float32)  # type: ignore[arg-type]
+        fill = numpy_helper.to_array(val) if val is not None else np.zeros(1, np.float32)
         return [np.full(shape, fill.reshape(-1)[0], dtype=fill.dtype)]
     if op == "Reshape":
         return [np.reshape(a, [int(v) for v in np.atleast_1d(ins[1])])]

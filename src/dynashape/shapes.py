@@ -91,7 +91,7 @@ def _split_items(text: str) -> list[str]:
     """Split at commas that are not inside brackets."""
     items: list[str] = []
     depth = 0
-    current = []
+    current: list[str] = []
     for ch in text:
         if ch == "[":
             depth += 1

@@ -86,5 +86,5 @@ def import_torchvision() -> Any:
     lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     import torchvision
 
-    torchvision._dynashape_schema_lib = lib  # type: ignore[attr-defined]
+    torchvision._dynashape_schema_lib = lib
     return torchvision

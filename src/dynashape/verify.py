@@ -50,9 +50,14 @@ class ShapeResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "shape": format_shapes(self.shapes), "status": self.status, "max_abs_error": self.max_abs_error,
-            "message": self.message, "node": self.node, "output_shapes": self.output_shapes,
-            "on_lattice": self.on_lattice, "first_divergent_node": self.divergent,
+            "shape": format_shapes(self.shapes),
+            "status": self.status,
+            "max_abs_error": self.max_abs_error,
+            "message": self.message,
+            "node": self.node,
+            "output_shapes": self.output_shapes,
+            "on_lattice": self.on_lattice,
+            "first_divergent_node": self.divergent,
         }
 
 
@@ -76,7 +81,10 @@ class SweepResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "reference": self.reference, "backend": self.backend, "atol": self.atol, "rtol": self.rtol,
+            "reference": self.reference,
+            "backend": self.backend,
+            "atol": self.atol,
+            "rtol": self.rtol,
             "results": [r.to_json() for r in self.results],
         }
 
@@ -141,7 +149,7 @@ class RespecializedReference(Reference):
                     if attr.name in ("kernel_shape", "strides"):
                         values = list(attr.ints)
                         for axis in finding.details["pooled_axes"]:
-                            values[axis - 2] = int(dims[axis])  # type: ignore[arg-type]
+                            values[axis - 2] = int(dims[axis] or 0)
                         del attr.ints[:]
                         attr.ints.extend(values)
             else:
@@ -150,9 +158,7 @@ class RespecializedReference(Reference):
                 if out_dims is None or any(d is None for d in out_dims):
                     raise DynashapeError(f"cannot re-specialize {node.name} at {format_shapes(shapes)}")
                 name = f"{node.name}__respecialized"
-                m.graph.initializer.append(
-                    onnx.numpy_helper.from_array(np.array(out_dims, dtype=np.int64), name)
-                )
+                m.graph.initializer.append(onnx.numpy_helper.from_array(np.array(out_dims, dtype=np.int64), name))
                 index = 3 if finding.rule == "DS002" else 1
                 node.input[index] = name
         return m
@@ -178,8 +184,9 @@ class TorchReference(Reference):
         self.runner.deactivate()
 
 
-def make_reference(spec: str | None, model: onnx.ModelProto, original: onnx.ModelProto | None = None,
-                   report: CheckReport | None = None) -> Reference:
+def make_reference(
+    spec: str | None, model: onnx.ModelProto, original: onnx.ModelProto | None = None, report: CheckReport | None = None
+) -> Reference:
     """Parse ``--reference``: torch:SPEC, onnx:PATH, respecialized, none."""
     if spec is None or spec == "none":
         return NoReference()
@@ -188,9 +195,9 @@ def make_reference(spec: str | None, model: onnx.ModelProto, original: onnx.Mode
             import torch  # noqa: F401
         except ImportError:
             raise DynashapeError("--reference torch: needs PyTorch; pip install 'dynashape[torch]'") from None
-        return TorchReference(spec[len("torch:"):], [o.name for o in model.graph.output])
+        return TorchReference(spec[len("torch:") :], [o.name for o in model.graph.output])
     if spec.startswith("onnx:"):
-        path = spec[len("onnx:"):]
+        path = spec[len("onnx:") :]
         return OnnxReference(load_model(path), f"ONNX model {path}")
     if spec == "respecialized":
         if original is None or report is None:
@@ -252,10 +259,18 @@ def sweep_shapes(model: onnx.ModelProto, s0: ShapeMap, ranges: RangeMap, lattice
         dyn = [a for a in rng.dynamic_axes if not is_batch(n, a)]
         if dyn:
             spatial_first[n] = dyn[0]
-    candidates.append(build(
-        lambda n, a, ar, b: b if is_batch(n, a) else (ar.min if spatial_first.get(n) == a else ar.max)))
-    candidates.append(build(
-        lambda n, a, ar, b: b if is_batch(n, a) else on_range(ar, (ar.min + ar.max) // 2 + (ar.step if spatial_first.get(n) == a else 0))))
+    candidates.append(
+        build(lambda n, a, ar, b: b if is_batch(n, a) else (ar.min if spatial_first.get(n) == a else ar.max))
+    )
+    candidates.append(
+        build(
+            lambda n, a, ar, b: (
+                b
+                if is_batch(n, a)
+                else on_range(ar, (ar.min + ar.max) // 2 + (ar.step if spatial_first.get(n) == a else 0))
+            )
+        )
+    )
     candidates.append(build(lambda n, a, ar, b: on_range(ar, max(2, b + 1)) if is_batch(n, a) else on_range(ar, b)))
     candidates.append(build(lambda n, a, ar, b: b if is_batch(n, a) else on_range(ar, (ar.min + 3 * ar.max) // 4)))
     # off the lattice, only where the requested range contains such sizes
@@ -266,8 +281,9 @@ def sweep_shapes(model: onnx.ModelProto, s0: ShapeMap, ranges: RangeMap, lattice
                 continue
             off = [v for v in rng.axes[a].values()[:4096] if not lat.contains(v)]
             if off:
-                target = min(off, key=lambda v: abs(v - s0[n][a]))
-                candidates.append(build(lambda n2, a2, ar, b, n=n, a=a, t=target: t if (n2, a2) == (n, a) else on_range(ar, b)))
+                export_size = s0[n][a]
+                target = min(off, key=lambda v: abs(v - export_size))
+                candidates.append(build(_only_axis(n, a, target, on_range)))
     unique: list[ShapeMap] = []
     for c in candidates:
         if c not in unique:
@@ -275,19 +291,37 @@ def sweep_shapes(model: onnx.ModelProto, s0: ShapeMap, ranges: RangeMap, lattice
     return unique
 
 
+def _only_axis(
+    name: str, axis: int, size: int, on_range: Callable[[AxisRange, int], int]
+) -> Callable[[str, int, AxisRange, int], int]:
+    """A picker that puts ``size`` on one axis and keeps every other axis at its base."""
+
+    def pick(n: str, a: int, ar: AxisRange, base: int) -> int:
+        return size if (n, a) == (name, axis) else on_range(ar, base)
+
+    return pick
+
+
 def on_lattice(shapes: ShapeMap, lattice: Lattice) -> bool:
     return all(
         lat.contains(shapes[name][axis])
-        for name, axes in lattice.items() if name in shapes
+        for name, axes in lattice.items()
+        if name in shapes
         for axis, lat in axes.items()
     )
 
 
-def compare(outputs: dict[str, np.ndarray], ref: dict[str, np.ndarray], atol: float, rtol: float) -> tuple[str, float, str]:
+def compare(
+    outputs: dict[str, np.ndarray], ref: dict[str, np.ndarray], atol: float, rtol: float
+) -> tuple[str, float, str]:
     worst = 0.0
     for (name, got), want in zip(outputs.items(), ref.values()):
         if got.shape != want.shape:
-            return "wrong", float("inf"), f"output {name!r} has shape {list(got.shape)}, the reference {list(want.shape)}"
+            return (
+                "wrong",
+                float("inf"),
+                f"output {name!r} has shape {list(got.shape)}, the reference {list(want.shape)}",
+            )
         if got.size:
             diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
             worst = max(worst, float(diff.max()))
@@ -370,4 +404,12 @@ def output_follow_check(model: onnx.ModelProto, s0: ShapeMap) -> Callable[[Shape
     return check
 
 
-__all__ = ["RunError", "SweepResult", "default_ranges", "make_reference", "output_follow_check", "sweep_shapes", "verify"]
+__all__ = [
+    "RunError",
+    "SweepResult",
+    "default_ranges",
+    "make_reference",
+    "output_follow_check",
+    "sweep_shapes",
+    "verify",
+]

@@ -38,7 +38,7 @@ class DemoNet(nn.Module):
         H16, W16 = int(feat16.shape[2]), int(feat16.shape[3])
         q = feat16 + F.interpolate(feat32, size=(H16, W16), mode="bilinear", align_corners=False)
         # pitfall 1: pooling kernels taken from the shape, frozen at export
-        b, c, h, w = (torch.tensor(q.shape[i]).item() for i in range(4))
+        b, c, h, w = (torch.tensor(q.shape[i]).item() for i in range(4))  # noqa: RUF059 (as in the write-up)
         pooled_h = F.avg_pool2d(q, [h, 1])  # (b, c, 1, w)
         pooled_w = F.avg_pool2d(q, [1, w])  # (b, c, h, 1)
         attention = torch.sigmoid(self.conv_h(pooled_h) + self.conv_w(pooled_w))

@@ -40,9 +40,11 @@ class WholeAxisPooling(Rule):
         strides = _ints(node, "strides", [1] * spatial)
         dilations = _ints(node, "dilations", [1] * spatial)
         dynamic = set(ctx.dynamic_axes_of(x)) if x is not None else set()
+        # a 2x2 or 3x3 window that happens to cover a 2x2/3x3 map at the export shape is ordinary
+        # downsampling (MaxPool2d(2) deep in a net exported small); a strip kernel [h, 1] is not
+        strip = 1 in kernel
         pooled = [
-            2 + i for i, k in enumerate(kernel)
-            if k > 1 and x0[2 + i] == k and (2 + i) in dynamic
+            2 + i for i, k in enumerate(kernel) if k > 1 and (k > 3 or strip) and x0[2 + i] == k and (2 + i) in dynamic
         ]
         if not pooled:
             return self.refuse(
@@ -62,11 +64,13 @@ class WholeAxisPooling(Rule):
             problems.append("its indices output is used")
         baked = {str(a): x0[a] for a in pooled}
         x1_txt = fmt(x1) if x1 else "?"
-        rows = [
-            (x1[a] - kernel[a - 2]) // strides[a - 2] + 1 if x1 and x1[a] is not None else None for a in pooled
-        ]
+        rows: list[int | None] = []
+        for a in pooled:
+            size = x1[a] if x1 else None
+            rows.append(None if size is None else (size - kernel[a - 2]) // strides[a - 2] + 1)
         at_s1 = (
-            "its kernel no longer fits" if any(r is not None and r < 1 for r in rows)
+            "its kernel no longer fits"
+            if any(r is not None and r < 1 for r in rows)
             else f"it returns {', '.join(str(r) for r in rows)} instead of 1 on axis {pooled}"
         )
         reduce_op = _REDUCE[node.op_type]
@@ -86,9 +90,13 @@ class WholeAxisPooling(Rule):
             fixable=not problems,
             baked_value=baked,
             breaks_at=f"every input size other than the export size (e.g. pool input {x1_txt})",
-            fix=(f"replace with {fix}" if not problems
-                 else "not rewritten: " + "; ".join(problems)
-                 + "; in the source, pool with a kernel from the tensor (x.mean(dim, keepdim=True))"),
+            fix=(
+                f"replace with {fix}"
+                if not problems
+                else "not rewritten: "
+                + "; ".join(problems)
+                + "; in the source, pool with a kernel from the tensor (x.mean(dim, keepdim=True))"
+            ),
             details={"pooled_axes": pooled, "global": whole},
         )
 
@@ -106,12 +114,15 @@ class WholeAxisPooling(Rule):
                 axes = const_i64(graph, f"{node.name}_axes", pooled)
                 new = ir.node(op, [x, axes], attributes={"keepdims": 1}, name=new_name(graph, f"{node.name}_reduce"))
             else:
-                new = ir.node(op, [x], attributes={"axes": pooled, "keepdims": 1},
-                              name=new_name(graph, f"{node.name}_reduce"))
+                new = ir.node(
+                    op, [x], attributes={"axes": pooled, "keepdims": 1}, name=new_name(graph, f"{node.name}_reduce")
+                )
         graph.insert_before(node, new)
         replace_value(graph, node.outputs[0], new.outputs[0])
         graph.remove(node, safe=True)
-        return f"{finding.node}: {node.op_type} kernel {list(_ints(node, 'kernel_shape', []))} -> {op} over axes {pooled}"
+        return (
+            f"{finding.node}: {node.op_type} kernel {list(_ints(node, 'kernel_shape', []))} -> {op} over axes {pooled}"
+        )
 
 
 RULES: list[Rule] = [WholeAxisPooling()]

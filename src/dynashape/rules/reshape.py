@@ -80,7 +80,7 @@ class FrozenReshapeTarget(Rule):
                 plan = {"kind": "shape", "copies": copies, "products": {str(k): v for k, v in products.items()}}
             trial = list(t0)
             for i in copies:
-                trial[i] = x1[i]  # type: ignore[call-overload]
+                trial[i] = int(x1[i] or 0)
             for i, run in products.items():
                 trial[i] = math.prod(x1[j] for j in run)  # type: ignore[misc]
             if not _reshape_ok(x1, trial, allowzero=True):
