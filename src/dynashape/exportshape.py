@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from dynashape.analysis import join_partners, traced_dims
@@ -33,7 +34,9 @@ class ExportShape:
     note: str
 
 
-def resolve_export_shape(proto, given: ShapeMap | None = None, prober: Prober | None = None) -> ExportShape:  # type: ignore[no-untyped-def]
+def resolve_export_shape(
+    proto: onnx.ModelProto, given: ShapeMap | None = None, prober: Prober | None = None
+) -> ExportShape:
     inputs = graph_inputs(proto)
     if given:
         return ExportShape(_complete(inputs, given), "given", "as given")
@@ -130,7 +133,7 @@ def _resize_anchors(model: ir.Model, probes: list[Probe]) -> list[tuple[ir.Value
     return anchors
 
 
-def _estimate(proto, inputs: list[InputInfo], prober: Prober) -> ExportShape | None:  # type: ignore[no-untyped-def]
+def _estimate(proto: onnx.ModelProto, inputs: list[InputInfo], prober: Prober) -> ExportShape | None:
     spatial = _spatial_axes(inputs)
     if not spatial:
         return None
