@@ -16,14 +16,15 @@ import onnx
 import onnx_ir as ir
 
 from dynashape.analysis import Context, second_shape
+from dynashape.errors import DynashapeError
 from dynashape.exportshape import resolve_export_shape
 from dynashape.findings import Finding, Lattice, Refusal, lattice_to_json
-from dynashape.lattice import LatticeScanner, check_ranges
+from dynashape.lattice import LatticeScanner, check_ranges, suggest_profile
 from dynashape.model import graph_inputs, require_dynamic
 from dynashape.probe import Prober
 from dynashape.rules import DEFAULT_RULES
 from dynashape.rules.base import Rule
-from dynashape.shapes import RangeMap, ShapeMap, format_shapes
+from dynashape.shapes import Profile, RangeMap, ShapeMap, format_shapes
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class CheckReport:
     applied: list[str] = field(default_factory=list)
     refusals: list[Refusal] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    outputs_follow: dict[str, dict[str, bool]] = field(default_factory=dict)
+    suggested_profile: Profile | None = None
     path: str | None = None
     seconds: float = 0.0
 
@@ -55,6 +58,8 @@ class CheckReport:
             "export_shape_source": self.export_shape_source,
             "findings": [f.to_json() for f in self.findings],
             "lattice": lattice_to_json(self.lattice),
+            "outputs_follow_input": self.outputs_follow,
+            "suggested_profile": self.suggested_profile.to_json() if self.suggested_profile else None,
             "notes": self.notes,
         }
 
@@ -114,17 +119,31 @@ def check_model(
     fixed = ctx.proto
     onnx.checker.check_model(fixed)
     lattice: Lattice = {}
+    follows: dict[str, dict[str, bool]] = {}
+    profile = None
     if scan_lattice:
         scanner = LatticeScanner(fixed, es.shapes, ctx.prober)
         lattice, lattice_findings = scanner.scan()
         findings.extend(lattice_findings)
+        follows = scanner.following()
         if ranges:
             findings.extend(check_ranges(lattice, ranges))
+        try:
+            profile = suggest_profile(ranges or _default_ranges(fixed, es.shapes, lattice), lattice, es.shapes)
+        except DynashapeError as exc:
+            log.info("no profile suggestion: %s", exc)
     return CheckReport(
         findings=findings, lattice=lattice, export_shape=es.shapes, export_shape_source=es.source,
         export_shape_note=es.note, fixed_model=fixed, applied=applied, refusals=refusals,
-        notes=notes, path=path, seconds=time.perf_counter() - start,
+        notes=notes, outputs_follow=follows, suggested_profile=profile, path=path,
+        seconds=time.perf_counter() - start,
     )
+
+
+def _default_ranges(model: onnx.ModelProto, s0: ShapeMap, lattice: Lattice) -> RangeMap:
+    from dynashape.verify import default_ranges
+
+    return default_ranges(model, s0, lattice)
 
 
 def _unsupported_notes(model: onnx.ModelProto) -> list[str]:

@@ -109,6 +109,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         print_findings(console, findings)
         if report.lattice:
             console.print(lattice_table(report.lattice, report.export_shape))
+        for out, axes in report.outputs_follow.items():
+            broken = [a for a, ok in axes.items() if not ok]
+            if broken:
+                console.print(f"[yellow]output {out!r} does not follow the input size on {', '.join(broken)}[/]")
+        if report.suggested_profile:
+            console.print(f"suggested profile (on the lattice): {report.suggested_profile.as_options()}")
         for note in report.notes:
             console.print(f"[yellow]note:[/] {note}")
     if args.heatmap:

@@ -13,11 +13,13 @@ import logging
 from dataclasses import dataclass
 
 import onnx
+import onnx_ir as ir
 
+from dynashape.analysis import JOINS
 from dynashape.findings import AxisLattice, Finding, Lattice
 from dynashape.model import InputInfo, graph_inputs
 from dynashape.probe import Probe, Prober
-from dynashape.shapes import RangeMap, ShapeMap, format_shape
+from dynashape.shapes import Profile, RangeMap, ShapeMap, format_shape
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,7 @@ class Validity:
     ok: bool
     reason: str = ""
     node: str | None = None
+    paths: list[str] | None = None  # for a join that fails: how each operand got its size
 
 
 def axis_label(info: InputInfo, axis: int) -> str:
@@ -49,6 +52,7 @@ class LatticeScanner:
         self.prober = prober or Prober(model)
         self.inputs = graph_inputs(model)
         self.outputs = [o.name for o in model.graph.output]
+        self._ir: ir.Model | None = None
 
     def _with(self, name: str, axis: int, size: int) -> ShapeMap:
         shapes = dict(self.s0)
@@ -75,7 +79,8 @@ class LatticeScanner:
     def validity(self, name: str, axis: int, size: int, follow: list[tuple[str, int]]) -> Validity:
         probe: Probe = self.prober.at(self._with(name, axis, size))
         if probe.failure is not None:
-            return Validity(False, str(probe.failure), probe.failure.node)
+            return Validity(False, str(probe.failure), probe.failure.node,
+                            self._join_paths(probe, probe.failure.node))
         for out, j in follow:
             dims = probe.shape(out)
             if dims is not None and dims[j] is not None and dims[j] != size:
@@ -83,6 +88,24 @@ class LatticeScanner:
                     False, f"output {out!r} axis {j} is {dims[j]} for input size {size} (it should follow it)"
                 )
         return Validity(True)
+
+    def _join_paths(self, probe: Probe, node_name: str | None) -> list[str] | None:
+        """For a failing join: each operand's size at this probe and the strided path it came by."""
+        if node_name is None:
+            return None
+        if self._ir is None:
+            self._ir = ir.serde.deserialize_model(self.model)
+        node = next((n for n in self._ir.graph if n.name == node_name), None)
+        if node is None or node.op_type not in JOINS:
+            return None
+        paths = []
+        for value in node.inputs:
+            if value is None or value.const_value is not None:
+                continue
+            dims = probe.shape(value.name or "")
+            size = "x".join("?" if d is None else str(d) for d in dims) if dims else "?"
+            paths.append(f"{value.name} ({size}): " + " -> ".join(strided_path(value)))
+        return paths
 
     def scan_axis(self, info: InputInfo, axis: int) -> tuple[AxisLattice, Validity | None, int | None]:
         """The lattice of one axis, plus an invalid example (validity, size) off the lattice."""
@@ -160,6 +183,8 @@ class LatticeScanner:
         else:
             rule_text = f"{label} of {info.name!r} must be a multiple of {lat.multiple}, at least {lat.min}"
         why = f"at {label} = {bad_size}: {bad.reason}" if bad and bad_size else ""
+        if bad and bad.paths:
+            why += "; the joined tensors come from: " + " | ".join(bad.paths)
         return Finding(
             rule="DS003",
             severity="warning",
@@ -176,8 +201,72 @@ class LatticeScanner:
                 "restrict the profile to the lattice (dynashape build snaps to it), or pad inputs up to the "
                 f"next multiple of {lat.multiple} with `fix --pad-to {lat.multiple}` (borders not bit-exact)"
             ),
-            details={"input": info.name, "axis": axis},
+            details={"input": info.name, "axis": axis, "paths": bad.paths if bad else None},
         )
+
+    def following(self) -> dict[str, dict[str, bool]]:
+        """Per output of the input's rank: does its size follow each dynamic spatial input axis?"""
+        result: dict[str, dict[str, bool]] = {}
+        p0 = self.prober.at(self.s0)
+        for info in self.inputs:
+            for axis in info.dynamic_axes:
+                if axis == 0 and info.rank >= 3:
+                    continue
+                follow = self._following_outputs(info.name, axis)
+                for out in self.outputs:
+                    dims = p0.shape(out)
+                    if dims is not None and len(dims) == info.rank:
+                        result.setdefault(out, {})[f"{info.name}[{axis}]"] = (out, axis) in follow
+        return result
+
+
+_STRIDED = {"Conv", "MaxPool", "AveragePool", "LpPool", "ConvTranspose"}
+
+
+def strided_path(value: ir.Value, limit: int = 500) -> list[str]:
+    """The ops that change the spatial size on the way from the graph input to ``value``."""
+    steps: list[str] = []
+    current: ir.Value | None = value
+    while current is not None and limit > 0:
+        limit -= 1
+        node = current.producer()
+        if node is None:
+            steps.append(f"input {current.name}")
+            break
+        if node.op_type in _STRIDED:
+            attr = node.attributes.get("strides")
+            strides = list(attr.as_ints()) if attr is not None else []
+            if any(st > 1 for st in strides):
+                sign = "x" if node.op_type == "ConvTranspose" else "/"
+                steps.append(f"{node.op_type} {sign}{max(strides)} ({node.name})")
+        elif node.op_type in ("Resize", "Upsample"):
+            steps.append(f"{node.op_type} ({node.name})")
+        current = next((i for i in node.inputs if i is not None and i.const_value is None), None)
+    return list(reversed(steps))
+
+
+def suggest_profile(ranges: RangeMap, lattice: Lattice, opt: ShapeMap | None = None) -> Profile:
+    """min/opt/max snapped onto the lattice: min up, max down, opt to the nearest valid size."""
+    profile = Profile()
+    for name, rng in ranges.items():
+        lo, mid, hi = [], [], []
+        for axis, ar in enumerate(rng.axes):
+            lat = lattice.get(name, {}).get(axis)
+            want = opt[name][axis] if opt and name in opt else (ar.min + ar.max) // 2
+            if lat is None or ar.fixed:
+                lo.append(ar.min)
+                hi.append(ar.max)
+                mid.append(min(max(want, ar.min), ar.max))
+                continue
+            a, b = snap_up(ar.min, lat), snap_down(ar.max, lat)
+            if a > b:
+                a = b = snap_up(ar.min, lat)
+            m = min(max(snap_down(want, lat), a), b)
+            lo.append(a)
+            hi.append(b)
+            mid.append(m)
+        profile.add(name, lo, mid, hi)
+    return profile
 
 
 def check_ranges(lattice: Lattice, ranges: RangeMap) -> list[Finding]:

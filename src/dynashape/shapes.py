@@ -284,6 +284,14 @@ class Profile:
             for n, p in self.inputs.items()
         )
 
+    def as_options(self) -> str:
+        """The profile as dynashape build / trtexec options."""
+        parts = []
+        for key in ("min", "opt", "max"):
+            shapes = ",".join(f"{n}:{format_shape(getattr(p, key))}" for n, p in self.inputs.items())
+            parts.append(f"--{key} {shapes}")
+        return " ".join(parts)
+
     def to_json(self) -> dict[str, dict[str, list[int]]]:
         return {
             n: {"min": list(p.min), "opt": list(p.opt), "max": list(p.max)}
