@@ -43,12 +43,37 @@ class ProbeFailure:
         return f"{where}{self.message}"
 
 
+class LazyDims:
+    """Value name -> dims, decoded from the inferred ValueInfoProtos only when asked for."""
+
+    def __init__(self, infos: dict[str, onnx.ValueInfoProto] | None = None,
+                 fixed: dict[str, Dims] | None = None) -> None:
+        self._infos = infos or {}
+        self._decoded: dict[str, Dims | None] = dict(fixed or {})
+
+    def get(self, name: str, default: Dims | None = None) -> Dims | None:
+        if name not in self._decoded:
+            vi = self._infos.get(name)
+            self._decoded[name] = _dims_of(vi) if vi is not None else None
+        found = self._decoded[name]
+        return default if found is None else found
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def __getitem__(self, name: str) -> Dims:
+        found = self.get(name)
+        if found is None:
+            raise KeyError(name)
+        return found
+
+
 @dataclass
 class Probe:
     """Everything known about the graph at one input shape."""
 
     inputs: ShapeMap
-    dims: dict[str, Dims] = field(default_factory=dict)
+    dims: LazyDims = field(default_factory=LazyDims)
     values: dict[str, np.ndarray] = field(default_factory=dict)
     failure: ProbeFailure | None = None
 
@@ -80,6 +105,12 @@ class Prober:
             vi.name for vi in self.skeleton.graph.input if vi.name not in self._lifted
         ]
         self.constants = _constant_values(model)
+        self.shape_nodes = _shape_subgraph(model, set(self.constants))
+        self.checked_nodes = [n for n in model.graph.node if n.op_type in _SIZE_CHANGING]
+        self._inputs = {vi.name: vi for vi in self.skeleton.graph.input}
+        self._initializer_dims: dict[str, Dims] = {
+            t.name: tuple(int(d) for d in t.dims) for t in model.graph.initializer
+        }
         self._cache: dict[tuple[tuple[str, tuple[int, ...]], ...], Probe] = {}
 
     @property
@@ -93,32 +124,29 @@ class Prober:
         return self._cache[key]
 
     def _probe(self, shapes: ShapeMap) -> Probe:
-        m = onnx.ModelProto()
-        m.CopyFrom(self.skeleton)
-        for vi in m.graph.input:
-            if vi.name in shapes:
-                dims = vi.type.tensor_type.shape.dim
-                shape = shapes[vi.name]
-                if len(dims) != len(shape):
-                    return Probe(
-                        dict(shapes),
-                        failure=ProbeFailure(None, None, f"input {vi.name!r} has rank {len(dims)}, not {len(shape)}"),
-                    )
-                for d, v in zip(dims, shape):
-                    d.Clear()
-                    d.dim_value = int(v)
+        # the skeleton's input dims are set in place: infer_shapes returns a new model
+        for name, shape in shapes.items():
+            vi = self._inputs.get(name)
+            if vi is None:
+                continue
+            dims = vi.type.tensor_type.shape.dim
+            if len(dims) != len(shape):
+                return Probe(
+                    dict(shapes),
+                    failure=ProbeFailure(None, None, f"input {name!r} has rank {len(dims)}, not {len(shape)}"),
+                )
+            for d, v in zip(dims, shape):
+                d.Clear()
+                d.dim_value = int(v)
         probe = Probe(dict(shapes))
         try:
-            inferred = onnx.shape_inference.infer_shapes(m, strict_mode=True, data_prop=True)
+            inferred = onnx.shape_inference.infer_shapes(self.skeleton, strict_mode=True, data_prop=True)
         except Exception as exc:  # onnx raises InferenceError (and others) for inconsistent graphs
             probe.failure = _parse_failure(str(exc))
-            inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
-        for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
-            dims = _dims_of(vi)
-            if dims is not None:
-                probe.dims[vi.name] = dims
-        for init in self.model.graph.initializer:
-            probe.dims.setdefault(init.name, tuple(int(d) for d in init.dims))
+            inferred = onnx.shape_inference.infer_shapes(self.skeleton, strict_mode=False, data_prop=True)
+        g = inferred.graph
+        infos = {vi.name: vi for part in (g.input, g.value_info, g.output) for vi in part}
+        probe.dims = LazyDims(infos, self._initializer_dims)
         self._evaluate_shape_values(probe)
         if probe.failure is None:
             probe.failure = self._extra_checks(probe)
@@ -126,7 +154,7 @@ class Prober:
 
     def _evaluate_shape_values(self, probe: Probe) -> None:
         values = dict(self.constants)
-        for node in self.model.graph.node:
+        for node in self.shape_nodes:
             if node.op_type == "Shape" and node.input[0] in probe.dims:
                 dims = probe.dims[node.input[0]]
                 if any(d is None for d in dims):
@@ -156,7 +184,7 @@ class Prober:
 
     def _extra_checks(self, probe: Probe) -> ProbeFailure | None:
         """Inconsistencies ONNX shape inference lets through."""
-        for node in self.model.graph.node:
+        for node in self.checked_nodes:
             for out in node.output:
                 dims = probe.dims.get(out)
                 if dims and any(d is not None and d <= 0 for d in dims):
@@ -200,6 +228,26 @@ class Prober:
                                 node.name, node.op_type, f"cannot reshape {list(dims)} to {t}"
                             )
         return None
+
+
+# ops that can produce a non-positive size, or whose consistency inference does not check
+_SIZE_CHANGING = {
+    "Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "Resize", "Slice", "Pad", "Reshape",
+    "Split", "Upsample", "ConstantOfShape", "Expand", "Tile",
+}
+
+
+def _shape_subgraph(model: onnx.ModelProto, constants: set[str]) -> list[onnx.NodeProto]:
+    """Nodes whose outputs are computable from shapes and constants alone, in graph order."""
+    known = set(constants)
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type in ("Shape", "Size") or (
+            node.op_type != "Constant" and node.input and all((not i) or i in known for i in node.input)
+        ):
+            nodes.append(node)
+            known.update(node.output)
+    return nodes
 
 
 def _parse_failure(message: str) -> ProbeFailure:

@@ -1,0 +1,148 @@
+"""DS003: the valid-size lattice of each dynamic axis, found by probing (dynashape.lattice)."""
+
+from __future__ import annotations
+
+import models as M
+import pytest
+
+from dynashape.check import check_model
+from dynashape.findings import AxisLattice
+from dynashape.lattice import LatticeScanner, check_ranges, snap_down, snap_up
+from dynashape.probe import Prober
+from dynashape.shapes import parse_ranges
+
+S0 = {"x": (1, 4, 128, 128)}
+
+
+def _lat(report, axis: int) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    lat = report.lattice["x"][axis]
+    return lat.min, lat.multiple
+
+
+def _ds003(report):  # type: ignore[no-untyped-def]
+    return {f.details["axis"]: f for f in report.findings if f.rule == "DS003"}
+
+
+@pytest.mark.parametrize("export_shape", [S0, None])
+def test_unet_maxpool_stride_32_with_x2_joins(export_shape: dict | None) -> None:
+    # Five MaxPool 2x2/2 (floor): level i has floor(H / 2**i) rows. Decoder join i adds
+    # up(level i+1) = 2*floor(H / 2**(i+1)) to level i = floor(H / 2**i): equal iff
+    # floor(H / 2**i) is even. For i = 0..4 together: bits 0..4 of H are zero, i.e. H % 32 == 0.
+    # Minimum: the deepest level needs floor(H/32) >= 1, so 32.
+    report = check_model(M.unet(), export_shape=export_shape)
+    assert _lat(report, 2) == (32, 32)
+    assert _lat(report, 3) == (32, 32)
+    assert _lat(report, 0) == (1, 1)  # batch is free
+    found = _ds003(report)
+    assert sorted(found) == [2, 3]
+    h = found[2]
+    assert (h.severity, h.detected_by, h.fixable) == ("warning", "lattice", False)
+    assert h.message.startswith("H of 'x' must be a multiple of 32, at least 32")
+    if export_shape is not None:
+        # at 129 every floor(129 / 2**i), i >= 1, is even (64, 32, 16, 8): only join0 (128 vs 129) fails
+        assert h.node == "join0"
+        assert "at H = 129: Add node 'join0'" in h.message
+
+
+def test_unet_strided_conv_reports_the_deepest_join() -> None:
+    # 3x3/2 pad 1 convs round up: level i has ceil(H / 2**i) rows. At H = 129: 65, 33, 17, 9, 5;
+    # up(5) = 10 != 9, so the deepest join (join4) fails first. Joins need every ceil(H / 2**i)
+    # even for i = 0..4 -> again H % 32 == 0 (H even, then H/2 even, ...), minimum 32.
+    report = check_model(M.unet(down="conv"), export_shape=S0)
+    assert _lat(report, 2) == (32, 32) and _lat(report, 3) == (32, 32)
+    assert _ds003(report)[2].node == "join4"
+
+
+@pytest.mark.parametrize("export_shape", [S0, None])
+def test_output_follows_input_after_stride_16(export_shape: dict | None) -> None:
+    # Four MaxPool /2 then one x16 resize: the output has 16 * floor(H / 16) rows, equal to H
+    # iff H % 16 == 0; minimum 16 (below it floor(H/16) = 0). No join fails: it is the output.
+    report = check_model(M.stride_then_upsample(4), export_shape=export_shape)
+    assert _lat(report, 2) == (16, 16) and _lat(report, 3) == (16, 16)
+    h = _ds003(report)[2]
+    assert h.node == ""
+    if export_shape is not None:
+        assert "output 'y' axis 2 is 128 for input size 129 (it should follow it)" in h.message
+
+
+def test_no_restriction_means_multiple_one() -> None:
+    report = check_model(M.plain_conv(), export_shape=S0)
+    assert {a: (lat.min, lat.multiple) for a, lat in report.lattice["x"].items()} == {
+        0: (1, 1), 2: (1, 1), 3: (1, 1)
+    }
+    assert _ds003(report) == {}
+    # a single MaxPool 2x2/2 without join: every size from 2 on
+    pooled = check_model(M.ordinary_pooling(), export_shape=S0)
+    assert _lat(pooled, 2) == (2, 1) and _ds003(pooled) == {}
+
+
+def test_floor_pooling_without_full_resolution_join_needs_a_real_multiple() -> None:
+    # skip = floor(W/2), deep = floor(skip/2), up = 2*deep must equal skip: floor(W/2) even,
+    # i.e. W % 4 in {0, 1}. 97 works but 98 does not, so "multiple 1" would be wrong; the
+    # largest lattice inside the valid set is the multiples of 4 (minimum 4).
+    model = M.resize_with_scales()
+    prober = Prober(model)
+    assert prober.at({"x": (1, 4, 64, 97)}).ok
+    assert not prober.at({"x": (1, 4, 64, 98)}).ok
+    report = check_model(model, export_shape={"x": (1, 4, 64, 96)})
+    assert _lat(report, 3) == (4, 4) and _lat(report, 2) == (4, 4)
+    w = _ds003(report)[3]
+    assert w.node == M.Y  # the Add joining skip (49 columns) and up (48)
+    assert "at W = 98: Add node 'y'" in w.message
+
+
+def test_the_lattice_is_that_of_the_fixed_model() -> None:
+    # the frozen resize fixed to Shape(skip) joins at any size: only the two pools' minimum remains
+    report = check_model(M.resize_skip(64, 96), export_shape={"x": (1, 4, 64, 96)})
+    assert report.applied
+    assert _lat(report, 2) == (4, 1) and _lat(report, 3) == (4, 1)
+    assert _ds003(report) == {}
+
+
+def test_scanner_directly_and_offset_lattice() -> None:
+    # export at 129 rows with a MaxPool /2 -> x2 join to the input: valid iff H is even. The
+    # export size itself is invalid, so the axis is reported as working only there.
+    model = M.unet(depth=1)
+    lattice, findings = LatticeScanner(model, {"x": (1, 4, 128, 64)}).scan()
+    assert (lattice["x"][2].min, lattice["x"][2].multiple) == (2, 2)
+    assert lattice["x"][2].contains(130) and not lattice["x"][2].contains(131)
+    lattice, findings = LatticeScanner(model, {"x": (1, 4, 129, 64)}).scan()
+    assert lattice["x"][2].irregular == [129]
+    assert any("works only at its export size 129" in f.message for f in findings)
+
+
+# -- requested ranges ------------------------------------------------------------------------------
+
+def test_check_ranges_reports_off_lattice_ranges() -> None:
+    lattice = {"x": {0: AxisLattice(1, 1), 2: AxisLattice(32, 32), 3: AxisLattice(32, 32)}}
+    on = parse_ranges("x:[1..4]x4x[64..512:32]x[32..1024:64]")
+    assert check_ranges(lattice, on) == []
+    off = parse_ranges("x:[1..4]x4x[64..512:32]x[100..200]")
+    (finding,) = check_ranges(lattice, off)
+    assert (finding.rule, finding.severity, finding.detected_by) == ("DS003", "error", "lattice")
+    assert finding.details == {"input": "x", "axis": 3}
+    # 101 sizes, 3 of them (128, 160, 192) on the lattice
+    assert "includes 98 size(s) off the lattice (multiple of 32, min 32), e.g. 100" in finding.message
+    assert finding.breaks_at == "100, 101, 102, 103, 104"
+    assert finding.fix == "use [128..192:32] for this axis, or --pad-to 32"
+    (below,) = check_ranges(lattice, parse_ranges("x:1x4x[8..16:8]x64"))
+    assert below.fix == "no size of the range is valid; use --pad-to 32"
+    # a step that walks off the lattice: 64, 80 (off), 96, ...
+    (stepped,) = check_ranges(lattice, parse_ranges("x:1x4x[64..128:16]x64"))
+    assert "includes 2 size(s) off the lattice" in stepped.message and stepped.breaks_at == "80, 112"
+
+
+def test_check_model_with_ranges() -> None:
+    ranges = parse_ranges("x:[1..2]x4x[64..512:32]x[100..200]")
+    report = check_model(M.unet(), export_shape=S0, ranges=ranges)
+    errors = [f for f in report.findings if f.rule == "DS003" and f.severity == "error"]
+    assert [f.details["axis"] for f in errors] == [3]
+    ok = check_model(M.unet(), export_shape=S0, ranges=parse_ranges("x:[1..2]x4x[64..512:32]x[32..256:32]"))
+    assert [f for f in ok.findings if f.severity == "error"] == []
+
+
+def test_snap_helpers() -> None:
+    lat = AxisLattice(32, 32)
+    assert snap_down(100, lat) == 96 and snap_up(100, lat) == 128
+    assert snap_down(10, lat) == 32 and snap_up(10, lat) == 32
+    assert snap_up(96, lat) == 96
