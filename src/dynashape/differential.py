@@ -197,18 +197,22 @@ def _key(node: onnx.NodeProto) -> str:
     return f"{node.op_type}|{name}"
 
 
-def align(nodes0: Sequence[onnx.NodeProto], nodes1: Sequence[onnx.NodeProto]) -> list[tuple[str, int, int, int, int]]:
+Opcode = tuple[str, int, int, int, int]
+
+
+def align(nodes0: Sequence[onnx.NodeProto], nodes1: Sequence[onnx.NodeProto]) -> list[Opcode]:
     """difflib opcodes over the two node sequences (robust to renumbered names)."""
     keys0 = [_key(n) for n in nodes0]
     keys1 = [_key(n) for n in nodes1]
-    return difflib.SequenceMatcher(a=keys0, b=keys1, autojunk=False).get_opcodes()
+    matcher = difflib.SequenceMatcher(a=keys0, b=keys1, autojunk=False)
+    return [(str(t), i1, i2, j1, j2) for t, i1, i2, j1, j2 in matcher.get_opcodes()]
 
 
 def _pairs(opcodes: Iterable[tuple[str, int, int, int, int]]) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     for tag, i1, i2, j1, j2 in opcodes:
         if tag == "equal":
-            out.extend(zip(range(i1, i2), range(j1, j2)))
+            out.extend(zip(range(i1, i2), range(j1, j2), strict=False))
     return out
 
 
@@ -280,25 +284,35 @@ def node_source(node: onnx.NodeProto) -> str | None:
 
 
 def module_path(node: onnx.NodeProto) -> str:
-    """The PyTorch module that produced the node: ``/stage4/stage4.0/Conv`` -> ``stage4.0``."""
-    for prop in node.metadata_props:
-        if prop.key == "pkg.torch.onnx.name_scopes":
-            scopes = re.findall(r"'([^']*)'", prop.value)
-            return ".".join(s for s in scopes[1:-1] if s)
-    parts = [p for p in node.name.split("/") if p]
-    if node.name.startswith("/") and len(parts) >= 2:
-        return parts[-2]
-    return ""
+    """The PyTorch module that produced the node: ``/layer1/layer1.0/conv1/Conv`` -> ``layer1.0.conv1``."""
+    scopes = module_scopes(node)
+    return scopes[-1] if scopes else ""
 
 
 def module_scopes(node: onnx.NodeProto) -> list[str]:
-    """Every enclosing module path of a node, outermost first."""
+    """Every enclosing module path of a node, outermost first (``named_modules`` names).
+
+    The legacy exporter names each scope by its attribute, and children of containers by
+    ``parent.index`` (``/layer1/layer1.0/conv1/Conv``); the dynamo exporter lists the scopes
+    in the ``pkg.torch.onnx.name_scopes`` metadata.
+    """
     for prop in node.metadata_props:
         if prop.key == "pkg.torch.onnx.name_scopes":
-            scopes = [s for s in re.findall(r"'([^']*)'", prop.value)[1:-1] if s]
-            return [".".join(scopes[: i + 1]) for i in range(len(scopes))]
-    parts = [p for p in node.name.split("/") if p]
-    return parts[:-1] if node.name.startswith("/") else []
+            parts = [s for s in re.findall(r"'([^']*)'", prop.value)[1:-1] if s]
+            return [".".join(parts[: i + 1]) for i in range(len(parts))]
+    if not node.name.startswith("/"):
+        return []
+    parts = [p for p in node.name.split("/") if p][:-1]
+    out: list[str] = []
+    prev = ""
+    for part in parts:
+        if prev and part.startswith(prev + "."):
+            path = f"{out[-1]}{part[len(prev):]}"  # container child: "layer1.0" under "layer1"
+        else:
+            path = f"{out[-1]}.{part}" if out else part
+        out.append(path)
+        prev = part
+    return out
 
 
 # -------------------------------------------------------------------- differential export
@@ -416,12 +430,12 @@ def diff_exports(
             changes.append(_Change(i, None, primary, v0, v1, None, False, {
                 k: {"s0": _show(a), "s1": _show(b)} for k, (a, b) in changed.items()
             }))
-        for k, (in0, in1) in enumerate(zip(n0.input, n1.input)):
+        for k, (in0, in1) in enumerate(zip(n0.input, n1.input, strict=False)):
             c0, c1 = g0.constant(in0), g1.constant(in1)
             if c0 is None or c1 is None or _tensor_equal(c0, c1):
                 continue
             changes.append(_Change(i, k, None, c0, c1, in0, list(c0.dims) != list(c1.dims)))
-    findings = _changes_to_findings(g0, changes, s0, s1)
+    findings = _collapse_repeats(_changes_to_findings(g0, changes, s0, s1))
     cf = _control_flow_finding(g0, g1, opcodes, s0, s1)
     if cf is not None:
         findings.append(cf)
@@ -461,10 +475,11 @@ def _changes_to_findings(g0: _Graph, changes: list[_Change], s0: ShapeMap, s1: S
             source = source or node_source(node) or node_source(direct)
             v0, v1 = _show(ch.v0), _show(ch.v1)
             name = f"{ch.constant} " if ch.constant else ""
+            verb = "are" if len(ch.attributes) > 1 else "is"
             via_text = f" (through {', '.join(via)})" if via else ""
             message = (
                 f"{_WHY.get(rule_id, 'a value baked from the input shape')}: {node.op_type} {node.name} "
-                f"{slot_text} {name}{'are' if len(ch.attributes) > 1 else 'is'} {v0} when exported at {format_shapes(s0)} and {v1} at "
+                f"{slot_text} {name}{verb} {v0} when exported at {format_shapes(s0)} and {v1} at "
                 f"{format_shapes(s1)}{via_text}"
             )
             severity: Severity = "warning" if rule_id == "DS010" else "error"
@@ -484,6 +499,23 @@ def _changes_to_findings(g0: _Graph, changes: list[_Change], s0: ShapeMap, s1: S
     return findings
 
 
+def _collapse_repeats(findings: list[Finding]) -> list[Finding]:
+    """One DS010 finding per changed constant, naming its other consumers in the details."""
+    kept: list[Finding] = []
+    first: dict[str, Finding] = {}
+    for f in findings:
+        const = f.details.get("constant")
+        if f.rule != "DS010" or not const:
+            kept.append(f)
+            continue
+        if const in first:
+            first[const].details.setdefault("also_used_by", []).append(f.node)
+            continue
+        first[const] = f
+        kept.append(f)
+    return kept
+
+
 def _is_integer(value: Any) -> bool:
     if isinstance(value, onnx.TensorProto):
         return value.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
@@ -496,7 +528,7 @@ def _control_flow_finding(
     diffs = [op for op in opcodes if op[0] != "equal"]
     if not diffs:
         return None
-    tag, i1, i2, j1, j2 = diffs[0]
+    tag, i1, i2, j1, _j2 = diffs[0]
     in_s0 = i2 > i1
     node = g0.nodes[i1] if in_s0 else g1.nodes[j1]
     only = "only in the S1 graph" if not in_s0 else (
@@ -632,10 +664,12 @@ def first_divergent_node(
             log.warning("cannot re-export the reference at this shape (%s); using module outputs only", exc)
             return module_hint
     found = _compare_with_reference(model, got, ref_model, feeds, atol, rtol)
+    # Node-by-node against the re-export is exact; module outputs are only a hint, since the
+    # exporter fuses ops across module boundaries (Conv+BatchNorm), so they never override it.
     if found is not None and module_hint is not None:
         found.details["first_divergent_module"] = module_hint.module_path
         found.details["module_node"] = module_hint.node
-    return found if found is not None else module_hint
+    return found
 
 
 def _compare_with_reference(
@@ -657,7 +691,7 @@ def _compare_with_reference(
         node, rnode = nodes[i], ref_nodes[j]
         if node.op_type == "Constant":
             continue
-        for out, rout in zip(node.output, rnode.output):
+        for out, rout in zip(node.output, rnode.output, strict=False):
             if not out or out not in got or rout not in ref:
                 continue
             bad = _compare(np.asarray(got[out]), np.asarray(ref[rout]), atol, rtol)

@@ -359,9 +359,7 @@ def is_library_frame(filename: str) -> bool:
     if path.startswith(_torch_dir()):
         return True
     stdlib = os.path.dirname(os.path.abspath(contextlib.__file__)) + os.sep
-    if path.startswith(stdlib) and "site-packages" not in path:
-        return True
-    return False
+    return bool(path.startswith(stdlib) and "site-packages" not in path)
 
 
 def _keep_warning(w: warnings.WarningMessage) -> bool:
@@ -409,7 +407,8 @@ def _export_legacy(
         warnings.simplefilter("always")
         try:
             torch.onnx.export(
-                module, tuple(args), buf, input_names=input_names, output_names=output_names,
+                module, tuple(args), buf,  # type: ignore[arg-type]  # file objects work (legacy)
+                input_names=input_names, output_names=output_names,
                 dynamic_axes=dynamic_axes or None, opset_version=opset, dynamo=False, verbose=True,
             )
         except torch.onnx.errors.UnsupportedOperatorError as exc:

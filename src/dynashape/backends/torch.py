@@ -82,7 +82,7 @@ class TorchRunner(Runner):
     @property
     def module(self) -> torch.nn.Module:
         assert self._module is not None, "activate() first"
-        return self._module  # type: ignore[no-any-return]
+        return self._module
 
     def output_names(self) -> list[str]:
         if self._output_names is None:
@@ -111,4 +111,4 @@ class TorchRunner(Runner):
         else:
             out_names = [n for n, _ in flat]
             self._output_names = out_names
-        return {n: t.detach().cpu().numpy() for n, (_, t) in zip(out_names, flat)}
+        return {n: t.detach().cpu().numpy() for n, (_, t) in zip(out_names, flat, strict=False)}

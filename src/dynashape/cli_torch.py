@@ -1,0 +1,184 @@
+"""The PyTorch side of the CLI: `dynashape export`, and the `--torch` options of `check`.
+
+``register(subparsers)`` adds the ``export`` subcommand (its handler is ``args.func``, which
+returns the exit code: 0 done, 2 usage error). ``add_torch_check_arguments`` and
+``torch_findings`` are what the ``check`` command calls for ``check MODEL.onnx --torch
+FILE.py:FACTORY --input ...``. This is the only module of the PyTorch side that prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import onnx
+
+from dynashape.errors import DynashapeError
+from dynashape.findings import Finding
+from dynashape.shapes import ShapeMap, format_shapes, parse_shapes
+
+log = logging.getLogger(__name__)
+
+
+def parse_dynamic(items: Sequence[str] | None, input_shapes: ShapeMap) -> dict[str, list[int]] | None:
+    """``--dynamic input:0,2,3`` (repeatable; ``input:`` or ``input:none`` for a static input)."""
+    if not items:
+        return None
+    out: dict[str, list[int]] = {}
+    for item in items:
+        name, sep, axes = item.rpartition(":")
+        if not sep:
+            if len(input_shapes) != 1:
+                raise DynashapeError(
+                    f"--dynamic {item!r}: name the input, e.g. --dynamic {next(iter(input_shapes))}:0,2,3"
+                )
+            name, axes = next(iter(input_shapes)), item
+        if name not in input_shapes:
+            raise DynashapeError(
+                f"--dynamic names {name!r}, which is not an input (inputs: {', '.join(input_shapes)})"
+            )
+        text = axes.strip().lower()
+        if text in ("", "none"):
+            out[name] = []
+            continue
+        try:
+            out[name] = sorted({int(a) for a in text.split(",") if a.strip()})
+        except ValueError:
+            raise DynashapeError(
+                f"--dynamic {item!r}: axes are integers separated by commas, e.g. {name}:0,2,3"
+            ) from None
+    for name in input_shapes:
+        out.setdefault(name, [])
+    return out
+
+
+# ------------------------------------------------------------------------ export
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add `export` to the main parser's subcommands."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "export",
+        help="PyTorch module -> ONNX with dynamic axes",
+        description="Export a PyTorch module to ONNX with dynamic axes, reporting the exporter's "
+        "warnings (TracerWarnings, guards, specializations) with file:line.",
+    )
+    p.add_argument("model", metavar="MODEL", help="path/to/file.py:FACTORY or package.module:FACTORY")
+    p.add_argument("--input", required=True, metavar="SHAPES",
+                   help="export shape(s), e.g. input:1x3x512x512 (several: a:...,b:...)")
+    p.add_argument("--dynamic", action="append", metavar="NAME:AXES",
+                   help="dynamic axes of one input, e.g. input:0,2,3 (repeatable; default: every axis "
+                   "but the channels of 4-D inputs)")
+    p.add_argument("--exporter", choices=["legacy", "dynamo"], default="legacy")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17 legacy, 18 dynamo)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
+    p.set_defaults(func=run_export)
+    return p
+
+
+def run_export(args: argparse.Namespace) -> int:
+    try:
+        return _run_export(args)
+    except DynashapeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from dynashape.export import export_module, load_module
+    from dynashape.model import check_output_path
+
+    shapes = parse_shapes(args.input)
+    dynamic = parse_dynamic(args.dynamic, shapes)
+    out = check_output_path(args.output, [])
+    module = load_module(args.model)
+    result = export_module(module, shapes, dynamic, exporter=args.exporter, path=out, opset=args.opset)
+    dims = ", ".join(
+        f"{vi.name}:" + "x".join(d.dim_param or str(d.dim_value) for d in vi.type.tensor_type.shape.dim)
+        for vi in result.model.graph.input
+    )
+    print(f"exported {args.model} with the {result.exporter} exporter (opset {result.opset}) "
+          f"at {format_shapes(shapes)} -> {out}")
+    print(f"  inputs: {dims}")
+    print(f"  outputs: {', '.join(result.output_names)}")
+    if result.warnings:
+        print(f"  {len(result.warnings)} exporter warning(s) -- each may be a value frozen at "
+              "the export shape:")
+        for w in result.warnings:
+            print(f"    {w.location}: {w.category}: {w.message}")
+        print(f"  run `dynashape check {out} --torch {args.model} --input {args.input}` to see which "
+              "values changed with the shape")
+    else:
+        print("  no exporter warnings")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m dynashape.cli_torch export ...` (the same command as `dynashape export`)."""
+    parser = argparse.ArgumentParser(prog="dynashape")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+# ------------------------------------------------------------------------ check --torch
+
+
+def add_torch_check_arguments(parser: argparse.ArgumentParser) -> None:
+    """The differential-export options of `check` (``--input`` only if check has none yet)."""
+    group = parser.add_argument_group("differential export (needs PyTorch)")
+
+    def add(flag: str, **kwargs: Any) -> None:
+        if flag not in parser._option_string_actions:  # check may already define it
+            group.add_argument(flag, **kwargs)
+
+    add("--torch", metavar="MODEL", default=None,
+        help="the PyTorch module the ONNX came from: FILE.py:FACTORY or package.module:FACTORY; "
+        "export it at two shapes and report every value that changed")
+    add("--input", metavar="SHAPES", default=None,
+        help="export shape S0, e.g. input:1x3x512x512 (default: the shape recorded by `dynashape export`)")
+    add("--second-shape", metavar="SHAPES", default=None,
+        help="the second export shape S1 (default: S0 grown on every dynamic axis)")
+    add("--exporter", choices=["legacy", "dynamo"], default="legacy",
+        help="exporter for the differential export (use the one the model came from)")
+
+
+def torch_findings(args: argparse.Namespace, model: onnx.ModelProto) -> list[Finding]:
+    """Differential-export findings for `check MODEL --torch ...` ([] when --torch is not given)."""
+    spec = getattr(args, "torch", None)
+    if not spec:
+        return []
+    from dynashape.differential import differential_export
+    from dynashape.model import graph_inputs, read_export_shape
+
+    names = [i.name for i in graph_inputs(model)]
+    shape_text = getattr(args, "input", None)
+    s0 = parse_shapes(shape_text, names) if shape_text else read_export_shape(model)
+    if not s0:
+        raise DynashapeError(
+            "--torch needs the export shape: give --input NAME:1x3x512x512 (the model records none)"
+        )
+    s0 = {n: s0[n] for n in names if n in s0}
+    missing = [n for n in names if n not in s0]
+    if missing:
+        raise DynashapeError(f"--input gives no shape for {', '.join(missing)}")
+    dynamic: dict[str, list[int]] | None = {i.name: i.dynamic_axes for i in graph_inputs(model)}
+    if dynamic is not None and not any(dynamic.values()):
+        dynamic = None  # a static model: compare as if every non-channel axis were dynamic
+    s1_text = getattr(args, "second_shape", None)
+    s1 = parse_shapes(s1_text, names) if s1_text else None
+    result = differential_export(
+        spec, s0, dynamic=dynamic, exporter=getattr(args, "exporter", "legacy") or "legacy", s1=s1,
+    )
+    onnx_names = {n.name for n in model.graph.node}
+    for f in result.findings:
+        f.details["in_model"] = f.node in onnx_names
+    return result.findings
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
