@@ -216,22 +216,22 @@ def resize_to_input(h0: int, w0: int, *, reference: bool = False, opset: int = 1
     g = GraphBuilder(opset)
     _, deep = _encoder(g)
     logits = g.conv(deep, 8, 3, "classifier", k=1)
-    if reference:
-        size = g.shape_sizes(logits, X, "out_sizes")
-    else:
-        size = g.legacy_sizes(logits, [h0, w0], "out_sizes")
+    size = g.shape_sizes(logits, X, "out_sizes") if reference else g.legacy_sizes(logits, [h0, w0], "out_sizes")
     g.resize(logits, Y, sizes=size, mode="linear")
     return g.model([Y])
 
 
-def resize_by_factor(h0: int, w0: int, factor: int = 2, *, reference: bool = False,
-                     opset: int = 17) -> onnx.ModelProto:
+def resize_by_factor(h0: int, w0: int, factor: int = 2, *, sizes: str = "legacy", batch0: int = 1,
+                     reference: bool = False, opset: int = 17) -> onnx.ModelProto:
     """Super-resolution tail: ``F.interpolate(f, size=(factor*h, factor*w))`` with ints. No other
-    tensor has that size, so the exact fix is constant scales."""
+    tensor has that size, so the exact fix is constant scales. ``sizes``: ``legacy`` (Concat of
+    Shape and constants) or ``constant`` (``[batch0, 4, factor*h0, factor*w0]``)."""
     g = GraphBuilder(opset)
     f = g.op("Relu", [g.conv(X, C, 4, "body")], "body_relu")
     if reference:
         g.resize(f, Y, scales=g.f32("up_scales", [1, 1, factor, factor]))
+    elif sizes == "constant":
+        g.resize(f, Y, sizes=g.i64("up_sizes", [batch0, 4, factor * h0, factor * w0]))
     else:
         g.resize(f, Y, sizes=g.legacy_sizes(f, [factor * h0, factor * w0], "up_sizes"))
     return g.model([Y])
@@ -346,3 +346,25 @@ def flatten(c: int = C, *, opset: int = 17) -> onnx.ModelProto:
     g = GraphBuilder(opset, channels=c)
     g.op("Flatten", [X], Y, axis=1)
     return g.model([Y], channels=c)
+
+
+# ------------------------------------------------------------------------------------------------
+# running
+# ------------------------------------------------------------------------------------------------
+
+def run(model: onnx.ModelProto, shape: Sequence[int], seed: int = 0) -> dict[str, np.ndarray]:
+    """Run ``model`` in ONNX Runtime on deterministic random ``x`` of ``shape``."""
+    from dynashape.backends.ort import run_model
+    from dynashape.testing import random_feeds
+
+    return run_model(model, random_feeds(model, {X: tuple(shape)}, seed))
+
+
+def assert_same_outputs(model: onnx.ModelProto, reference: onnx.ModelProto, shape: Sequence[int],
+                        expected_shape: Sequence[int] | None = None, atol: float = 1e-5) -> None:
+    """``model`` runs at ``shape`` and matches the hand-written ``reference`` (shape and values)."""
+    got, want = run(model, shape)[Y], run(reference, shape)[Y]
+    if expected_shape is not None:
+        assert want.shape == tuple(expected_shape), f"reference gives {want.shape}"
+    assert got.shape == want.shape, f"at {tuple(shape)}: output {got.shape}, reference {want.shape}"
+    np.testing.assert_allclose(got, want, atol=atol, rtol=0)

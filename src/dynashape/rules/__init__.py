@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 from dynashape.rules import pooling, reshape, resize
+from dynashape.rules import reports, trt_support
 from dynashape.rules.base import Rule
 
-DEFAULT_RULES: list[Rule] = [*resize.RULES, *pooling.RULES, *reshape.RULES]
+# DS016 folds constant-only subgraphs first (that freezes nothing) so later rules see initializers;
+# the report-only rules run last, on the rewritten graph.
+DEFAULT_RULES: list[Rule] = [*trt_support.RULES, *resize.RULES, *pooling.RULES, *reshape.RULES, *reports.RULES]
 
 # Rules that are not graph-node rules, listed for `check --list-rules`.
 OTHER_RULES: dict[str, str] = {

@@ -1,0 +1,197 @@
+"""DS016: ops TensorRT's ONNX parser rejects whatever the input shape.
+
+Two kinds, told apart because only one has an exact fix:
+
+* an input TensorRT needs as a constant (``TopK`` K, ``axes`` of ``Slice``/``Squeeze``/
+  ``Unsqueeze``/``Pad``/``Reduce*``, ``Resize`` scales) is computed by nodes instead. When every
+  leaf of that computation is a constant, the value is the same at every input size: it is
+  folded into an initializer (evaluated with ``onnx.reference``). A computation that reaches
+  ``Shape``/``Size`` of a real tensor or a graph input is never folded: that would freeze the
+  export shape, the very hazard dynashape removes; it is reported instead.
+* attributes TensorRT does not implement (cubic or antialiased ``Resize``): reported with the
+  TensorRT version the finding was checked against.
+
+Sources (onnx-tensorrt ``docs/operators.md``, the 8.4 and 8.5 releases): ``Resize`` modes
+``nearest`` and ``linear`` only; ``TopK``: "K input must be an initializer"; ``Slice``: "axes must
+be an initializer"; ``Squeeze``: "axes must be an initializer"; ``Unsqueeze``: "axes must be a
+constant tensor". Later versions were not checked: findings say "not supported by TensorRT 8.5".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnx_ir.passes.common as ir_passes
+from onnx import helper
+
+from dynashape.analysis import Context
+from dynashape.findings import Finding, Refusal
+from dynashape.rules.base import Rule, input_names
+
+_REDUCE = (
+    "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+    "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare",
+)
+# op -> {input slot: what TensorRT calls it}
+CONSTANT_SLOTS: dict[str, dict[int, str]] = {
+    "TopK": {1: "K"},
+    "Slice": {3: "axes"},
+    "Squeeze": {1: "axes"},
+    "Unsqueeze": {1: "axes"},
+    "Pad": {3: "axes"},
+    "Resize": {1: "roi", 2: "scales"},
+    **{op: {1: "axes"} for op in _REDUCE},
+}
+TRT_CHECKED = "TensorRT 8.5"
+_NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
+                     "Bernoulli"}
+_MAX_FOLD_NODES = 256
+_MAX_FOLD_ELEMENTS = 1 << 16
+
+
+def _origin(value: ir.Value) -> tuple[str, list[ir.Node], str]:
+    """How ``value`` is computed: ("constant" | "shape" | "data", nodes to fold, why)."""
+    nodes: list[ir.Node] = []
+    seen: set[int] = set()
+    stack = [value]
+    kind, why = "constant", ""
+    while stack:
+        v = stack.pop()
+        if v.const_value is not None:
+            continue
+        producer = v.producer()
+        if producer is None:
+            return "data", [], f"it depends on graph input {v.name!r}"
+        if id(producer) in seen:
+            continue
+        seen.add(id(producer))
+        if producer.op_type in ("Shape", "Size"):
+            src = producer.inputs[0]
+            if src is None or src.const_value is None:
+                kind, why = "shape", f"it is computed from {producer.op_type}({src.name if src else '?'})"
+                continue
+        if producer.domain not in ("", "ai.onnx"):
+            return "data", [], f"it goes through custom op {producer.domain}::{producer.op_type}"
+        if producer.op_type in _NONDETERMINISTIC:
+            return "data", [], f"it goes through random op {producer.op_type}"
+        if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in producer.attributes.values()):
+            return "data", [], f"it goes through control flow ({producer.op_type})"
+        nodes.append(producer)
+        if len(nodes) > _MAX_FOLD_NODES:
+            return "data", [], f"it is computed by more than {_MAX_FOLD_NODES} nodes"
+        stack.extend(i for i in producer.inputs if i is not None)
+    return kind, nodes, why
+
+
+def fold_value(proto: onnx.ModelProto, value_name: str, node_outputs: set[str]) -> np.ndarray:
+    """Evaluate one constant-only subgraph of ``proto`` (its nodes given by their outputs)."""
+    from onnx.reference import ReferenceEvaluator
+
+    nodes = [n for n in proto.graph.node if set(n.output) & node_outputs]
+    used = {i for n in nodes for i in n.input}
+    inits = [t for t in proto.graph.initializer if t.name in used]
+    graph = helper.make_graph(nodes, "fold", [], [helper.make_empty_tensor_value_info(value_name)],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=list(proto.opset_import))
+    model.ir_version = proto.ir_version
+    (out,) = ReferenceEvaluator(model).run([value_name], {})
+    return np.asarray(out)
+
+
+def _slots(node: ir.Node) -> Iterator[tuple[int, str, ir.Value]]:
+    for slot, what in CONSTANT_SLOTS.get(node.op_type, {}).items():
+        if slot < len(node.inputs) and node.inputs[slot] is not None:
+            value = node.inputs[slot]
+            assert value is not None
+            yield slot, what, value
+
+
+class TensorRTUnsupported(Rule):
+    id = "DS016"
+    title = ("Op TensorRT rejects at any shape: computed K/axes/scales (folded when constant), "
+             "cubic or antialiased Resize")
+    ops = tuple(CONSTANT_SLOTS)
+
+    def check(self, ctx: Context, node: ir.Node) -> Finding | Refusal:
+        foldable: dict[str, list[str]] = {}  # slot -> outputs of the nodes to fold
+        problems: list[str] = []
+        for slot, what, value in _slots(node):
+            if value.const_value is not None:
+                continue
+            producer = value.producer()
+            if producer is not None and producer.op_type == "Constant":
+                continue  # the parser imports Constant nodes as weights
+            kind, nodes, why = _origin(value)
+            if kind == "constant":
+                foldable[str(slot)] = [o.name for n in nodes for o in n.outputs if o is not None and o.name]
+            else:
+                problems.append(
+                    f"{what} ({value.name}) is not a constant: {why}; not supported by {TRT_CHECKED} "
+                    f"(onnx-tensorrt operators.md: {node.op_type} {what} must be an initializer)"
+                )
+        if node.op_type == "Resize":
+            mode = node.attributes.get_string("mode", "nearest")
+            if mode not in ("nearest", "linear"):
+                problems.append(
+                    f"mode {mode!r} is not supported by {TRT_CHECKED} (onnx-tensorrt operators.md lists "
+                    "the modes nearest and linear); export with mode='bilinear' or resize outside the engine"
+                )
+            if node.attributes.get_int("antialias", 0):
+                problems.append(
+                    f"antialias=1 is not supported by {TRT_CHECKED} (not among the Resize options in "
+                    "onnx-tensorrt operators.md); export with antialias=False"
+                )
+        if not foldable and not problems:
+            return self.refuse(node, "every input TensorRT needs as a constant is one (initializer or Constant)")
+        folded_txt = ", ".join(CONSTANT_SLOTS[node.op_type][int(s)] for s in foldable)
+        fixable = bool(foldable) and not problems
+        parts = []
+        if foldable:
+            parts.append(f"{folded_txt} is computed by nodes from constants only; {TRT_CHECKED}'s ONNX parser "
+                         "needs it as an initializer")
+        parts.extend(problems)
+        fix = (f"fold the constant subgraph feeding {folded_txt} into an initializer (its value is the same "
+               "at every input size)") if fixable else (
+            "not rewritten: " + "; ".join(problems)
+            + (f" (the constant {folded_txt} would be folded)" if foldable else ""))
+        return Finding(
+            rule=self.id, severity="warning" if fixable else "error", node=node.name or "", op=node.op_type,
+            inputs=input_names(node), message=f"{node.op_type}: " + "; ".join(parts), fixable=fixable,
+            baked_value=None, breaks_at=f"every shape: the engine build fails ({TRT_CHECKED})", fix=fix,
+            details={"fold": foldable, "checked_against": TRT_CHECKED},
+        )
+
+    def rewrite(self, ctx: Context, node: ir.Node, finding: Finding) -> str:
+        graph = ctx.model.graph
+        done = []
+        for slot_txt, outputs in finding.details["fold"].items():
+            slot = int(slot_txt)
+            value = node.inputs[slot]
+            assert value is not None and value.name
+            arr = fold_value(ctx.proto, value.name, set(outputs))
+            if arr.size > _MAX_FOLD_ELEMENTS:
+                continue
+            name = _unique_initializer(graph, f"{node.name}_{CONSTANT_SLOTS[node.op_type][slot]}_folded")
+            folded = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.from_numpy(
+                arr.dtype)), const_value=ir.tensor(arr, name=name))
+            graph.register_initializer(folded)
+            node.replace_input_with(slot, folded)
+            done.append(f"{CONSTANT_SLOTS[node.op_type][slot]}={arr.tolist()}")
+        # the folded nodes are dead now unless something else reads them
+        ir_passes.RemoveUnusedNodesPass()(ctx.model)
+        return f"{finding.node}: folded {', '.join(done)} into initializers"
+
+
+def _unique_initializer(graph: ir.Graph, base: str) -> str:
+    taken = set(graph.initializers) | {v.name for n in graph for v in n.outputs}
+    name, k = base, 1
+    while name in taken:
+        name = f"{base}_{k}"
+        k += 1
+    return name
+
+
+RULES: list[Rule] = [TensorRTUnsupported()]

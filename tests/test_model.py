@@ -1,0 +1,210 @@
+"""Loading, validating and saving models (dynashape.model): every bad file is one clear error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import models as M
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from dynashape.check import check_model
+from dynashape.errors import DynashapeError
+from dynashape.model import (
+    check_output_path,
+    concrete_shapes,
+    graph_inputs,
+    input_names,
+    load_model,
+    read_export_shape,
+    require_dynamic,
+    save_model,
+    sha256_file,
+    write_export_shape,
+    write_json_atomic,
+)
+
+
+def _static_model(opset: int = 17) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "static", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    path = tmp_path / "good.onnx"
+    path.write_bytes(M.resize_skip(64, 64).SerializeToString())
+    return path
+
+
+def test_good_file_loads_with_every_node_named(model_file: Path, tmp_path: Path) -> None:
+    model = M.resize_skip(64, 64)
+    for node in model.graph.node[:3]:
+        node.name = ""
+    model.graph.node[3].name = model.graph.node[4].name  # a duplicate
+    path = tmp_path / "unnamed.onnx"
+    path.write_bytes(model.SerializeToString())
+    loaded = load_model(path)
+    names = [n.name for n in loaded.graph.node]
+    assert all(names) and len(set(names)) == len(names)
+    assert names[0] == f"{loaded.graph.node[0].op_type}_0"
+    assert input_names(loaded) == ["x"]
+    info = graph_inputs(loaded)[0]
+    assert info.dims == ("N", 4, "H", "W") and info.dynamic_axes == [0, 2, 3]
+    assert info.describe() == "Nx4xHxW"
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9, 0.99])
+def test_truncated_file(model_file: Path, fraction: float) -> None:
+    data = model_file.read_bytes()
+    model_file.write_bytes(data[: int(len(data) * fraction)])
+    with pytest.raises(DynashapeError, match=r"good\.onnx: not a valid ONNX|good\.onnx: the ONNX checker"):
+        load_model(model_file)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"def forward(x):\n    return x\n", b"\x89PNG\r\n\x1a\n" + bytes(range(256)), b"\x00" * 64],
+)
+def test_not_an_onnx_file(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(content)
+    with pytest.raises(DynashapeError, match=r"model\.onnx: not a valid ONNX"):
+        load_model(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(DynashapeError, match=r"nope\.onnx: no such file"):
+        load_model(tmp_path / "nope.onnx")
+
+
+def test_directory(tmp_path: Path) -> None:
+    with pytest.raises(DynashapeError, match=r"is a directory"):
+        load_model(tmp_path)
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.onnx"
+    path.write_bytes(b"")
+    with pytest.raises(DynashapeError, match=r"the file is empty"):
+        load_model(path)
+
+
+def test_opset_older_than_11(tmp_path: Path) -> None:
+    path = tmp_path / "old.onnx"
+    path.write_bytes(_static_model(opset=10).SerializeToString())
+    with pytest.raises(DynashapeError, match=r"opset 10 is older than 11.*opset_version>=11"):
+        load_model(path)
+
+
+def test_checker_rejection_is_a_user_error(tmp_path: Path) -> None:
+    model = _static_model()
+    model.graph.node[0].input[0] = "undefined_tensor"
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(DynashapeError, match=r"broken\.onnx: the ONNX checker rejects the model"):
+        load_model(path)
+
+
+def test_no_dynamic_axis_says_there_is_nothing_to_check() -> None:
+    model = _static_model()
+    with pytest.raises(DynashapeError, match=r"static\.onnx: no input has a dynamic axis \(x:1x4x8x8\)"):
+        require_dynamic(model, "static.onnx")
+    with pytest.raises(DynashapeError, match=r"nothing to check"):
+        check_model(model)
+    require_dynamic(M.plain_conv())  # dynamic: no error
+
+
+def test_initializers_listed_as_inputs_are_not_inputs() -> None:
+    model = M.plain_conv()
+    weight = model.graph.initializer[0]
+    model.graph.input.append(helper.make_tensor_value_info(weight.name, weight.data_type, list(weight.dims)))
+    assert input_names(model) == ["x"]
+
+
+def test_export_shape_metadata_round_trip() -> None:
+    model = M.plain_conv()
+    assert read_export_shape(model) is None
+    write_export_shape(model, {"x": (1, 4, 96, 64)})
+    write_export_shape(model, {"x": (1, 4, 64, 96)})  # overwrites, no duplicate entry
+    assert [p.key for p in model.metadata_props] == ["dynashape.export_shape"]
+    assert read_export_shape(model) == {"x": (1, 4, 64, 96)}
+    assert check_model(model).export_shape_source == "metadata"
+
+
+def test_concrete_shapes_needs_every_dynamic_input() -> None:
+    model = M.plain_conv()
+    assert concrete_shapes(model, {"x": (1, 4, 8, 8)}) == {"x": (1, 4, 8, 8)}
+    assert concrete_shapes(_static_model(), {}) == {"x": (1, 4, 8, 8)}
+    with pytest.raises(DynashapeError, match=r"no shape for input 'x' \(Nx4xHxW\)"):
+        concrete_shapes(model, {})
+
+
+# -- writing ---------------------------------------------------------------------------------------
+
+def _leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_save_is_atomic_and_loadable(tmp_path: Path) -> None:
+    out = tmp_path / "out.onnx"
+    save_model(M.plain_conv(), out)
+    assert load_model(out).graph.node[0].name == "conv1"
+    assert _leftovers(tmp_path) == []
+
+
+def test_failed_save_leaves_no_temp_file_and_keeps_the_old_output(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out.onnx"
+    out.write_bytes(b"previous output")
+
+    def half_then_fail(self: Path, data: bytes) -> int:
+        with open(self, "wb") as fh:
+            fh.write(data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        save_model(M.plain_conv(), out)
+    monkeypatch.undo()
+    assert out.read_bytes() == b"previous output"
+    assert _leftovers(tmp_path) == []
+
+    fresh = tmp_path / "fresh.onnx"
+    monkeypatch.setattr(Path, "write_bytes", half_then_fail)
+    with pytest.raises(OSError):
+        save_model(M.plain_conv(), fresh)
+    monkeypatch.undo()
+    assert not fresh.exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_json_write_is_atomic(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    write_json_atomic(out, {"findings": []})
+    assert out.read_text() == '{\n  "findings": []\n}\n'
+    assert _leftovers(tmp_path) == []
+
+
+def test_output_path_checks(tmp_path: Path, model_file: Path) -> None:
+    with pytest.raises(DynashapeError, match=r"output directory .*missing does not exist"):
+        check_output_path(tmp_path / "missing" / "out.onnx")
+    with pytest.raises(DynashapeError, match=r"refusing to overwrite the input model"):
+        check_output_path(model_file, [model_file])
+    assert check_output_path(tmp_path / "new.onnx", [model_file]) == tmp_path / "new.onnx"
+
+
+def test_check_never_touches_the_input(model_file: Path) -> None:
+    before_hash, before_mtime = sha256_file(model_file), model_file.stat().st_mtime_ns
+    model = load_model(model_file)
+    snapshot = model.SerializeToString()
+    report = check_model(model, export_shape={"x": (1, 4, 64, 64)}, path=str(model_file))
+    assert report.applied  # it did rewrite something: on its own copy
+    assert model.SerializeToString() == snapshot
+    assert sha256_file(model_file) == before_hash
+    assert model_file.stat().st_mtime_ns == before_mtime
