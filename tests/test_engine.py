@@ -195,7 +195,7 @@ def test_load_refuses_other_tensorrt_version(tmp_path: Path, monkeypatch: pytest
     path = BuiltEngine(data, _info(data)).save(tmp_path / "m.engine")
     monkeypatch.setattr(trt_compat, "import_trt", lambda: object())
     monkeypatch.setattr(trt_compat, "runtime_env", lambda: trt_compat.RuntimeEnv("10.0.1.6", "x", "9.0"))
-    with pytest.raises(DynashapeError, match=r"built with TensorRT 8\.5\.3\.1, but this is TensorRT 10\.0\.1\.6"):
+    with pytest.raises(DynashapeError, match=r"TensorRT 8\.5\.3\.1, but this is TensorRT 10\.0\.1\.6"):
         Engine.load(path)
 
 

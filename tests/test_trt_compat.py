@@ -179,3 +179,19 @@ def test_major_version() -> None:
     assert trt_compat.major_version("8.5.3.1") == 8
     assert trt_compat.major_version("10.0.1") == 10
     assert trt_compat.major_version("garbage") == 0
+
+
+def test_numpy_dtypes_by_name_without_trt_nptype() -> None:
+    import enum
+
+    class DataType(enum.Enum):
+        FLOAT = 0
+        HALF = 1
+        BOOL = 4
+        BF16 = 7
+
+    assert trt_compat.numpy_dtype_name(DataType.FLOAT) == "float32"
+    assert trt_compat.numpy_dtype_name(DataType.HALF) == "float16"
+    assert trt_compat.numpy_dtype_name(DataType.BOOL) == "bool"
+    with pytest.raises(DynashapeError, match="BF16 are not supported"):
+        trt_compat.numpy_dtype_name(DataType.BF16)

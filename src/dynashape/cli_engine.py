@@ -36,7 +36,8 @@ _TACTIC_HELP = (
     "tactic sources in trtexec syntax, added to (+) or removed from (-) TensorRT's default: "
     "CUBLAS, CUBLAS_LT, CUDNN, EDGE_MASK_CONVOLUTIONS, JIT_CONVOLUTIONS; 'default' keeps "
     f"TensorRT's set (default: {trt_compat.DEFAULT_TACTIC_SOURCES}, i.e. TensorRT's own "
-    "kernels only, no cuBLAS/cuDNN)"
+    "kernels only, no cuBLAS/cuDNN); write it with '=' as the value starts with '-': "
+    "--tactic-sources=-CUBLAS,-CUDNN"
 )
 
 

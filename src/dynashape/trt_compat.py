@@ -262,14 +262,19 @@ def is_input(engine: Any, name: str) -> bool:
     return bool(engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT)
 
 
-def numpy_dtype_name(trt_dtype: Any) -> str:
-    import numpy as np
+# By DataType name: TensorRT 8.5's own ``trt.nptype`` builds a table with ``np.bool``, which NumPy
+# 1.24-1.26 removed, so it raises for every type there.
+_NUMPY_DTYPES = {
+    "FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32", "INT64": "int64",
+    "BOOL": "bool", "UINT8": "uint8", "DOUBLE": "float64",
+}
 
-    trt = import_trt()
-    try:
-        return np.dtype(trt.nptype(trt_dtype)).name
-    except TypeError:  # bf16, fp8, int4: no numpy type
-        raise DynashapeError(f"I/O tensors of type {trt_dtype} are not supported by dynashape yet") from None
+
+def numpy_dtype_name(trt_dtype: Any) -> str:
+    name = getattr(trt_dtype, "name", str(trt_dtype).rsplit(".", 1)[-1])
+    if name not in _NUMPY_DTYPES:  # BF16, FP8, INT4: no numpy type
+        raise DynashapeError(f"I/O tensors of type {name} are not supported by dynashape yet")
+    return _NUMPY_DTYPES[name]
 
 
 def profile_shapes(engine: Any, name: str, index: int) -> tuple[tuple[int, ...], ...]:
