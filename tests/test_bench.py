@@ -45,6 +45,7 @@ def test_ratios_and_json() -> None:
 
 def test_sample_wall_sync_respects_iters_and_minimum(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bench, "_torch_cuda", lambda: None)
+    monkeypatch.setattr(bench, "_batch_size", lambda launch, sync: 1)
     calls = {"launch": 0, "sync": 0}
 
     def launch() -> None:
@@ -59,8 +60,40 @@ def test_sample_wall_sync_respects_iters_and_minimum(monkeypatch: pytest.MonkeyP
     assert s.iters == bench.MIN_ITERS  # budget spent: still the minimum number of samples
 
 
+class FakeClock:
+    """``time.perf_counter`` that advances only when the fake GPU works."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_wall_sync_batches_launches_and_divides_out_the_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(bench, "_torch_cuda", lambda: None)
+    monkeypatch.setattr(bench.time, "perf_counter", clock)
+    launches = 0
+
+    def launch() -> None:  # 0.25 ms of device work per run
+        nonlocal launches
+        launches += 1
+        clock.now += 0.25e-3
+
+    def sync() -> None:  # 0.05 ms to learn that the stream is idle
+        clock.now += 0.05e-3
+
+    s = bench._sample(launch, sync, warmup=0, iters=30, budget_s=1.0)
+    batch = 7  # ceil(BATCH_TARGET_MS 2.0 / (0.25 + 0.05))
+    assert s.method == f"wall-sync/{batch}" and s.iters == 30
+    assert launches == 1 + 30 * batch  # one calibration run, then 30 batches
+    assert s.median_ms == pytest.approx(0.25 + 0.05 / batch)  # the sync's cost is spread thin
+
+
 def test_time_engine_times_only_the_launch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bench, "_torch_cuda", lambda: None)
+    monkeypatch.setattr(bench, "_batch_size", lambda launch, sync: 1)
     seen: dict[str, Any] = {}
 
     class Run:

@@ -151,7 +151,14 @@ def _sample(
     budget_s: float,
     stream_ptr: int | None = None,
 ) -> LatencyStats:
-    """Time ``launch`` per call: CUDA events when torch has CUDA, else synchronized wall time."""
+    """Time ``launch`` per call: CUDA events when torch has CUDA, else synchronized wall time.
+
+    Without events, one sample is the wall time of ``batch`` back-to-back launches and one
+    synchronize, divided by ``batch``: launches queue on the stream, so this measures the
+    device's time per run rather than the host's launch-and-wait round trip (tens of
+    microseconds, which would pull every dynamic/static ratio of a small model towards 1).
+    ``batch`` is chosen so that a sample lasts about ``BATCH_TARGET_MS``.
+    """
     for _ in range(warmup):
         launch()
     sync()
@@ -168,12 +175,29 @@ def _sample(
             end.synchronize()
             samples.append(float(start.elapsed_time(end)))
         return LatencyStats.from_samples(samples, "cuda-events")
+    batch = _batch_size(launch, sync)
     while len(samples) < iters and (len(samples) < MIN_ITERS or time.perf_counter() < deadline):
         t0 = time.perf_counter()
-        launch()
+        for _ in range(batch):
+            launch()
         sync()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return LatencyStats.from_samples(samples, "wall-sync")
+        samples.append((time.perf_counter() - t0) * 1e3 / batch)
+    return LatencyStats.from_samples(samples, "wall-sync" if batch == 1 else f"wall-sync/{batch}")
+
+
+BATCH_TARGET_MS = 2.0
+MAX_BATCH = 64
+
+
+def _batch_size(launch: Callable[[], None], sync: Callable[[], None]) -> int:
+    """Launches per wall-clock sample: enough that one sample lasts about BATCH_TARGET_MS."""
+    t0 = time.perf_counter()
+    launch()
+    sync()
+    one_ms = (time.perf_counter() - t0) * 1e3
+    if one_ms <= 0:
+        return MAX_BATCH
+    return max(1, min(MAX_BATCH, math.ceil(BATCH_TARGET_MS / one_ms)))
 
 
 def random_inputs(shapes: ShapeMap, dtypes: dict[str, str], seed: int = 0) -> dict[str, np.ndarray]:
