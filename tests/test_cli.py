@@ -45,6 +45,15 @@ def test_check_list_rules() -> None:
     assert proc.returncode == 0
     for rule in ("DS001", "DS002", "DS003", "DS005"):
         assert rule in proc.stdout
+    assert "[h, 1]" in proc.stdout  # square brackets in text are shown, not taken for rich markup
+
+
+def test_brackets_in_messages_survive_the_terminal_output(tmp_path: Path) -> None:
+    src = tmp_path / "[weird]name.onnx"
+    shutil.copy(demo_onnx_path(), src)
+    proc = run("check", str(src))
+    assert proc.returncode == 1, proc.stderr
+    assert "[weird]name.onnx" in proc.stdout.replace("\n", "")
 
 
 def test_check_range_off_lattice_is_an_error_finding() -> None:

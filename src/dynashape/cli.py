@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape as esc
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dynashape import __version__
@@ -85,7 +86,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         from dynashape.rules import rule_catalogue
 
         for rule_id, title in rule_catalogue():
-            console.print(f"{rule_id}  {title}")
+            console.print(f"{rule_id}  {esc(title)}")
         return 0
     if not args.model:
         raise DynashapeError("check needs a MODEL.onnx (or --list-rules)")
@@ -104,24 +105,24 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         from dynashape.shapes import format_shapes
 
-        console.print(f"[bold]{args.model}[/]: export shape {format_shapes(report.export_shape)} "
-                      f"({report.export_shape_note})")
+        console.print(f"[bold]{esc(args.model)}[/]: export shape {esc(format_shapes(report.export_shape))} "
+                      f"({esc(report.export_shape_note)})")
         print_findings(console, findings)
         if report.lattice:
             console.print(lattice_table(report.lattice, report.export_shape))
         for out, axes in report.outputs_follow.items():
             broken = [a for a, ok in axes.items() if not ok]
             if broken:
-                console.print(f"[yellow]output {out!r} does not follow the input size on {', '.join(broken)}[/]")
+                console.print(f"[yellow]output {esc(repr(out))} does not follow the input size on {esc(', '.join(broken))}[/]")
         if report.suggested_profile:
-            console.print(f"suggested profile (on the lattice): {report.suggested_profile.as_options()}")
+            console.print(f"suggested profile (on the lattice): {esc(report.suggested_profile.as_options())}")
         for note in report.notes:
-            console.print(f"[yellow]note:[/] {note}")
+            console.print(f"[yellow]note:[/] {esc(note)}")
     if args.heatmap:
         from dynashape.doctor import write_doctor_heatmap
 
         path = write_doctor_heatmap(model, report.fixed_model, report, Path(args.heatmap))
-        console.print(f"heat map: {path}")
+        console.print(f"heat map: {esc(str(path))}")
     return 1 if findings else 0
 
 
@@ -153,25 +154,25 @@ def cmd_fix(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_json(), indent=2, default=str))
     else:
         for line in result.applied:
-            console.print(f"[green]fixed[/]   {line}")
+            console.print(f"[green]fixed[/]   {esc(line)}")
         if result.pad_to:
             console.print(f"[green]padded[/]  inputs up to a multiple of {result.pad_to}, outputs cropped back "
                           "(not bit-exact near the bottom/right border)")
         for f in result.unfixed:
-            console.print(f"[yellow]not fixed[/] {f.rule} {f.node}: {f.fix or f.message}")
+            console.print(f"[yellow]not fixed[/] {f.rule} {esc(f.node)}: {esc(f.fix or f.message)}")
         if result.export_proof:
             p = result.export_proof
             console.print(f"proof: matches the original at the export shape (max abs error {p.max_abs_error:.2e})")
         for p in result.other_proofs:
             style = "green" if p.status == "ok" else "red"
             outs = "; ".join("x".join(map(str, v)) for v in p.output_shapes.values())
-            console.print(f"proof: [{style}]{p.status}[/] at {_fmt(p.shapes)} -> {outs or p.message}")
+            console.print(f"proof: [{style}]{p.status}[/] at {esc(_fmt(p.shapes))} -> {esc(outs or p.message)}")
         if not result.applied and not result.pad_to:
             console.print("nothing to rewrite")
         if args.dry_run:
             console.print("dry run: nothing written")
         else:
-            console.print(f"wrote {args.output}")
+            console.print(f"wrote {esc(args.output)}")
     return 0
 
 
@@ -277,29 +278,29 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_json(), indent=2, default=str))
         return 0 if result.healthy else 1
     rep = result.check
-    console.rule(f"[bold]dynashape doctor: {result.model}")
-    console.print(f"export shape {format_shapes(rep.export_shape)} ({rep.export_shape_note})")
+    console.rule(f"[bold]dynashape doctor: {esc(result.model)}")
+    console.print(f"export shape {esc(format_shapes(rep.export_shape))} ({esc(rep.export_shape_note)})")
     print_findings(console, rep.findings)
     if rep.lattice:
         console.print(lattice_table(rep.lattice, rep.export_shape))
     for line in result.fix.applied:
-        console.print(f"[green]fixed[/]   {line}")
+        console.print(f"[green]fixed[/]   {esc(line)}")
     for f in result.fix.unfixed:
-        console.print(f"[yellow]not fixed[/] {f.rule} {f.node}: {f.fix}")
+        console.print(f"[yellow]not fixed[/] {f.rule} {esc(f.node)}: {esc(f.fix)}")
     if result.fix.export_proof:
-        console.print(f"proof: the fixed model matches the original at {format_shapes(rep.export_shape)} "
+        console.print(f"proof: the fixed model matches the original at {esc(format_shapes(rep.export_shape))} "
                       f"(max abs error {result.fix.export_proof.max_abs_error:.2e})")
-    console.print(f"fixed model: {result.fix.path}")
+    console.print(f"fixed model: {esc(str(result.fix.path))}")
     console.print(sweep_table(result.sweep))
     c = result.sweep.counts()
-    console.print(f"verify ({result.sweep.reference}): {c['ok']} ok, {c['wrong']} wrong, {c['error']} error")
+    console.print(f"verify ({esc(result.sweep.reference)}): {c['ok']} ok, {c['wrong']} wrong, {c['error']} error")
     trt = result.tensorrt
     if trt.status == "built" and trt.sweep is not None:
         console.print(sweep_table(trt.sweep))
     else:
-        console.print(f"TensorRT: {trt.status} ({trt.reason})")
+        console.print(f"TensorRT: {trt.status} ({esc(trt.reason)})")
     if result.heatmap:
-        console.print(f"shape-validity heat map: {result.heatmap}")
+        console.print(f"shape-validity heat map: {esc(str(result.heatmap))}")
     return 0 if result.healthy else 1
 
 
@@ -321,7 +322,7 @@ def _export_for_doctor(args: argparse.Namespace, console: Console) -> tuple[str,
     out.mkdir(parents=True, exist_ok=True)
     path = out / "model.onnx"
     save_model(exported.model, path)
-    console.print(f"exported {spec} at {args.input} -> {path}")
+    console.print(f"exported {esc(spec)} at {esc(args.input)} -> {esc(str(path))}")
     return str(path), spec
 
 

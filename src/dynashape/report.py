@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dynashape.findings import Finding, Lattice
@@ -37,13 +38,13 @@ def findings_table(findings: list[Finding], title: str = "Findings") -> Table:
         if f.source:
             node += f"\n{f.source}"
         fix = ("[green]auto:[/] " if f.fixable else "[yellow]manual:[/] ") + _escape(f.fix)
-        table.add_row(f.rule, f"[{_SEVERITY_STYLE.get(f.severity, '')}]{f.severity}[/]", node,
+        table.add_row(f.rule, f"[{_SEVERITY_STYLE.get(f.severity, '')}]{f.severity}[/]", _escape(node),
                       _escape(f.message), fix, f.detected_by)
     return table
 
 
 def _escape(text: str) -> str:
-    return text.replace("[", "\\[")
+    return escape(text)
 
 
 def lattice_table(lattice: Lattice, export_shape: ShapeMap) -> Table:
@@ -71,7 +72,7 @@ def sweep_table(sweep: SweepResult) -> Table:
             detail += f"\nfirst divergent node: {r.divergent.get('node')} ({r.divergent.get('op')})"
         if r.on_lattice is False:
             detail = "(off the lattice) " + detail
-        table.add_row(format_shapes(r.shapes), f"[{_STATUS_STYLE.get(r.status, '')}]{r.status}[/]", err, out,
+        table.add_row(_escape(format_shapes(r.shapes)), f"[{_STATUS_STYLE.get(r.status, '')}]{r.status}[/]", err, out,
                       _escape(detail))
     return table
 
