@@ -35,7 +35,7 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -583,7 +583,8 @@ def print_report(results: list[dict[str, Any]], wall: float) -> None:
         summary.add_column(exporter, justify="right")
     for key, label in TOTAL_LABELS:
         summary.add_row(label, *(str(tot[e][key]) for e in tot))
-    summary.add_row("runs (model, exporter) / not finished", *(f"{tot[e]['runs']} / {tot[e]['runs_not_done']}" for e in tot))
+    runs = (f"{tot[e]['runs']} / {tot[e]['runs_not_done']}" for e in tot)
+    summary.add_row("runs (model, exporter) / not finished", *runs)
     console.print(summary)
     bugs = [r for r in results if r.get("bugs") or r.get("status") == "crash"]
     if bugs:

@@ -172,7 +172,7 @@ class CoordAtt(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x
-        n, c, h, w = x.size()
+        n, c, h, w = x.size()  # noqa: RUF059 (as published)
         x_h = self.pool_h(x)
         x_w = self.pool_w(x).permute(0, 1, 3, 2)
         y = torch.cat([x_h, x_w], dim=2)
@@ -293,7 +293,8 @@ class WindowAttention(nn.Module):
         self.scale = (dim // num_heads) ** -0.5
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
-        self.rel_bias = nn.Parameter(torch.randn(num_heads, window_size * window_size, window_size * window_size) * 0.02)
+        tokens = window_size * window_size
+        self.rel_bias = nn.Parameter(torch.randn(num_heads, tokens, tokens) * 0.02)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         B_, N, C = x.shape
@@ -325,7 +326,7 @@ class SwinBlock(nn.Module):
         self.W: int = 0
 
     def forward(self, x: torch.Tensor, mask_matrix: torch.Tensor | None) -> torch.Tensor:
-        B, L, C = x.shape
+        B, L, C = x.shape  # noqa: RUF059 (as published)
         H, W = self.H, self.W
         shortcut = x
         x = self.norm1(x).view(B, H, W, C)
@@ -387,7 +388,7 @@ class SwinPadNet(nn.Module):
                 cnt += 1
         mask_windows = window_partition(img_mask, self.window_size).view(-1, self.window_size * self.window_size)
         attn_mask = mask_windows.unsqueeze(1) - mask_windows.unsqueeze(2)
-        attn_mask = attn_mask.masked_fill(attn_mask != 0, float(-100.0)).masked_fill(attn_mask == 0, float(0.0))
+        attn_mask = attn_mask.masked_fill(attn_mask != 0, (-100.0)).masked_fill(attn_mask == 0, 0.0)
         for blk in self.blocks:
             blk.H, blk.W = H, W
             x = blk(x, attn_mask)

@@ -229,7 +229,7 @@ def test_torch_findings_for_check(tmp_path: Path) -> None:
     args = parser.parse_args(["--torch", spec])
     findings = cli_torch.torch_findings(args, model)
     (f,) = findings
-    assert f.rule == "DS001" and f.source == f"{src}:12" or f.source.endswith("net.py:12")
+    assert (f.rule == "DS001" and f.source == f"{src}:12") or f.source.endswith("net.py:12")
     assert f.details["in_model"] is True
     assert f.to_json()["detected_by"] == "differential-export"
     assert cli_torch.torch_findings(parser.parse_args([]), model) == []

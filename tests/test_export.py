@@ -123,9 +123,9 @@ def test_load_module_import_error_names_the_line(tmp_path: Path) -> None:
 
 
 def test_load_module_bad_spec_and_unknown_package() -> None:
-    with pytest.raises(DynashapeError, match="FILE.py:FACTORY|file.py:FACTORY"):
+    with pytest.raises(DynashapeError, match=r"FILE\.py:FACTORY|file\.py:FACTORY"):
         load_module("just_a_name")
-    with pytest.raises(DynashapeError, match="no module named 'no_such_pkg_xyz.models'"):
+    with pytest.raises(DynashapeError, match=r"no module named 'no_such_pkg_xyz\.models'"):
         load_module("no_such_pkg_xyz.models:build")
 
 

@@ -113,7 +113,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         for out, axes in report.outputs_follow.items():
             broken = [a for a, ok in axes.items() if not ok]
             if broken:
-                console.print(f"[yellow]output {esc(repr(out))} does not follow the input size on {esc(', '.join(broken))}[/]")
+                axes_text = esc(", ".join(broken))
+                console.print(f"[yellow]output {esc(repr(out))} does not follow the input size on {axes_text}[/]")
         if report.suggested_profile:
             console.print(f"suggested profile (on the lattice): {esc(report.suggested_profile.as_options())}")
         for note in report.notes:

@@ -39,8 +39,8 @@ class DemoNet(nn.Module):
         q = feat16 + F.interpolate(feat32, size=(H16, W16), mode="bilinear", align_corners=False)
         # pitfall 1: pooling kernels taken from the shape, frozen at export
         b, c, h, w = (torch.tensor(q.shape[i]).item() for i in range(4))  # noqa: RUF059 (as in the write-up)
-        pooled_h = F.avg_pool2d(q, [h, 1])  # (b, c, 1, w)
-        pooled_w = F.avg_pool2d(q, [1, w])  # (b, c, h, 1)
+        pooled_h = F.avg_pool2d(q, [h, 1])  # type: ignore[list-item]  # (b, c, 1, w)
+        pooled_w = F.avg_pool2d(q, [1, w])  # type: ignore[list-item]  # (b, c, h, 1)
         attention = torch.sigmoid(self.conv_h(pooled_h) + self.conv_w(pooled_w))
         logits = self.classifier(q * attention)
         # pitfall 3: stride 16 undone by a fixed 16x upsample
@@ -53,6 +53,7 @@ def build(seed: int = 0) -> DemoNet:
     net = DemoNet()
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
+            assert m.running_mean is not None and m.running_var is not None  # track_running_stats
             nn.init.uniform_(m.running_mean, -0.1, 0.1)
             nn.init.uniform_(m.running_var, 0.5, 1.5)
     return net.eval()

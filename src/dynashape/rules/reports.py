@@ -30,7 +30,8 @@ _MAX_PLUMBING = 64
 def _shape_sources(value: ir.Value) -> list[str]:
     """Names of the tensors whose ``Shape``/``Size`` the value is computed from (empty: none)."""
     sources: list[str] = []
-    stack, seen = [value], set()
+    stack: list[ir.Value] = [value]
+    seen: set[int] = set()
     while stack and len(seen) < _MAX_PLUMBING:
         v = stack.pop()
         producer = v.producer()
@@ -49,7 +50,8 @@ def _shape_sources(value: ir.Value) -> list[str]:
 def _constant_leaves(value: ir.Value) -> list[str]:
     """Constant nodes and initializers the value is computed from (when it has no Shape source)."""
     leaves: list[str] = []
-    stack, seen = [value], set()
+    stack: list[ir.Value] = [value]
+    seen: set[int] = set()
     while stack and len(seen) < _MAX_PLUMBING:
         v = stack.pop()
         if v.const_value is not None:
@@ -220,7 +222,7 @@ class ShapeConstantElsewhere(Rule):
     def _export_dims(ctx: Context, node: ir.Node) -> dict[int, str]:
         """Dynamic dims at the export shape of the node's data input and of the graph inputs."""
         out: dict[int, str] = {}
-        candidates = [node.inputs[0]] + list(ctx.model.graph.inputs)
+        candidates = [node.inputs[0], *ctx.model.graph.inputs]
         for v in candidates:
             if v is None:
                 continue
@@ -249,7 +251,7 @@ class FixedTokenCount(Rule):
             return self.refuse(node, "not a tensor plus one initializer")
         emb, tokens = consts[0][1], others[0]
         shape = emb.const_value.shape if emb.const_value is not None else None
-        dims = [int(d) for d in shape] if shape is not None else []
+        dims = [d if isinstance(d, int) else -1 for d in shape] if shape is not None else []
         if len(dims) != 3 or dims[0] != 1 or dims[1] <= 1:
             return self.refuse(node, f"the initializer {emb.name} is {dims}, not a [1, L, C] embedding")
         t0, t1 = ctx.dims(tokens, ctx.p0), ctx.dims(tokens, ctx.p1)
