@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import models as M
@@ -156,6 +158,17 @@ def test_save_is_atomic_and_loadable(tmp_path: Path) -> None:
     save_model(M.plain_conv(), out)
     assert load_model(out).graph.node[0].name == "conv1"
     assert _leftovers(tmp_path) == []
+
+
+def test_written_files_get_the_usual_permissions_not_the_temp_files(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        save_model(M.plain_conv(), tmp_path / "out.onnx")
+        write_json_atomic(tmp_path / "out.json", {})
+    finally:
+        os.umask(old)
+    for name in ("out.onnx", "out.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
 
 
 def test_failed_save_leaves_no_temp_file_and_keeps_the_old_output(tmp_path: Path,

@@ -217,6 +217,12 @@ def check_output_path(
     return p
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(out: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``out``; on success rename it onto ``out``, else remove it."""
@@ -226,6 +232,8 @@ def atomic_path(out: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp makes the file private (0600); give it the mode a plain open() would have
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
