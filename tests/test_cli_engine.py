@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -42,6 +42,16 @@ def no_trt(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def fixed_demo(tmp_path: Path) -> Path:
     return save_model(fixed_demo_model(), tmp_path / "fixed.onnx")
+
+
+@pytest.fixture
+def fake_trt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """TensorRT 'present' on a fake GPU; the per-model cache goes to a temporary folder."""
+    monkeypatch.setattr(trt_compat, "tensorrt_available", lambda: None)
+    monkeypatch.setattr(trt_compat, "runtime_env", lambda: trt_compat.RuntimeEnv("8.5.3.1", "Fake GPU", "9.0"))
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DYNASHAPE_CACHE_DIR", str(cache))
+    return cache
 
 
 # --------------------------------------------------------------------------- build (CPU)
@@ -112,7 +122,8 @@ def _fake_info(profiles: list[Profile]) -> EngineInfo:
 
 
 def test_build_derives_the_profile_from_the_lattice_and_writes_both_files(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, fixed_demo: Path, monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, fixed_demo: Path, monkeypatch: pytest.MonkeyPatch,
+    fake_trt: Path,
 ) -> None:
     seen: dict[str, Any] = {}
 
@@ -120,7 +131,6 @@ def test_build_derives_the_profile_from_the_lattice_and_writes_both_files(
         seen.update(opts, profiles=profiles)
         return BuiltEngine(b"plan", _fake_info(profiles))
 
-    monkeypatch.setattr(trt_compat, "tensorrt_available", lambda: None)
     monkeypatch.setattr(engine_mod, "build_engine", fake_build)
     out = tmp_path / "demo.engine"
     code, stdout, err = _run(capsys, "build", str(fixed_demo), "-o", str(out), "--fp16", "--workspace", "256")
@@ -129,6 +139,9 @@ def test_build_derives_the_profile_from_the_lattice_and_writes_both_files(
     assert (p.min, p.opt, p.max) == ((1, 3, 128, 128), (1, 3, 512, 512), (1, 3, 1024, 1024))
     assert seen["fp16"] is True and seen["workspace"] == 256
     assert seen["tactic_sources"] == trt_compat.DEFAULT_TACTIC_SOURCES
+    # the timing cache is on by default, one per model, TensorRT version and GPU type
+    cache = Path(seen["timing_cache"])
+    assert cache.parent.parent == fake_trt and cache.name == "timing-trt8.5.3.1-sm9.0.cache"
     assert out.read_bytes() == b"plan"
     info = read_sidecar(out)
     assert info is not None and info.source_path == str(fixed_demo)
@@ -150,12 +163,106 @@ def test_forced_build_failure_prints_tensorrt_lines_then_check_findings(
 
     monkeypatch.setattr(trt_compat, "tensorrt_available", lambda: None)
     monkeypatch.setattr(engine_mod, "build_engine", failing_build)
+    monkeypatch.setattr(cli_engine, "_timing_cache", lambda args, path: None)
     code, _, err = _run(capsys, "build", str(demo_onnx_path()), "-o", str(tmp_path / "d.engine"), "--force",
                         "--min", "input:1x3x128x128", "--max", "input:1x3x1024x1024")
     assert code == 1
     assert "TensorRT said:" in err and "Cask convolution isConsistent check failed" in err
     tail = err.split("what `check` says about the nodes involved (/AveragePool):", 1)[1]
     assert "DS001" in tail and "/AveragePool (AveragePool)" in tail and "/Resize" not in tail
+
+
+def test_timing_cache_options(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, fixed_demo: Path, monkeypatch: pytest.MonkeyPatch,
+    fake_trt: Path,
+) -> None:
+    seen: list[Any] = []
+
+    def fake_build(model: Any, profiles: list[Profile], **opts: Any) -> BuiltEngine:
+        seen.append(opts["timing_cache"])
+        return BuiltEngine(b"plan", _fake_info(profiles))
+
+    monkeypatch.setattr(engine_mod, "build_engine", fake_build)
+    out = str(tmp_path / "d.engine")
+    assert _run(capsys, "build", str(fixed_demo), "-o", out, "--no-timing-cache")[0] == 0
+    assert _run(capsys, "build", str(fixed_demo), "-o", out, "--timing-cache", str(tmp_path / "t.cache"))[0] == 0
+    assert seen == [None, str(tmp_path / "t.cache")]
+    code, _, err = _run(capsys, "build", str(fixed_demo), "-o", out, "--no-timing-cache", "--timing-cache", "x")
+    assert code == 2 and "contradict" in err
+
+
+class FakeMeasurer:
+    """Stands in for planning.TrtMeasurer: a wide profile costs 20% at every probe."""
+
+    instances: ClassVar[list[FakeMeasurer]] = []
+
+    def __init__(self, model: Any, **opts: Any) -> None:
+        self.opts = opts
+        self.builds: list[Any] = []
+        self.final_engine: BuiltEngine | None = None
+        FakeMeasurer.instances.append(self)
+
+    @staticmethod
+    def _ms(profile: Profile, shapes: Any) -> float:
+        p = profile.inputs["input"]
+        wide = p.max[2] > 2 * p.min[2] or p.max[0] > p.min[0]
+        return float(np.prod(shapes["input"])) * 1e-6 * (1.2 if wide else 1.0)
+
+    def static_ms(self, shapes: Any) -> float:
+        return float(np.prod(shapes["input"])) * 1e-6
+
+    def profile_ms(self, profile: Profile, probes: Any) -> dict[str, float]:
+        from dynashape.planning import shape_key
+
+        return {shape_key(p): self._ms(profile, p) for p in probes}
+
+    def final(self, profiles: list[Profile], points: Any) -> list[dict[int, float]]:
+        self.final_engine = BuiltEngine(b"plan", _fake_info(profiles))
+        return [{i: self._ms(p, pt) for i, p in enumerate(profiles) if p.contains(pt)} for pt in points]
+
+
+def test_build_profiles_auto_plans_writes_the_plan_and_prints_the_table(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, fixed_demo: Path, monkeypatch: pytest.MonkeyPatch,
+    fake_trt: Path,
+) -> None:
+    from dynashape import planning
+
+    monkeypatch.setattr(planning, "TrtMeasurer", FakeMeasurer)
+    out = tmp_path / "planned.engine"
+    code, stdout, err = _run(
+        capsys, "build", str(fixed_demo), "-o", str(out), "--profiles", "auto:3", "--fp16",
+        "--min", "input:1x3x256x256", "--opt", "input:1x3x512x512", "--max", "input:2x3x1024x1024",
+        "--probes", "input:1x3x256x256", "input:1x3x1024x1024", "input:2x3x512x512",
+    )
+    assert code == 0, err
+    measurer = FakeMeasurer.instances[-1]
+    assert measurer.opts["fp16"] is True and measurer.opts["timing_cache"].endswith("sm9.0.cache")
+    assert str(measurer.opts["store"]).startswith(str(fake_trt))
+    info = read_sidecar(out)
+    assert info is not None and info.plan is not None
+    assert 1 < len(info.profiles) <= 3 and len(info.plan.profiles) == len(info.profiles)
+    assert {p.shapes["input"] for p in info.plan.probes} == {(1, 3, 256, 256), (1, 3, 1024, 1024), (2, 3, 512, 512)}
+    assert "planned profiles" in stdout and "input:2x3x512x512" in stdout and "build time:" in stdout
+
+
+def test_build_profiles_auto_usage_errors(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, fixed_demo: Path, fake_trt: Path
+) -> None:
+    out = str(tmp_path / "x.engine")
+    for argv, needle in [
+        (["--profiles", "auto:0"], "auto:N with N >= 1"),
+        (["--profiles", "many"], "write auto or auto:N"),
+        (["--profiles", "auto", "--profile", "input:1x3x64x64", "input:1x3x64x64", "input:1x3x64x64"],
+         "give the range with --min/--max"),
+        (["--probes", "input:1x3x64x64"], "--probes goes with --profiles auto"),
+        (["--profiles", "auto", "--min", "input:1x3x256x256", "--max", "input:1x3x512x512",
+          "--probes", "input:1x3x1024x1024"], "outside the range"),
+    ]:
+        code, _, err = _run(capsys, "build", str(fixed_demo), "-o", out, *argv)
+        assert code == 2, (argv, err)
+        # check's DS003 warnings may come first; the error itself is one line
+        errors = [ln for ln in err.splitlines() if "error:" in ln]
+        assert len(errors) == 1 and needle in errors[0] and "Traceback" not in err, err
 
 
 # --------------------------------------------------------------------------- run / bench (CPU)

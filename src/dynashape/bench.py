@@ -219,10 +219,12 @@ def time_engine(
     warmup: int = DEFAULT_WARMUP,
     iters: int = DEFAULT_ITERS,
     budget_s: float = DEFAULT_BUDGET_S,
+    profile: int | None = None,
 ) -> LatencyStats:
-    """Latency of ``engine`` (a dynashape Engine) at one shape, inputs already on the device."""
+    """Latency of ``engine`` (a dynashape Engine) at one shape, inputs already on the device;
+    ``profile`` forces one of its optimization profiles."""
     feeds = random_inputs(shapes, {t.name: t.dtype for t in engine.inputs})
-    run = engine.prepare(feeds)
+    run = engine.prepare(feeds) if profile is None else engine.prepare(feeds, profile=profile)
     return _sample(
         run.launch, run.synchronize, warmup=warmup, iters=iters, budget_s=budget_s,
         stream_ptr=run.stream.ptr,

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from dynashape import trt_compat
+from dynashape import planning, trt_compat
 from dynashape.errors import DynashapeError
 from dynashape.findings import Finding
 from dynashape.shapes import Profile, ShapeMap, format_shape, format_shapes, make_profile, parse_shapes
@@ -51,7 +51,9 @@ def register(subparsers: Any) -> None:
             "several inputs are comma-separated. With no shapes, the profile is derived from the "
             "model's export shape and its valid-size lattice (batch 1..export, other axes "
             "export/4..export*2). `check` runs first: hazards of severity error stop the build "
-            "unless --force."
+            "unless --force. --profiles auto[:N] plans up to N profiles over the range by measurement: "
+            "static engines at probe shapes set the speed to meet, and the profile holding the "
+            "slowest probe is split until every probe is within --target of static."
         ),
     )
     b.add_argument("model", help="the ONNX model")
@@ -63,7 +65,19 @@ def register(subparsers: Any) -> None:
     b.add_argument("--profile", action="append", nargs=3, metavar=("MIN", "OPT", "MAX"), help=_PROFILE_HELP)
     b.add_argument("--fp16", action="store_true", help="allow fp16 kernels")
     b.add_argument("--workspace", type=int, metavar="MIB", help="workspace memory limit in MiB")
-    b.add_argument("--timing-cache", metavar="PATH", help="timing cache file: loaded if present, saved after")
+    b.add_argument("--profiles", metavar="auto[:N]",
+                   help=f"plan the profiles by measurement, at most N (default {planning.DEFAULT_MAX_PROFILES}) "
+                        "over the --min/--max range (or the one derived from the lattice)")
+    b.add_argument("--target", type=float, default=planning.DEFAULT_TARGET,
+                   help="with --profiles auto: slowest allowed dynamic/static ratio "
+                        f"(default {planning.DEFAULT_TARGET})")
+    b.add_argument("--probes", action="extend", nargs="+", default=[], metavar="SHAPES",
+                   help="with --profiles auto: the shapes to measure (default: min, opt, max of the range "
+                        "and the midpoints between them), e.g. --probes input:1x3x256x256 input:4x3x512x512")
+    b.add_argument("--timing-cache", metavar="PATH",
+                   help="timing cache file: loaded if present, saved after (default: one per model, TensorRT "
+                        "version and GPU type in ~/.cache/dynashape, or $DYNASHAPE_CACHE_DIR)")
+    b.add_argument("--no-timing-cache", action="store_true", help="build without a timing cache")
     b.add_argument("--tactic-sources", default=trt_compat.DEFAULT_TACTIC_SOURCES, metavar="LIST",
                    help=_TACTIC_HELP)
     b.add_argument("--force", action="store_true", help="build even when `check` finds hazards")
@@ -181,10 +195,42 @@ def _finding_lines(findings: Sequence[Finding]) -> list[str]:
     return lines
 
 
+def _auto_profiles(text: str | None) -> int | None:
+    """``auto`` -> the default N, ``auto:N`` -> N, None -> None (no planning)."""
+    if text is None:
+        return None
+    head, _, count = text.partition(":")
+    if head != "auto" or (count and not count.isdigit()) or (count and int(count) < 1):
+        raise DynashapeError(f"--profiles {text!r}: write auto or auto:N with N >= 1 (e.g. auto:3)")
+    return int(count) if count else planning.DEFAULT_MAX_PROFILES
+
+
+def _timing_cache(args: argparse.Namespace, model_path: str) -> str | None:
+    if args.no_timing_cache:
+        if args.timing_cache:
+            raise DynashapeError("--timing-cache and --no-timing-cache contradict each other")
+        return None
+    if args.timing_cache:
+        return str(args.timing_cache)
+    from dynashape.model import sha256_file
+
+    env = trt_compat.runtime_env()
+    path = planning.default_timing_cache(sha256_file(model_path), env.tensorrt_version, env.compute_capability)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from dynashape.engine import BuildError, build_engine, profile_from_lattice
     from dynashape.model import check_output_path, graph_inputs, load_model
 
+    max_profiles = _auto_profiles(args.profiles)
+    if max_profiles is not None and args.profile:
+        raise DynashapeError(
+            "--profiles auto plans the profiles itself: give the range with --min/--max, not --profile"
+        )
+    if args.probes and max_profiles is None:
+        raise DynashapeError("--probes goes with --profiles auto")
     model = load_model(args.model)
     out = check_output_path(args.output, [args.model])
     if out.suffix.lower() == ".onnx":
@@ -217,6 +263,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     if errors:
         print(f"dynashape build: --force: building despite {len(errors)} hazard(s)", file=sys.stderr)
 
+    if max_profiles is not None and report is None:
+        raise DynashapeError("--profiles auto: the model has no dynamic input, so there is nothing to plan")
     if not profiles:
         if report is None:
             profiles = [Profile()]  # static model: TensorRT needs no shapes
@@ -228,19 +276,25 @@ def cmd_build(args: argparse.Namespace) -> int:
     reason = trt_compat.tensorrt_available()
     if reason is not None:
         raise DynashapeError(reason)
+    cache = _timing_cache(args, args.model)
+    probes = [parse_shapes(text, names) for text in args.probes]
 
     console = _console()
     start = time.perf_counter()
+    plan = None
     try:
         with console.status(f"building {out.name} ...") as status:
 
             def progress(msg: str) -> None:
                 status.update(f"{out.name}: {msg} ({time.perf_counter() - start:.0f} s)")
 
-            built = build_engine(
-                model, profiles, fp16=args.fp16, workspace=args.workspace,
-                timing_cache=args.timing_cache, tactic_sources=tactics.text, progress=progress,
-            )
+            if max_profiles is None:
+                built = build_engine(
+                    model, profiles, fp16=args.fp16, workspace=args.workspace,
+                    timing_cache=cache, tactic_sources=tactics.text, progress=progress,
+                )
+            else:
+                built, plan = _plan(args, profiles[0], probes, max_profiles, report, cache, tactics.text, progress)
     except BuildError as exc:
         print(f"dynashape build: error: {exc}", file=sys.stderr)
         if len(exc.trt_errors) > 1:
@@ -258,8 +312,13 @@ def cmd_build(args: argparse.Namespace) -> int:
             print("`check` found no hazard in this model; the failure is TensorRT's own.", file=sys.stderr)
         return 1
     built.info.source_path = args.model
+    built.info.plan = plan
     built.save(out)
     info = built.info
+    if cache:
+        print(f"timing cache: {cache}", file=sys.stderr)
+    if plan is not None:
+        _print_plan(plan)
     print(
         f"built {out} in {info.build_seconds:.1f} s ({len(info.profiles)} profile(s)"
         f"{', fp16' if args.fp16 else ''}; TensorRT {info.tensorrt_version} on {info.gpu_name}); "
@@ -269,6 +328,55 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"  profile {i}: {prof}")
     return 0
 
+
+def _plan(
+    args: argparse.Namespace, rng: Profile, probes: list[ShapeMap], max_profiles: int, report: Any,
+    cache: str | None, tactics: str, progress: Callable[[str], None],
+) -> tuple[Any, Any]:
+    """Plan the profiles by measurement; returns the final BuiltEngine and the plan."""
+    from dynashape.model import sha256_file
+
+    multiples: dict[tuple[str, int], int] = {}
+    if report is not None:
+        for name, axes in report.lattice.items():
+            for axis, lat in axes.items():
+                multiples[(name, int(axis))] = int(lat.multiple)
+    store = planning.default_cache_dir(sha256_file(args.model)) / "measurements.json"
+    measurer = planning.TrtMeasurer(
+        args.model, fp16=args.fp16, workspace=args.workspace, tactic_sources=tactics,
+        timing_cache=cache, store=store, progress=progress,
+    )
+    plan = planning.plan_profiles(
+        rng, measurer, probes=probes or None, target=args.target, max_profiles=max_profiles,
+        multiples=multiples, progress=progress,
+    )
+    return measurer.final_engine, plan
+
+
+def _print_plan(plan: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"planned profiles: {plan.stopped}; latency in ms")
+    for col in ("shape", "static", "planned", "ratio", "profile", "per profile"):
+        table.add_column(col, justify="left" if col in ("shape", "per profile") else "right")
+    for point in plan.points:
+        per = ", ".join(f"{i}: {ms:.3f}" for i, ms in sorted(point.profile_ms.items()))
+        table.add_row(
+            format_shapes(point.shapes) + ("" if point.is_probe else " (overlap)"),
+            f"{point.static_ms:.3f}" if point.static_ms is not None else "-",
+            f"{point.best_ms:.3f}" if point.best_ms is not None else "-",
+            _ratio(point.ratio), str(point.best_profile), per,
+        )
+    from rich.console import Console
+
+    Console().print(table)
+    secs = {k: plan.build_seconds(k) for k in ("static", "candidate", "final")}
+    reused = sum(1 for b in plan.builds if b.cached)
+    print(
+        f"build time: static probes {secs['static']:.1f} s, candidates {secs['candidate']:.1f} s, "
+        f"final engine {secs['final']:.1f} s; total {sum(secs.values()):.1f} s"
+        + (f" ({reused} measurement(s) reused from an earlier run)" if reused else "")
+    )
 
 # --------------------------------------------------------------------------- run
 

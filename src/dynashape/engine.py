@@ -31,6 +31,7 @@ import onnx
 from dynashape import __version__, trt_compat
 from dynashape.errors import DynashapeError
 from dynashape.model import atomic_path, sha256_file, write_json_atomic
+from dynashape.planning import ProfilePlan
 from dynashape.shapes import Profile, Shape, ShapeMap, format_shape, format_shapes
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class EngineInfo:
     engine_sha256: str = ""
     engine_size: int = 0
     dynashape_version: str = __version__
+    plan: ProfilePlan | None = None  # `build --profiles auto`: the measured plan
 
     def input_ranges(self) -> dict[str, list[dict[str, list[int]]]]:
         """Per input, its min/max in each profile (the sidecar's 'shape ranges')."""
@@ -118,6 +120,7 @@ class EngineInfo:
             "build_options": asdict(self.build_options),
             "build_seconds": round(self.build_seconds, 3),
             "built_at": self.built_at,
+            "plan": self.plan.to_json() if self.plan is not None else None,
         }
 
     @classmethod
@@ -141,6 +144,7 @@ class EngineInfo:
             engine_sha256=str(data["engine"]["sha256"]),
             engine_size=int(data["engine"]["size"]),
             dynashape_version=str(data.get("dynashape_version", "")),
+            plan=ProfilePlan.from_json(data["plan"]) if data.get("plan") else None,
         )
 
 
@@ -204,16 +208,23 @@ def check_sidecar(
 # --------------------------------------------------------------------------- profiles
 
 
-def select_profile(profiles: Sequence[Profile], shapes: ShapeMap) -> int:
-    """Index of the profile containing ``shapes``; among several, the one whose opt is nearest.
+def select_profile(profiles: Sequence[Profile], shapes: ShapeMap, plan: ProfilePlan | None = None) -> int:
+    """Index of the profile containing ``shapes``; among several, the one a planned engine
+    measured fastest near this shape (``plan``), else the one whose opt is nearest.
 
     Distance is the sum over dimensions of ``|log(size / opt)|``, so a 2x miss weighs the same on
     a small and a large axis. A shape outside every profile is a DynashapeError listing them.
     """
+    containing = [
+        i for i, prof in enumerate(profiles) if not set(prof.inputs) - set(shapes) and prof.contains(shapes)
+    ]
+    if plan is not None and len(containing) > 1:
+        measured = plan.choose(containing, shapes)
+        if measured is not None:
+            return measured
     best: tuple[float, int] | None = None
-    for i, prof in enumerate(profiles):
-        if set(prof.inputs) - set(shapes) or not prof.contains(shapes):
-            continue
+    for i in containing:
+        prof = profiles[i]
         dist = sum(
             abs(math.log(s / o))
             for name, shape in shapes.items()
@@ -623,7 +634,7 @@ class Engine:
         return [t.name for t in self.outputs]
 
     def select_profile(self, shapes: ShapeMap) -> int:
-        return select_profile(self.profiles, shapes)
+        return select_profile(self.profiles, shapes, self.info.plan if self.info is not None else None)
 
     # ----- running
 
@@ -688,8 +699,13 @@ class Engine:
             arrays[t.name] = np.ascontiguousarray(arr)
         return arrays
 
-    def _bind(self, shapes: ShapeMap) -> tuple[Any, dict[str, Shape]]:
-        index = self.select_profile(shapes)
+    def _bind(self, shapes: ShapeMap, profile: int | None = None) -> tuple[Any, dict[str, Shape]]:
+        if profile is None:
+            index = self.select_profile(shapes)
+        elif 0 <= profile < len(self.profiles) and self.profiles[profile].contains(shapes):
+            index = profile
+        else:
+            raise DynashapeError(f"shape {format_shapes(shapes)} is not inside profile {profile} of the engine")
         ctx = self._context(index)
         with trt_compat.capture_log() as cap:
             for name, shape in shapes.items():
@@ -713,19 +729,21 @@ class Engine:
             ctx.set_tensor_address(t.name, self._buffer(t.name, out_shapes[t.name], t.dtype).ptr)
         return ctx, out_shapes
 
-    def prepare(self, feeds: Mapping[str, np.ndarray]) -> PreparedRun:
-        """Bind buffers and copy ``feeds`` in once; ``launch()`` then runs only the engine."""
+    def prepare(self, feeds: Mapping[str, np.ndarray], profile: int | None = None) -> PreparedRun:
+        """Bind buffers and copy ``feeds`` in once; ``launch()`` then runs only the engine.
+        ``profile`` forces an optimization profile (default: the one ``select_profile`` picks)."""
         arrays = self._check_feeds(feeds)
-        ctx, out_shapes = self._bind({n: tuple(a.shape) for n, a in arrays.items()})
+        ctx, out_shapes = self._bind({n: tuple(a.shape) for n, a in arrays.items()}, profile)
         for name, arr in arrays.items():
             self._buffers[name].copy_from(arr, self._stream)
         self._stream.synchronize()
         return PreparedRun(ctx, self._stream, out_shapes)
 
-    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run once at the feeds' shapes; returns fresh host arrays by output name."""
+    def infer(self, feeds: Mapping[str, np.ndarray], profile: int | None = None) -> dict[str, np.ndarray]:
+        """Run once at the feeds' shapes; returns fresh host arrays by output name.
+        ``profile`` forces an optimization profile (default: the one ``select_profile`` picks)."""
         arrays = self._check_feeds(feeds)
-        ctx, out_shapes = self._bind({n: tuple(a.shape) for n, a in arrays.items()})
+        ctx, out_shapes = self._bind({n: tuple(a.shape) for n, a in arrays.items()}, profile)
         stream = self._stream
         for name, arr in arrays.items():
             self._buffers[name].copy_from(arr, stream)

@@ -1,0 +1,688 @@
+"""Optimization-profile planning: split the user's range where measurement says one profile is slow.
+
+A profile that spans a wide range makes TensorRT pick kernels that work for every shape in it,
+and those can be slower than a static engine's even at the profile's own opt shape. How much
+depends on the model and the GPU, so the split is measured, not guessed:
+
+1. every probe shape gets a static engine (min = opt = max); its latency is the target to meet;
+2. the plan starts as one profile over the whole range and times each probe in it;
+3. while some probe is slower than ``target`` x static and fewer than ``max_profiles`` profiles
+   exist, the profile holding the worst probe is split in two along the axis and between the
+   probe sizes that make the worst probe's side tightest; the worst probe becomes that side's
+   opt. The halves overlap by the middle third (in log scale) of the gap between the probe sizes
+   they separate, so shapes there can run on either;
+4. the final engine holds every profile; each probe, and the centre of every overlap, is timed
+   in every profile that contains it. That table goes into the sidecar, and at run time a shape
+   that fits several profiles runs in the one measured fastest at the nearest measured point.
+
+Building is separate from measuring (``Measurer``) so the search is tested without a GPU; the
+TensorRT measurer caches every static and candidate measurement by key (in memory and on disk),
+so no engine is built twice, within a run or across runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from dynashape.errors import DynashapeError
+from dynashape.shapes import Profile, Shape, ShapeMap, format_shapes
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TARGET = 1.05
+DEFAULT_MAX_PROFILES = 4
+ProgressFn = Callable[[str], None]
+Axis = tuple[str, int]  # (input name, axis index)
+
+
+def shape_key(shapes: ShapeMap) -> str:
+    return format_shapes(dict(sorted(shapes.items())))
+
+
+def profile_key(profile: Profile) -> str:
+    return json.dumps(profile.to_json(), sort_keys=True)
+
+
+def log_distance(a: ShapeMap, b: ShapeMap) -> float:
+    """Sum over dims of |log(a/b)|: a 2x miss weighs the same on a small and a large axis."""
+    total = 0.0
+    for name, sa in a.items():
+        for x, y in zip(sa, b[name], strict=True):
+            if x > 0 and y > 0:
+                total += abs(math.log(x / y))
+    return total
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Measured:
+    """One timed point of the final engine: median ms per profile that contains it."""
+
+    shapes: ShapeMap
+    profile_ms: dict[int, float]
+    static_ms: float | None = None
+    is_probe: bool = True  # False: the centre of an overlap, timed only to choose a profile
+
+    @property
+    def best_profile(self) -> int | None:
+        if not self.profile_ms:
+            return None
+        return min(self.profile_ms, key=lambda i: (self.profile_ms[i], i))
+
+    @property
+    def best_ms(self) -> float | None:
+        best = self.best_profile
+        return None if best is None else self.profile_ms[best]
+
+    @property
+    def ratio(self) -> float | None:
+        if self.static_ms is None or self.best_ms is None or self.static_ms <= 0:
+            return None
+        return self.best_ms / self.static_ms
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "shape": shape_key(self.shapes),
+            "shapes": {n: list(s) for n, s in self.shapes.items()},
+            "probe": self.is_probe,
+            "static_ms": self.static_ms,
+            "profile_ms": {str(i): ms for i, ms in sorted(self.profile_ms.items())},
+            "best_profile": self.best_profile,
+            "ratio": self.ratio,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Measured:
+        return cls(
+            shapes={n: tuple(int(d) for d in s) for n, s in data["shapes"].items()},
+            profile_ms={int(i): float(ms) for i, ms in data.get("profile_ms", {}).items()},
+            static_ms=None if data.get("static_ms") is None else float(data["static_ms"]),
+            is_probe=bool(data.get("probe", True)),
+        )
+
+
+@dataclass
+class BuildRecord:
+    kind: str  # "static", "candidate" or "final"
+    label: str
+    seconds: float
+    size: int = 0
+    cached: bool = False  # measured in an earlier run: no build this time
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "label": self.label, "seconds": round(self.seconds, 3),
+                "size": self.size, "cached": self.cached}
+
+
+@dataclass
+class PlanStep:
+    """One round of the search: the profiles it measured and what it did next."""
+
+    profiles: list[Profile]
+    ratios: dict[str, float | None]
+    action: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"profiles": [p.to_json() for p in self.profiles], "ratios": self.ratios, "action": self.action}
+
+
+@dataclass
+class ProfilePlan:
+    """The planned profiles, the final engine's measurements and how the search went."""
+
+    profiles: list[Profile]
+    points: list[Measured]
+    target: float
+    max_profiles: int
+    stopped: str
+    steps: list[PlanStep] = field(default_factory=list)
+    builds: list[BuildRecord] = field(default_factory=list)
+
+    @property
+    def probes(self) -> list[Measured]:
+        return [p for p in self.points if p.is_probe]
+
+    @property
+    def worst_ratio(self) -> float | None:
+        ratios = [p.ratio for p in self.probes if p.ratio is not None]
+        return max(ratios) if ratios else None
+
+    def build_seconds(self, kind: str, *, reused: bool = False) -> float:
+        """Seconds spent building engines of one kind in this run (``reused``: also the builds
+        of earlier runs whose measurements this one reused)."""
+        return sum(b.seconds for b in self.builds if b.kind == kind and (reused or not b.cached))
+
+    def choose(self, candidates: Sequence[int], shapes: ShapeMap) -> int | None:
+        """Among ``candidates`` (profiles that contain ``shapes``), the one measured fastest at
+        the nearest measured point that at least two candidates were timed at; None if none."""
+        if len(candidates) < 2:
+            return candidates[0] if candidates else None
+        best: tuple[float, int] | None = None
+        for point in self.points:
+            timed = [i for i in candidates if i in point.profile_ms]
+            if len(timed) < 2 or set(point.shapes) != set(shapes):
+                continue
+            dist = log_distance(shapes, point.shapes)
+            pick = min(timed, key=lambda i: (point.profile_ms[i], i))
+            if best is None or dist < best[0] - 1e-12:
+                best = (dist, pick)
+        return None if best is None else best[1]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "max_profiles": self.max_profiles,
+            "stopped": self.stopped,
+            "worst_ratio": self.worst_ratio,
+            "profiles": [p.to_json() for p in self.profiles],
+            "points": [p.to_json() for p in self.points],
+            "steps": [s.to_json() for s in self.steps],
+            "builds": [b.to_json() for b in self.builds],
+            "build_seconds": {
+                kind: round(self.build_seconds(kind), 3) for kind in ("static", "candidate", "final")
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ProfilePlan:
+        return cls(
+            profiles=[Profile.from_json(p) for p in data["profiles"]],
+            points=[Measured.from_json(p) for p in data.get("points", [])],
+            target=float(data.get("target", DEFAULT_TARGET)),
+            max_profiles=int(data.get("max_profiles", DEFAULT_MAX_PROFILES)),
+            stopped=str(data.get("stopped", "")),
+            builds=[BuildRecord(**b) for b in data.get("builds", [])],
+        )
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+class Measurer(Protocol):
+    """What the search needs from TensorRT (or from a fake, in tests)."""
+
+    def static_ms(self, shapes: ShapeMap) -> float | None:
+        """Median latency of a static engine at ``shapes``; None when it cannot be built."""
+
+    def profile_ms(self, profile: Profile, probes: Sequence[ShapeMap]) -> dict[str, float]:
+        """Median latency at each probe (by ``shape_key``) of an engine with this one profile."""
+
+    def final(self, profiles: Sequence[Profile], points: Sequence[ShapeMap]) -> list[dict[int, float]]:
+        """Build the engine with every profile; per point, ms in each profile that contains it."""
+
+
+# --------------------------------------------------------------------------- the search
+
+
+def default_probes(rng: Profile, multiples: Mapping[Axis, int] | None = None) -> list[ShapeMap]:
+    """min, opt, max of the range and the geometric midpoints min-opt and opt-max, on the lattice."""
+    picks: list[ShapeMap] = []
+    lo = {n: p.min for n, p in rng}
+    mid = {n: p.opt for n, p in rng}
+    hi = {n: p.max for n, p in rng}
+    for shapes in (lo, _geo_mid(lo, mid, multiples), mid, _geo_mid(mid, hi, multiples), hi):
+        if shapes not in picks:
+            picks.append(shapes)
+    return picks
+
+
+def _geo_mid(a: ShapeMap, b: ShapeMap, multiples: Mapping[Axis, int] | None) -> ShapeMap:
+    out: ShapeMap = {}
+    for name, sa in a.items():
+        dims = []
+        for axis, (x, y) in enumerate(zip(sa, b[name], strict=True)):
+            m = (multiples or {}).get((name, axis), 1)
+            dims.append(_snap(math.sqrt(x * y), m, min(x, y), max(x, y)))
+        out[name] = tuple(dims)
+    return out
+
+
+def _snap(value: float, multiple: int, lo: int, hi: int) -> int:
+    """The multiple of ``multiple`` nearest ``value`` inside [lo, hi]; else ``value`` rounded."""
+    multiple = max(1, multiple)
+    candidates = [k * multiple for k in (math.floor(value / multiple), math.ceil(value / multiple))]
+    inside = [c for c in candidates if lo <= c <= hi]
+    if inside:
+        return min(inside, key=lambda c: (abs(c - value), c))
+    return min(max(round(value), lo), hi)
+
+
+@dataclass
+class _Split:
+    axis: Axis
+    left_max: int
+    right_min: int
+    worst_side: int  # 0 left, 1 right
+    score: tuple[float, float, int]
+
+
+def split_profile(
+    box: Profile,
+    inside: Sequence[ShapeMap],
+    worst: ShapeMap,
+    multiples: Mapping[Axis, int] | None = None,
+) -> tuple[Profile, Profile, str] | None:
+    """Split ``box`` in two around ``worst``; None when the box is the worst probe's shape alone.
+
+    Candidate cuts lie between consecutive distinct probe sizes on one axis. The chosen cut makes
+    the worst probe's side tightest (smallest log span of its probes); ties go to the wider gap,
+    then to the more even split. The halves overlap by the middle third of the gap (log scale).
+    When the worst probe is the box's only probe shape, the box's widest reach away from it is
+    cut off instead.
+    """
+    best: _Split | None = None
+    for name, p in box:
+        for axis in range(len(p.min)):
+            if p.min[axis] == p.max[axis]:
+                continue
+            values = sorted({s[name][axis] for s in inside})
+            for lo, hi in itertools.pairwise(values):
+                left = [s for s in inside if s[name][axis] <= lo]
+                right = [s for s in inside if s[name][axis] >= hi]
+                side = 0 if worst[name][axis] <= lo else 1
+                span = _log_span(left if side == 0 else right)
+                score = (span, -math.log(hi / lo), abs(len(left) - len(right)))
+                if best is None or score < best.score:
+                    m = (multiples or {}).get((name, axis), 1)
+                    right_min = _snap(lo ** (2 / 3) * hi ** (1 / 3), m, lo + 1, hi)
+                    left_max = max(right_min, _snap(lo ** (1 / 3) * hi ** (2 / 3), m, lo, hi - 1))
+                    best = _Split((name, axis), left_max, right_min, side, score)
+    if best is None:
+        best = _tighten(box, worst, multiples)
+    if best is None:
+        return None
+    name, axis = best.axis
+    halves = []
+    for side in (0, 1):
+        prof = Profile()
+        for n, p in box:
+            lo_s, hi_s = list(p.min), list(p.max)
+            if n == name:
+                if side == 0:
+                    hi_s[axis] = best.left_max
+                else:
+                    lo_s[axis] = best.right_min
+            prof.add(n, lo_s, _clamp(p.opt, lo_s, hi_s), hi_s)
+        halves.append(prof)
+    members = [[s for s in inside if halves[k].contains(s)] for k in (0, 1)]
+    for k in (0, 1):
+        opt = worst if k == best.worst_side else _opt_for(halves[k], box, members[k])
+        halves[k] = _with_opt(halves[k], opt)
+    what = (f"split on {name} axis {axis}: up to {best.left_max} / from {best.right_min}; "
+            f"opt {shape_key(worst)} for the worst probe's side")
+    return halves[0], halves[1], what
+
+
+def _tighten(box: Profile, worst: ShapeMap, multiples: Mapping[Axis, int] | None) -> _Split | None:
+    """No two probes to cut between: cut the box's widest reach away from the worst probe, at the
+    geometric midpoint between the probe and that edge (a lone probe in a wide profile is slow)."""
+    best: tuple[float, Axis, int, int] | None = None
+    for name, p in box:
+        at = worst[name]
+        for axis in range(len(p.min)):
+            m = (multiples or {}).get((name, axis), 1)
+            if p.max[axis] > at[axis]:
+                reach = math.log(p.max[axis] / at[axis])
+                cut = _snap(math.sqrt(at[axis] * p.max[axis]), m, at[axis], p.max[axis] - 1)
+                if cut >= at[axis] and (best is None or reach > best[0]):
+                    best = (reach, (name, axis), cut, 0)
+            if p.min[axis] < at[axis]:
+                reach = math.log(at[axis] / p.min[axis])
+                cut = _snap(math.sqrt(at[axis] * p.min[axis]), m, p.min[axis] + 1, at[axis])
+                if cut <= at[axis] and (best is None or reach > best[0]):
+                    best = (reach, (name, axis), cut, 1)
+    if best is None:
+        return None
+    _, where, cut, side = best
+    # the probe keeps [.., cut] (side 0) or [cut, ..] (side 1); the halves share the cut size
+    return _Split(where, cut, cut, side, (0.0, 0.0, 0))
+
+
+def _log_span(shapes: Sequence[ShapeMap]) -> float:
+    if len(shapes) < 2:
+        return 0.0
+    total = 0.0
+    for name in shapes[0]:
+        for axis in range(len(shapes[0][name])):
+            vals = [s[name][axis] for s in shapes]
+            if min(vals) > 0:
+                total += math.log(max(vals) / min(vals))
+    return total
+
+
+def _clamp(shape: Shape, lo: Sequence[int], hi: Sequence[int]) -> Shape:
+    return tuple(min(max(d, a), b) for d, a, b in zip(shape, lo, hi, strict=True))
+
+
+def _with_opt(box: Profile, opt: ShapeMap) -> Profile:
+    out = Profile()
+    for name, p in box:
+        out.add(name, p.min, _clamp(opt[name], p.min, p.max), p.max)
+    return out
+
+
+def _opt_for(half: Profile, parent: Profile, members: Sequence[ShapeMap]) -> ShapeMap:
+    """The parent's opt when this half holds it, else the member probe nearest the half's centre."""
+    parent_opt = {n: p.opt for n, p in parent}
+    if half.contains(parent_opt) or not members:
+        return parent_opt
+    centre = {n: tuple(math.sqrt(a * b) for a, b in zip(p.min, p.max, strict=True)) for n, p in half}
+    return min(members, key=lambda s: (log_distance(s, centre), shape_key(s)))  # type: ignore[arg-type]
+
+
+def overlap_centres(profiles: Sequence[Profile], multiples: Mapping[Axis, int] | None = None) -> list[ShapeMap]:
+    """The centre (geometric, on the lattice) of each region two profiles share."""
+    out: list[ShapeMap] = []
+    for i, a in enumerate(profiles):
+        for b in profiles[i + 1 :]:
+            centre: ShapeMap = {}
+            for name, pa in a:
+                pb = b.inputs[name]
+                lo = [max(x, y) for x, y in zip(pa.min, pb.min, strict=True)]
+                hi = [min(x, y) for x, y in zip(pa.max, pb.max, strict=True)]
+                if any(x > y for x, y in zip(lo, hi, strict=True)):
+                    break
+                centre[name] = tuple(
+                    _snap(math.sqrt(x * y), (multiples or {}).get((name, k), 1), x, y)
+                    for k, (x, y) in enumerate(zip(lo, hi, strict=True))
+                )
+            else:
+                if centre not in out:
+                    out.append(centre)
+    return out
+
+
+def plan_profiles(
+    rng: Profile,
+    measurer: Measurer,
+    *,
+    probes: Sequence[ShapeMap] | None = None,
+    target: float = DEFAULT_TARGET,
+    max_profiles: int = DEFAULT_MAX_PROFILES,
+    multiples: Mapping[Axis, int] | None = None,
+    progress: ProgressFn | None = None,
+) -> ProfilePlan:
+    """Plan profiles over ``rng`` (one profile: min/opt/max of the user's range); see the module."""
+    report = progress or (lambda _msg: None)
+    if max_profiles < 1:
+        raise DynashapeError(f"--profiles auto:N needs N >= 1, got {max_profiles}")
+    if target < 1.0:
+        raise DynashapeError(f"--target {target}: a dynamic engine cannot beat static ones; use >= 1.0")
+    probe_list = _dedupe(probes if probes else default_probes(rng, multiples))
+    outside = [p for p in probe_list if not rng.contains(p)]
+    if outside:
+        raise DynashapeError(
+            f"probe shape {format_shapes(outside[0])} is outside the range being planned ({rng})"
+        )
+    static: dict[str, float | None] = {}
+    for i, probe in enumerate(probe_list, 1):
+        report(f"static engine {i}/{len(probe_list)} at {format_shapes(probe)}")
+        static[shape_key(probe)] = measurer.static_ms(probe)
+    timed = [p for p in probe_list if static[shape_key(p)] is not None]
+    if not timed:
+        raise DynashapeError("no static engine could be built at any probe shape; nothing to plan against")
+
+    boxes = [rng]
+    measured: dict[str, dict[str, float]] = {}
+    steps: list[PlanStep] = []
+    stopped = ""
+    while True:
+        for box in boxes:
+            key = profile_key(box)
+            if key not in measured:
+                report(f"candidate profile {box}")
+                measured[key] = measurer.profile_ms(box, [p for p in probe_list if box.contains(p)])
+        ratios, owner = _ratios(boxes, measured, timed, static)
+        worst_first = sorted(
+            (p for p in timed if ratios[shape_key(p)] is not None),
+            key=lambda p: -(ratios[shape_key(p)] or 0.0),
+        )
+        over = [p for p in worst_first if (ratios[shape_key(p)] or 0.0) > target]
+        if not over:
+            stopped = f"every probe within {target:.2f}x of static"
+        elif len(boxes) >= max_profiles:
+            stopped = f"reached {max_profiles} profile(s); {len(over)} probe(s) still above {target:.2f}x"
+        if stopped:
+            steps.append(PlanStep(list(boxes), ratios, "stop: " + stopped))
+            break
+        action = ""
+        for w in over:
+            i = owner[shape_key(w)]
+            inside = [p for p in probe_list if boxes[i].contains(p)]
+            split = split_profile(boxes[i], inside, w, multiples)
+            if split is not None:
+                left, right, what = split
+                boxes[i : i + 1] = [left, right]
+                action = f"profile {i}: {what} (worst probe {shape_key(w)} at {ratios[shape_key(w)]:.2f}x)"
+                break
+            if {n: p.opt for n, p in boxes[i]} != w:
+                boxes[i] = _with_opt(boxes[i], w)
+                action = f"profile {i}: holds only {shape_key(w)}; make it the opt shape"
+                break
+        if not action:
+            stopped = "no profile can be split further (each slow probe is alone in its profile)"
+            steps.append(PlanStep(list(boxes), ratios, "stop: " + stopped))
+            break
+        log.info("plan: %s", action)
+        steps.append(PlanStep(list(boxes), ratios, action))
+
+    points = list(probe_list) + [c for c in overlap_centres(boxes, multiples) if c not in probe_list]
+    report(f"final engine with {len(boxes)} profile(s)")
+    per_point = measurer.final(boxes, points)
+    results = [
+        Measured(p, ms, static.get(shape_key(p)), is_probe=p in probe_list)
+        for p, ms in zip(points, per_point, strict=True)
+    ]
+    builds = list(getattr(measurer, "builds", []))
+    return ProfilePlan(boxes, results, target, max_profiles, stopped, steps, builds)
+
+
+def _dedupe(shapes: Iterable[ShapeMap]) -> list[ShapeMap]:
+    out: list[ShapeMap] = []
+    for s in shapes:
+        if dict(s) not in out:
+            out.append(dict(s))
+    return out
+
+
+def _ratios(
+    boxes: Sequence[Profile],
+    measured: Mapping[str, Mapping[str, float]],
+    probes: Sequence[ShapeMap],
+    static: Mapping[str, float | None],
+) -> tuple[dict[str, float | None], dict[str, int]]:
+    """Per probe: the best ratio over the profiles holding it, and which profile that is."""
+    ratios: dict[str, float | None] = {}
+    owner: dict[str, int] = {}
+    for probe in probes:
+        key = shape_key(probe)
+        best: tuple[float, int] | None = None
+        for i, box in enumerate(boxes):
+            ms = measured[profile_key(box)].get(key)
+            if ms is not None and box.contains(probe) and (best is None or ms < best[0]):
+                best = (ms, i)
+        base = static.get(key)
+        if best is None or not base:
+            ratios[key] = None
+            continue
+        ratios[key] = best[0] / base
+        owner[key] = best[1]
+    return ratios, owner
+
+
+# --------------------------------------------------------------------------- TensorRT
+
+
+def default_cache_dir(model_sha256: str) -> Path:
+    """Per-model cache folder: $DYNASHAPE_CACHE_DIR, else $XDG_CACHE_HOME/dynashape, else
+    ~/.cache/dynashape; then the first 16 hex digits of the model's SHA-256."""
+    root = os.environ.get("DYNASHAPE_CACHE_DIR")
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        root = str(Path(xdg) / "dynashape")
+    return Path(root) / model_sha256[:16]
+
+
+def default_timing_cache(model_sha256: str, tensorrt_version: str, compute_capability: str) -> Path:
+    """The timing cache shared by every build of one model on one TensorRT and GPU type."""
+    tag = f"trt{tensorrt_version}-sm{compute_capability}".replace("/", "_")
+    return default_cache_dir(model_sha256) / f"timing-{tag}.cache"
+
+
+class TrtMeasurer:
+    """Builds and times engines for the planner; one timing cache for every build.
+
+    Measurements are kept by key (precision, tactic sources, workspace, TensorRT version, GPU,
+    and the shape or profile) in memory and, with ``store``, in a JSON file, so a static probe
+    engine or a candidate profile is never built twice, in this run or a later one.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        *,
+        fp16: bool = False,
+        workspace: int | None = None,
+        tactic_sources: str | None = None,
+        timing_cache: str | os.PathLike[str] | None = None,
+        store: str | os.PathLike[str] | None = None,
+        warmup: int = 10,
+        iters: int = 100,
+        budget_s: float = 1.0,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        from dynashape import trt_compat
+
+        self.model = model
+        self.options: dict[str, Any] = {
+            "fp16": fp16, "workspace": workspace, "timing_cache": timing_cache,
+            "tactic_sources": tactic_sources if tactic_sources is not None else trt_compat.DEFAULT_TACTIC_SOURCES,
+        }
+        self.warmup, self.iters, self.budget_s = warmup, iters, budget_s
+        self.progress = progress or (lambda _msg: None)
+        env = trt_compat.runtime_env()
+        self._tag = json.dumps({
+            "fp16": fp16, "workspace": workspace, "tactics": self.options["tactic_sources"],
+            "trt": env.tensorrt_version, "gpu": env.gpu_name,
+        }, sort_keys=True)
+        self.store = Path(store) if store is not None else None
+        self._memo: dict[str, Any] = self._load_store()
+        self.builds: list[BuildRecord] = []
+        self.final_engine: Any = None  # the BuiltEngine of the last ``final`` call
+        self._engines: dict[str, Any] = {}  # candidate BuiltEngines of this run, by key
+        self._seen: set[str] = set()
+
+    def _load_store(self) -> dict[str, Any]:
+        if self.store is None or not self.store.is_file():
+            return {}
+        try:
+            data = json.loads(self.store.read_text())
+        except (OSError, ValueError):
+            log.warning("%s: unreadable measurement cache; measuring afresh", self.store)
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _remember(self, key: str, value: Any) -> None:
+        self._memo[key] = value
+        if self.store is not None:
+            from dynashape.model import write_json_atomic
+
+            self.store.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.store, self._memo)
+
+    def _build(self, profiles: Sequence[Profile], kind: str, label: str) -> tuple[Any, BuildRecord]:
+        from dynashape.engine import build_engine
+
+        self.progress(f"building the {kind} engine {label}")
+        start = time.perf_counter()
+        built = build_engine(self.model, list(profiles), **self.options)
+        record = BuildRecord(kind, label, time.perf_counter() - start, len(built.data))
+        self.builds.append(record)
+        log.info("%s engine %s built in %.1f s", kind, label, record.seconds)
+        return built, record
+
+    def _reused(self, kind: str, label: str, entry: Mapping[str, Any]) -> None:
+        """An earlier build's record, marked as reused (its time was spent in that run)."""
+        self.builds.append(BuildRecord(kind, label, float(entry.get("build_s", 0.0)),
+                                       int(entry.get("size", 0)), cached=True))
+
+    def _time(self, engine: Any, shapes: ShapeMap, profile: int | None = None) -> float:
+        from dynashape.bench import time_engine
+
+        stats = time_engine(engine, shapes, warmup=self.warmup, iters=self.iters, budget_s=self.budget_s,
+                            profile=profile)
+        return stats.median_ms
+
+    def static_ms(self, shapes: ShapeMap) -> float | None:
+        label = shape_key(shapes)
+        key = f"static|{self._tag}|{label}"
+        entry = self._memo.get(key)
+        if isinstance(entry, dict):
+            self._reused("static", label, entry)
+            return None if entry.get("ms") is None else float(entry["ms"])
+        from dynashape.engine import Engine
+
+        prof = Profile()
+        for name, shape in shapes.items():
+            prof.add(name, shape, shape, shape)
+        try:
+            built, record = self._build([prof], "static", label)
+        except DynashapeError as exc:
+            log.warning("static engine at %s: %s", label, exc)
+            self._remember(key, {"ms": None, "error": str(exc)})
+            return None
+        with Engine(built.data, built.info, where=f"static engine {label}") as eng:
+            ms = self._time(eng, shapes)
+        self._remember(key, {"ms": ms, "build_s": record.seconds, "size": record.size})
+        return ms
+
+    def profile_ms(self, profile: Profile, probes: Sequence[ShapeMap]) -> dict[str, float]:
+        """Times at ``probes``; the engine is built once per profile and kept while this measurer
+        lives, so probes asked for later are timed without a rebuild."""
+        from dynashape.engine import Engine
+
+        label = str(profile)
+        key = f"profile|{self._tag}|{profile_key(profile)}"
+        entry = dict(self._memo.get(key) or {"ms": {}})
+        times: dict[str, float] = {k: float(v) for k, v in entry["ms"].items()}
+        missing = [p for p in probes if shape_key(p) not in times]
+        if missing:
+            built = self._engines.get(key)
+            if built is None:
+                built, record = self._build([profile], "candidate", label)
+                self._engines[key] = built
+                entry.update(build_s=record.seconds, size=record.size)
+            with Engine(built.data, built.info, where="candidate engine") as eng:
+                for probe in missing:
+                    times[shape_key(probe)] = self._time(eng, probe)
+            entry["ms"] = times
+            self._remember(key, entry)
+        elif key not in self._seen:
+            self._reused("candidate", label, entry)
+        self._seen.add(key)
+        return {shape_key(p): times[shape_key(p)] for p in probes}
+
+    def final(self, profiles: Sequence[Profile], points: Sequence[ShapeMap]) -> list[dict[int, float]]:
+        from dynashape.engine import Engine
+
+        built, _ = self._build(profiles, "final", f"{len(profiles)} profile(s)")
+        self.final_engine = built
+        out: list[dict[int, float]] = []
+        with Engine(built.data, built.info, where="planned engine") as eng:
+            for point in points:
+                out.append({
+                    i: self._time(eng, point, profile=i)
+                    for i, prof in enumerate(profiles) if prof.contains(point)
+                })
+        return out
