@@ -5,13 +5,13 @@ of what they are joined with, so those must be fixed first)."""
 
 from __future__ import annotations
 
-from dynashape.rules import expand, pooling, reports, reshape, resize, trt_support
+from dynashape.rules import expand, generated, pooling, reports, reshape, resize, trt_support
 from dynashape.rules.base import Rule
 
 # DS016 folds constant-only subgraphs first (that freezes nothing) so later rules see initializers;
 # the report-only rules run last, on the rewritten graph.
 DEFAULT_RULES: list[Rule] = [
-    *trt_support.RULES, *resize.RULES, *pooling.RULES, *reshape.RULES, *expand.RULES,
+    *trt_support.RULES, *resize.RULES, *pooling.RULES, *reshape.RULES, *expand.RULES, *generated.RULES,
     *reports.RULES,
 ]
 
