@@ -326,3 +326,38 @@ def harmless_expands(opset: int = 17) -> onnx.ModelProto:
     e = g.op("Expand", [_init(g, "scalar", np.array(0.5, np.float32)), g.op("Shape", [M.X], "x_shape")], "like_x")
     g.op("Add", [half, e], M.Y)
     return g.model([M.Y])
+
+
+def expanded_row(h0: int, w0: int, opset: int = 17) -> onnx.ModelProto:
+    """``conv(x) + arange(w).view(1, 1, 1, w).expand(1, 1, h, w)`` with ints, not folded: ``Range``
+    (node ``arange``) -> ``Cast`` -> ``Reshape`` -> ``Expand`` (node ``row_expand``) -> ``Add``. The
+    row is made at W0 before the Expand sets H0: DS007 rebuilds the whole tensor."""
+    g = M.GraphBuilder(opset)
+    f = g.conv(M.X, C, C, "conv")
+    r = g.op("Range", [_scalar_i64(g, "arange_start", 0), _scalar_i64(g, "arange_limit", w0),
+                       _scalar_i64(g, "arange_delta", 1)], "arange")
+    row = g.op("Reshape", [g.op("Cast", [r], "arange_float", to=TensorProto.FLOAT), g.i64("row_shape", [1, 1, 1, w0])],
+               "row")
+    e = g.op("Expand", [row, g.i64("row_expand_shape", [1, 1, h0, w0])], "row_expand")
+    g.op("Add", [f, e], M.Y)
+    return g.model([M.Y])
+
+
+def expanded_scalar(h0: int, w0: int, opset: int = 17) -> onnx.ModelProto:
+    """``conv(x) * torch.tensor(0.5).expand(1, 1, h, w)`` with ints (node ``half_expand``): only the
+    Expand sets the export size, a DS012 hazard."""
+    g = M.GraphBuilder(opset)
+    f = g.conv(M.X, C, C, "conv")
+    e = g.op("Expand", [_init(g, "half", np.full((1, 1, 1, 1), 0.5, np.float32)), g.i64("half_shape", [1, 1, h0, w0])],
+             "half_expand")
+    g.op("Mul", [f, e], M.Y)
+    return g.model([M.Y])
+
+
+def unnamed(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same model with every node name cleared (as some exporters and hand-made graphs are)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for node in out.graph.node:
+        node.name = ""
+    return out

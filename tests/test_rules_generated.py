@@ -14,6 +14,7 @@ import pytest
 from dynashape.backends.ort import RunError, run_model
 from dynashape.check import check_model
 from dynashape.fix import fix_model
+from dynashape.rules.generated import GeneratedTensor
 from dynashape.testing import assert_models_equivalent, random_feeds
 
 S0 = {"x": (1, 4, 32, 48)}
@@ -358,3 +359,47 @@ def test_torch_dynamo_exports_correctly_or_refuses(name: str) -> None:
     report = check_model(model)
     assert _rule(report, "DS007") == [] and _rule(report, "DS008") == []
     _assert_matches_eager(model, net, TORCH_OTHER)
+
+
+# ------------------------------------------------------------------------------ DS007 vs DS012
+
+
+def test_a_row_made_at_the_export_width_then_expanded_is_rebuilt_whole() -> None:
+    model = G.expanded_row(32, 48)
+    report = check_model(model, export_shape=S0)
+    (f,) = report.findings
+    assert (f.rule, f.node, f.op, f.fixable) == ("DS007", "arange", "Range", True)
+    assert f.baked_value == {"2": 32, "3": 48}
+    ds012 = [r.reason for r in report.refusals if r.rule == "DS012"]
+    assert any("itself a constant of export size on axes [3]" in r for r in ds012), ds012
+    assert not {"row_expand", "arange"} & {n.name for n in report.fixed_model.graph.node}
+    assert_models_equivalent(model, report.fixed_model, S0)
+    for shape in OTHER:
+        M.assert_same_outputs(report.fixed_model, G.expanded_row(shape[2], shape[3]), shape)
+
+
+def test_a_scalar_expanded_to_the_export_size_is_ds012_only() -> None:
+    model = G.expanded_scalar(32, 48)
+    report = check_model(model, export_shape=S0)
+    assert [(f.rule, f.node) for f in report.findings] == [("DS012", "half_expand")]
+    # DS007 alone leaves it to DS012 (which runs first in the default order)
+    alone = check_model(model, export_shape=S0, rules=[GeneratedTensor()], scan_lattice=False)
+    assert alone.findings == []
+    assert any("its size is set by Expand 'half_expand' (DS012)" in r for r in _refusals(alone, "DS007"))
+    for shape in OTHER:
+        M.assert_same_outputs(report.fixed_model, G.expanded_scalar(shape[2], shape[3]), shape)
+
+
+@pytest.mark.parametrize("build", [
+    pytest.param(lambda h, w: G.add_fill(h, w, source="cos_partial"), id="DS007_cos"),
+    pytest.param(lambda h, w: G.add_row(w, form="half", source="range"), id="DS007_range"),
+    pytest.param(lambda h, w: G.yolo_grid(h, w), id="DS008"),
+    pytest.param(lambda h, w: G.expanded_scalar(h, w), id="DS012"),
+])
+def test_unnamed_nodes_are_rewritten_in_the_right_place(build: Any) -> None:
+    model = G.unnamed(build(32, 48))
+    report = check_model(model, export_shape=S0)
+    assert report.applied and report.findings and all(f.fixable for f in report.findings)
+    assert_models_equivalent(model, report.fixed_model, S0)
+    for shape in OTHER[:2]:  # the builder baked at this shape is right there
+        assert_models_equivalent(build(shape[2], shape[3]), report.fixed_model, {"x": shape})

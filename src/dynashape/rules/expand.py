@@ -30,8 +30,10 @@ from dynashape.rules.joined import (
     SizeBuilder,
     build_size_vector,
     downstream_joins,
+    expanded_axes_frozen,
     known_dims,
     meeting_at,
+    node_by_output,
     origin_of,
     remove_dead,
 )
@@ -98,6 +100,15 @@ class FrozenExpandTile(Rule):
             if meeting.axes:
                 joins.append(join.name or "")
                 axes.update(meeting.axes)
+        x_frozen = expanded_axes_frozen(ctx, node, [k for k in range(rank) if k - lead_x >= 0 and not (
+            x1[k - lead_x] is not None and x1[k - lead_x] != x0[k - lead_x])])
+        if x_frozen and origin_of(x).kind == "constant":
+            for join, slot in downstream_joins(node.outputs[0]):
+                met = meeting_at(ctx, join, slot, tuple(out0), x_frozen, avoid=node)
+                if met.axes:
+                    return self.refuse(
+                        node, f"the tensor it {'expands' if node.op_type == 'Expand' else 'tiles'} ({x.name!r}) is "
+                        f"itself a constant of export size on axes {sorted(met.axes)}: DS007 rebuilds the whole tensor")
         batch_ref = None
         if not axes and 0 in frozen and out0[0] > 1:
             batch_ref = self._input_batch(ctx, out0[0])
@@ -160,7 +171,7 @@ class FrozenExpandTile(Rule):
             breaks_at="every input size other than the export size on those axes",
             fix=(f"use {what} {[e['const'] for e in entries]} (1 broadcasts: the input keeps its own size)"
                  if const_only else _describe_entries(what, entries, own)),
-            details={"plan": {"entries": entries_json}, "size_s0": t0, "own": own,
+            details={"plan": {"entries": entries_json}, "size_s0": t0, "own": own, "output": node.outputs[0].name,
                      "meets": {str(k): [p.name, pa] for k, (p, pa) in sorted(axes.items())}, "joins": joins},
         )
 
@@ -173,6 +184,10 @@ class FrozenExpandTile(Rule):
 
     def rewrite(self, ctx: Context, node: ir.Node, finding: Finding) -> str:
         graph = ctx.model.graph
+        found = node_by_output(ctx, finding.details["output"])
+        if found is None:
+            raise LookupError(f"{finding.node!r} is gone")
+        node = found
         old = node.inputs[1]
         assert old is not None
         entries: list[dict] = finding.details["plan"]["entries"]

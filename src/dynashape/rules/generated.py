@@ -52,10 +52,12 @@ from dynashape.rules.joined import (
     SizeBuilder,
     build_size_vector,
     constant_array,
+    expanded_axes_frozen,
     find_value,
     input_axes_behind,
     known_dims,
     meeting_at,
+    node_by_output,
     origin_of,
     remove_dead,
     upstream_through_unary,
@@ -125,11 +127,14 @@ def frozen_operands(ctx: Context, join: ir.Node) -> tuple[list[Operand], list[st
 def classify(ctx: Context, op: Operand) -> None:
     """Fill in ``op.rule`` (DS007/DS008, or why neither) and the rewrite plan."""
     producer = upstream_through_unary(op.value)
-    if producer is not None and producer.op_type in ("Expand", "Tile"):
+    op.origin = origin_of(op.value)
+    # DS012 owns the sizes an Expand/Tile sets; a constant that is itself made at the export size
+    # before it is expanded is rebuilt whole here (DS012 refuses it)
+    if producer is not None and producer.op_type in ("Expand", "Tile") and (
+            op.origin.kind != "constant" or not expanded_axes_frozen(ctx, producer, sorted(op.meeting.axes))):
         op.why_not = f"its size is set by {producer.op_type} {producer.name!r} (DS012)"
         return
     cos = _constant_of_shape_above(ctx, op.value)
-    op.origin = origin_of(op.value)
     if cos is not None:
         op.generator = cos
         op.rule = "DS007"
@@ -217,7 +222,8 @@ def _cos_plan(ctx: Context, op: Operand, cos: ir.Node) -> tuple[dict | None, str
             entries.append({"const": t0[e]})
         else:
             entries.append({"keep": e})
-    return {"kind": "constant_of_shape", "node": cos.name, "entries": entries, "shape_s0": t0,
+    return {"kind": "constant_of_shape", "node": cos.name, "output": cos.outputs[0].name, "entries": entries,
+            "shape_s0": t0,
             "shape_value": shape.name if shape is not None else ""}, ""
 
 
@@ -414,6 +420,7 @@ class _GeneratedBase(Rule):
             fix="; ".join(fixes),
             details={
                 "join": join.name,
+                "join_output": join.outputs[0].name,
                 "operands": [
                     {"slot": op.slot, "value": op.value.name, "dims_s0": list(op.dims0), "meets": op.meeting.to_json(),
                      "generator": op.generator.name if op.generator is not None else None, "plan": op.plan}
@@ -522,7 +529,9 @@ class CachedFeatureMapBuffer(_GeneratedBase):
 
 def rewrite_operands(ctx: Context, finding: Finding) -> str:
     graph = ctx.model.graph
-    join = next(n for n in graph if n.name == finding.details["join"])
+    join = node_by_output(ctx, finding.details["join_output"])
+    if join is None:
+        raise LookupError(f"the join {finding.details['join']!r} is gone")
     done: list[str] = []
     for spec in finding.details["operands"]:
         plan = spec["plan"]
@@ -612,7 +621,7 @@ def _emit_grid(builder: SizeBuilder, ctx: Context, plan: dict, meets: dict[int, 
 
 def _rewrite_cos(ctx: Context, plan: dict) -> str:
     graph = ctx.model.graph
-    cos = next((n for n in graph if n.name == plan["node"]), None)
+    cos = node_by_output(ctx, plan["output"])
     if cos is None or cos.inputs[0] is None:
         return f"{plan['node']}: already rebuilt"
     old = cos.inputs[0]

@@ -317,6 +317,28 @@ class SizeBuilder:
         self.graph.insert_before(before, self.nodes)
 
 
+def node_by_output(ctx: Context, output: str) -> ir.Node | None:
+    """The node that produces the tensor ``output`` (tensor names are unique; node names may
+    be empty or repeated in hand-made graphs)."""
+    for node in ctx.model.graph:
+        if any(o is not None and o.name == output for o in node.outputs):
+            return node
+    return None
+
+
+def expanded_axes_frozen(ctx: Context, node: ir.Node, axes: list[int]) -> list[int]:
+    """Of the output ``axes`` of an ``Expand``/``Tile``, those where its data input itself is
+    larger than 1 (it was not expanded there: the size is the input's own)."""
+    x = node.inputs[0]
+    x0 = known_dims(ctx, x, ctx.p0)
+    out = known_dims(ctx, node.outputs[0], ctx.p0)
+    if x0 is None:
+        return []
+    rank = len(out) if out is not None else len(x0)
+    lead = rank - len(x0)
+    return [a for a in axes if 0 <= a - lead < len(x0) and (x0[a - lead] or 0) > 1]
+
+
 def find_value(ctx: Context, name: str) -> ir.Value | None:
     for v in ctx.model.graph.inputs:
         if v.name == name:
