@@ -162,7 +162,7 @@ def test_a_triangular_mask_is_reported_not_rewritten() -> None:
     (f,) = _rule(report, "DS007")  # one size (L0 = 24) twice: a mask, not a feature-map buffer
     assert (f.node, f.op, f.fixable) == (M.Y, "Where", False)
     assert f.baked_value == {"0": 24, "1": 24}
-    assert f.fix.startswith("not rewritten: a bool tensor") and "x.shape" in f.fix
+    assert f.fix.startswith("not rewritten: a bool tensor") and "make the mask at run time" in f.fix
     assert report.applied == []
 
 
@@ -220,11 +220,32 @@ def test_fix_proves_the_rewrite(build: Any) -> None:
         assert p.output_shapes[M.Y][2:4] == [h, w]
 
 
+@pytest.mark.parametrize("build", [
+    pytest.param(lambda: G.add_fill(32, 48), id="DS007"),
+    pytest.param(lambda: G.yolo_grid(32, 48, source="constant"), id="DS008"),
+])
+def test_the_export_shape_is_recovered_from_the_joined_constant(build: Any) -> None:
+    model = build()
+    report = check_model(model)
+    assert report.export_shape_source == "estimated" and report.export_shape == S0
+    assert report.applied and all(f.fixable for f in report.findings)
+    assert_models_equivalent(model, report.fixed_model, S0)
+
+
 def test_without_the_export_shape_nothing_is_rewritten() -> None:
-    # no size is consistent and no constant points at one: the rule must not guess
-    report = check_model(G.add_fill(32, 48))
+    # Range(0, 48, 1): nothing tells which size is the export one; the rule must not guess
+    report = check_model(G.add_row(48, source="range"))
     assert report.export_shape_source == "default"
     assert report.applied == []
+
+
+def test_a_batch_the_estimate_cannot_see_is_not_half_fixed() -> None:
+    # exported at batch 2: the estimate keeps batch 1, where x broadcasts against the constant's 2;
+    # rebuilding H and W only would leave the batch frozen, so the rule refuses and says why
+    report = check_model(G.add_fill(32, 48, batch0=2))
+    assert report.export_shape == S0
+    assert _rule(report, "DS007") == [] and report.applied == []
+    assert any("does not look like the true one" in r for r in _refusals(report, "DS007"))
 
 
 # ------------------------------------------------------------------------------ PyTorch

@@ -116,10 +116,14 @@ def frozen_operands(ctx: Context, join: ir.Node) -> tuple[list[Operand], list[st
         if not frozen:
             continue
         meeting = meeting_at(ctx, join, slot, dims0, frozen)
+        if meeting.conflicts:
+            reasons.append(f"{v.name}: {meeting.conflicts[0]}: the export shape {fmt(next(iter(ctx.s0.values())))} "
+                           "does not look like the true one (give it with --export-shape)")
+            continue
         if not meeting.axes:
             continue
         found.append(Operand(join, slot, v, dims0, meeting, Origin("", [])))
-    if not found:
+    if not found and not reasons:
         reasons.append("no input has an axis frozen at the export-time size of a dynamic axis it meets")
     return found, reasons
 
@@ -453,7 +457,7 @@ class _GeneratedBase(Rule):
         axes = sorted(op.meeting.axes)
         partner = op.meeting.axes[axes[0]][0].name
         if op.plan is None:
-            return f"not rewritten: {op.plan_why_not}; in the source, {self.source_fix}"
+            return f"not rewritten: {op.plan_why_not}; in the source, {self.source_hint(op)}"
         kind = op.plan["kind"]
         if kind == "constant_of_shape":
             return f"take entries {axes} of the ConstantOfShape size from Shape({partner})"
@@ -468,6 +472,12 @@ class _GeneratedBase(Rule):
         return f"regenerate it with {along} (matches the constant at the export shape)"
 
     source_fix = ""
+
+    def source_hint(self, op: Operand) -> str:
+        if op.array is not None and op.array.dtype == np.bool_:
+            return ("make the mask at run time from the tensor's size (e.g. torch.ones(L, L, dtype=torch.bool)"
+                    ".tril() with L = x.shape[-1], not int(x.shape[-1])), or pass is_causal / an attn_mask")
+        return self.source_fix
 
 
 def _values_text(op: Operand) -> str:

@@ -34,6 +34,9 @@ class Meeting:
     join: ir.Node
     slot: int  # the join's input slot that carries the frozen tensor
     axes: dict[int, tuple[ir.Value, int]] = field(default_factory=dict)  # own axis -> (partner, its axis)
+    # frozen axes > 1 facing a dynamic partner axis of size 1 at S0: the partner broadcasts to the
+    # constant, which only makes sense if S0 is not the true export shape (e.g. a guessed batch)
+    conflicts: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, list[str | int]]:
         return {str(a): [p.name or "", pa] for a, (p, pa) in sorted(self.axes.items())}
@@ -111,6 +114,9 @@ def meeting_at(
             if pa is None or p0[pa] is None or p1[pa] is None or p0[pa] == p1[pa]:
                 continue
             if p0[pa] != dims0[axis]:
+                if p0[pa] == 1 and (dims0[axis] or 0) > 1:
+                    meeting.conflicts.append(
+                        f"its axis {axis} is {dims0[axis]} where {partner.name!r} is 1 at the export shape")
                 continue
             if dims0[axis] == 1 and join.op_type != "Concat":
                 continue  # 1 broadcasts against any size
