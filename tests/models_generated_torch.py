@@ -193,3 +193,38 @@ class ExpandOwn(_Base):
         m = self.conv(x).mean(1, keepdim=True)
         b, _, h, w = (int(s) for s in m.shape)
         return m.expand(b, 8, h, w) * 2
+
+
+class Yolo8Head(nn.Module):
+    """A one-level YOLOv8 ``Detect``: ``anchors [2, H·W]`` (cell centres, flattened) and
+    ``strides [1, H·W]`` are cached when the map size changes (``self.shape != shape``), so a
+    warm-up run at the export size leaves them as constants."""
+
+    def __init__(self, stride: float = 8.0) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stride = stride
+        self.box = nn.Conv2d(3, 4, 1)
+        self.cls = nn.Conv2d(3, 2, 1)
+        self.shape: tuple[int, ...] | None = None
+        self.anchors = torch.empty(0)
+        self.strides = torch.empty(0)
+
+    def _make_anchors(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sx = torch.arange(end=w) + 0.5
+        sy = torch.arange(end=h) + 0.5
+        sy, sx = torch.meshgrid(sy, sx, indexing="ij")
+        points = torch.stack((sx, sy), -1).view(-1, 2)
+        return points.transpose(0, 1), torch.full((h * w, 1), self.stride).transpose(0, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        box, cls = self.box(x), self.cls(x)
+        shape = tuple(box.shape)
+        if self.shape != shape:
+            self.anchors, self.strides = self._make_anchors(shape[2], shape[3])
+            self.shape = shape
+        dist = box.flatten(2)  # [N, 4, L]
+        lt, rb = dist.chunk(2, 1)
+        x1y1, x2y2 = self.anchors - lt, self.anchors + rb
+        xywh = torch.cat(((x1y1 + x2y2) / 2, x2y2 - x1y1), 1) * self.strides
+        return torch.cat((xywh, cls.flatten(2).sigmoid()), 1)

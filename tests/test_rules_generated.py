@@ -424,3 +424,22 @@ def test_unnamed_nodes_are_rewritten_in_the_right_place(build: Any) -> None:
     assert_models_equivalent(model, report.fixed_model, S0)
     for shape in OTHER[:2]:  # the builder baked at this shape is right there
         assert_models_equivalent(build(shape[2], shape[3]), report.fixed_model, {"x": shape})
+
+
+@torch_only
+def test_torch_yolov8_flattened_anchors_are_reported() -> None:
+    """anchors [2, H·W] are cell centres flattened over the map (through the Slices ``chunk``
+    exports to): one axis that follows H and W, so DS008, and not a progression along it, so
+    reported with the source fix rather than rewritten."""
+    torch = _torch()
+    import models_generated_torch as T
+
+    net = T.Yolo8Head().eval()
+    with torch.no_grad():
+        net(torch.zeros(TORCH_S0))
+    model = _export(net, TORCH_S0)
+    report = check_model(model)
+    ds008 = _rule(report, "DS008")
+    assert [f.op for f in ds008] == ["Sub", "Add"], [f.message for f in report.findings]
+    assert all(not f.fixable and f.baked_value == {"1": 32 * 48} for f in ds008)
+    assert all("not evenly spaced" in f.fix and "compute the grid in forward" in f.fix for f in ds008)

@@ -134,7 +134,7 @@ class FrozenExpandTile(Rule):
                     entry["divide"] = xk0
                 entries.append(entry)
                 baked[str(e)] = t0[e]
-                p1 = ctx.dims(partner, ctx.p1)
+                p1 = known_dims(ctx, partner, ctx.p1)
                 reasons.append(
                     f"entry {e} = {t0[e]} makes output axis {k} {out0[k]}, the export-time size of axis {pa} of "
                     f"{partner.name!r} ({p1[pa] if p1 else '?'} at S1)")

@@ -9,11 +9,12 @@ At any other size the join fails. They are told apart by the graph signature:
   finding names that node), a uniform constant of any rank (zeros/ones/full folded by the
   exporter), or a constant that meets the live tensor on a single axis (an ``arange(W)`` row, a
   repeated row over the batch).
-* **DS008** — a *buffer the size of a feature map*: a multi-dim, non-uniform initializer or
-  ``Constant`` (no generating node) whose axes meet two or more dynamic axes that follow
-  *different* input axes (H and W; told by probes that move one input axis at a time). YOLO's
-  ``self.grid`` and ``self.anchor_grid``, ``[1, na, ny0, nx0, 2]``, cached during a warm-up run.
-  An ``L0 x L0`` attention mask meets one size twice: DS007. The same graph
+* **DS008** — a *buffer the size of a feature map*: a non-uniform initializer or ``Constant``
+  (no generating node) whose axes meet a feature map's spatial axes: two or more axes that follow
+  *different* input axes (H and W; told by probes that move one input axis at a time), or one
+  axis that follows both (H·W flattened). YOLOv5's ``self.grid`` / ``self.anchor_grid``
+  ``[1, na, ny0, nx0, 2]`` and YOLOv8's ``self.anchors`` ``[2, ny0·nx0]``, cached during a warm-up
+  run. An ``L0 x L0`` attention mask meets one size twice and an ``arange(W0)`` row one axis: DS007. The same graph
   comes out of a meshgrid built in ``forward`` with Python ints and folded by the exporter; the
   graph cannot tell the two apart and the fix is the same. (Differential export, ``--torch``,
   sees a grid rebuilt in forward change between exports and reports it as DS007.)
@@ -169,12 +170,18 @@ def classify(ctx: Context, op: Operand) -> None:
 
 
 def _feature_map_shaped(ctx: Context, op: Operand) -> bool:
-    """Two or more of its axes meet axes that follow different input axes (H and W of a feature
-    map), not one size twice (an L x L attention mask) or a single axis."""
-    if len(op.spatial) < 2:
+    """Its axes meet a feature map's spatial axes: two or more axes that follow different input
+    axes (H and W: ``[1, na, ny0, nx0, 2]``), or a single axis that follows two (H·W flattened:
+    YOLOv8's ``anchors [2, L0]``). Not one size twice (an ``L0 x L0`` attention mask) and not a
+    single size (an ``arange(W0)`` row)."""
+    if not op.spatial:
         return False
-    behind = {input_axes_behind(ctx, *op.meeting.axes[a]) for a in op.spatial}
-    return len({b for b in behind if b}) >= 2
+    behind = [input_axes_behind(ctx, *op.meeting.axes[a]) for a in op.spatial]
+    spatial_inputs = [frozenset(ax for ax in b if ax[1] != 0) for b in behind]
+    distinct = {b for b in spatial_inputs if b}
+    if len(op.spatial) == 1:
+        return len(spatial_inputs[0]) >= 2
+    return len(distinct) >= 2
 
 
 def _constant_of_shape_above(ctx: Context, value: ir.Value) -> ir.Node | None:
@@ -438,7 +445,7 @@ class _GeneratedBase(Rule):
         partner = op.meeting.axes[axes[0]][0]
         p_axes = [op.meeting.axes[a][1] for a in axes if op.meeting.axes[a][0] is partner]
         own_axes = [a for a in axes if op.meeting.axes[a][0] is partner]
-        p1 = ctx.dims(partner, ctx.p1)
+        p1 = known_dims(ctx, partner, ctx.p1)
         if op.generator is not None and op.plan is not None and op.plan.get("kind") == "constant_of_shape":
             what = f"ConstantOfShape {op.generator.name!r} (shape {op.plan['shape_s0']})"
         elif op.generator is not None:

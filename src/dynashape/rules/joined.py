@@ -42,16 +42,71 @@ class Meeting:
         return {str(a): [p.name or "", pa] for a, (p, pa) in sorted(self.axes.items())}
 
 
-def known_dims(ctx: Context, value: ir.Value | None, probe: Probe) -> Dims | None:
-    """The value's dims in the probe; where inference lost some, the shape of its probed value
-    (shape inference does not propagate through ``Expand`` of a computed constant shape)."""
+def known_dims(ctx: Context, value: ir.Value | None, probe: Probe, depth: int = 0) -> Dims | None:
+    """The value's dims in the probe, completed where shape inference lost some: from its probed
+    value, or through ``Slice`` (bounds computed from shapes, as ``chunk`` exports), ``Concat``
+    and elementwise ops, whose output sizes follow from their inputs'. ONNX inference does not
+    take the probe's numpy-computed bounds back, so these dims stay unknown there."""
     dims = ctx.dims(value, probe)
-    if dims is not None and all(d is not None for d in dims):
+    if value is None or (dims is not None and all(d is not None for d in dims)):
         return dims
     known = ctx.value(value, probe)
     if known is not None and (dims is None or np.ndim(known) == len(dims)):
         return tuple(int(d) for d in np.shape(known))
-    return dims
+    producer = value.producer()
+    if producer is None or depth >= 12:
+        return dims
+    derived = _derived_dims(ctx, producer, probe, depth)
+    if derived is None or (dims is not None and len(derived) != len(dims)):
+        return dims
+    if dims is not None and any(a is not None and a != b for a, b in zip(dims, derived)):
+        return dims  # disagrees with inference: trust inference
+    return derived
+
+
+def _derived_dims(ctx: Context, node: ir.Node, probe: Probe, depth: int) -> Dims | None:
+    def complete(v: ir.Value | None) -> tuple[int, ...] | None:
+        d = known_dims(ctx, v, probe, depth + 1)
+        if d is None or any(x is None for x in d):
+            return None
+        return tuple(int(x or 0) for x in d)
+
+    op = node.op_type
+    if op == "Slice" and len(node.inputs) >= 3:
+        x = complete(node.inputs[0])
+        vals = [ctx.value(v, probe) if v is not None else None for v in node.inputs[1:5]]
+        if x is None or vals[0] is None or vals[1] is None:
+            return None
+        starts, ends = np.atleast_1d(vals[0]), np.atleast_1d(vals[1])
+        axes = np.atleast_1d(vals[2]) if len(vals) > 2 and vals[2] is not None else np.arange(len(starts))
+        steps = np.atleast_1d(vals[3]) if len(vals) > 3 and vals[3] is not None else np.ones(len(starts), np.int64)
+        if len(node.inputs) > 3 and node.inputs[3] is not None and len(vals) > 2 and vals[2] is None:
+            return None
+        out = list(x)
+        for st, en, ax, step in zip(starts, ends, axes, steps):
+            a = int(ax) % len(out)
+            out[a] = len(range(*slice(int(st), int(en), int(step)).indices(out[a])))
+        return tuple(out)
+    if op == "Concat":
+        shapes = [d for d in (complete(v) for v in node.inputs) if d is not None]
+        if not shapes or len(shapes) != len(node.inputs):
+            return None
+        axis = node.attributes.get_int("axis", 0) % len(shapes[0])
+        out = list(shapes[0])
+        out[axis] = sum(d[axis] for d in shapes)
+        return tuple(out)
+    if op in SAME_SIZE_UNARY:
+        return complete(node.inputs[0]) if node.inputs else None
+    if op in JOINS:  # elementwise: numpy broadcasting of the inputs
+        given = [v for v in node.inputs if v is not None]
+        shapes = [d for d in (complete(v) for v in given) if d is not None]
+        if not shapes or len(shapes) != len(given):
+            return None
+        try:
+            return tuple(int(d) for d in np.broadcast_shapes(*shapes))
+        except ValueError:
+            return None
+    return None
 
 
 def input_axes_behind(ctx: Context, value: ir.Value, axis: int) -> frozenset[tuple[str, int]]:
