@@ -36,6 +36,15 @@ def _scalar_i64(g: M.GraphBuilder, name: str, v: int) -> str:
     return _init(g, name, np.array(v, np.int64))
 
 
+def _output_rank(model: onnx.ModelProto, rank: int) -> onnx.ModelProto:
+    """Declare ``y`` with ``rank`` unknown dims: ``GraphBuilder.model`` takes the rank from shape
+    inference, which in older opsets does not see through a Reshape to a computed shape."""
+    (out,) = [o for o in model.graph.output if o.name == M.Y]
+    out.CopyFrom(helper.make_tensor_value_info(M.Y, TensorProto.FLOAT, [None] * rank))
+    onnx.checker.check_model(model)
+    return model
+
+
 def _dim(g: M.GraphBuilder, x: str, axis: int, name: str) -> str:
     """0-D int64 ``Shape(x)[axis]``."""
     shape = g.op("Shape", [x], f"{name}_shape")
@@ -218,7 +227,7 @@ def causal_mask(h0: int, w0: int, opset: int = 17) -> onnx.ModelProto:
     L0 = h0 * w0
     mask = np.tril(np.ones((L0, L0), bool))
     g.op("Where", [_init(g, "mask", mask), scores, _init(g, "neg", np.array(-1e4, np.float32))], M.Y)
-    return g.model([M.Y])
+    return _output_rank(g.model([M.Y]), 3)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -263,7 +272,7 @@ def cls_token(batch0: int, *, op: str = "Expand", shape: str = "constant", opset
         size = g.i64("cls_size", [batch0, 1, 1] if op == "Tile" else [batch0, 1, C])
     expanded = g.op(op, [cls, size], "cls_expand" if op == "Expand" else "cls_tile")
     g.op("Concat", [expanded, tokens], M.Y, axis=1)
-    return g.model([M.Y])
+    return _output_rank(g.model([M.Y]), 3)
 
 
 def cls_token_add(batch0: int = 1, opset: int = 17) -> onnx.ModelProto:
@@ -273,7 +282,7 @@ def cls_token_add(batch0: int = 1, opset: int = 17) -> onnx.ModelProto:
     cls = _init(g, "cls", np.random.default_rng(5).standard_normal((1, 1, C)).astype(np.float32))
     e = g.op("Expand", [cls, g.i64("cls_size", [batch0, 1, C])], "cls_expand")
     g.op("Add", [tokens, e], M.Y)
-    return g.model([M.Y])
+    return _output_rank(g.model([M.Y]), 3)
 
 
 def mask_concat(batch0: int, opset: int = 17) -> onnx.ModelProto:

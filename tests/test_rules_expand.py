@@ -56,6 +56,18 @@ def test_class_token_batch_from_the_tokens(op: str, shape: str, batch0: int) -> 
         M.run(model, (batch0 + 1, 4, 32, 48))
 
 
+@pytest.mark.parametrize("opset", [11, 13, 18])
+@pytest.mark.parametrize("op", ["Expand", "Tile"])
+def test_class_token_in_older_and_newer_opsets(op: str, opset: int) -> None:
+    s0 = {"x": (2, 4, 32, 48)}
+    model = G.cls_token(2, op=op, shape="legacy" if op == "Expand" else "constant", opset=opset)
+    report = check_model(model, export_shape=s0)
+    assert [(f.rule, f.fixable) for f in report.findings] == [("DS012", True)]
+    onnx.checker.check_model(report.fixed_model, full_check=True)
+    assert_models_equivalent(model, report.fixed_model, s0)
+    M.assert_same_outputs(report.fixed_model, G.cls_token(2, op=op, shape="reference", opset=opset), (3, 4, 20, 36))
+
+
 def test_mask_expanded_to_the_int_batch() -> None:
     s0 = {"x": (2, 4, 32, 48)}
     model = G.mask_concat(2)

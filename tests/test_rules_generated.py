@@ -202,6 +202,22 @@ def test_coordinate_channels_concatenated_at_batch_one() -> None:
                               atol=1e-6)
 
 
+@pytest.mark.parametrize("opset", [11, 13, 18])
+@pytest.mark.parametrize("build", [
+    pytest.param(lambda h, w, opset: G.add_row(w, form="linspace", opset=opset), id="DS007_linspace"),
+    pytest.param(lambda h, w, opset: G.add_fill(h, w, source="cos_partial", opset=opset), id="DS007_cos"),
+    pytest.param(lambda h, w, opset: G.yolo_grid(h, w, opset=opset), id="DS008"),
+])
+def test_rewrites_are_valid_in_older_and_newer_opsets(build: Any, opset: int) -> None:
+    model = build(32, 48, opset)
+    report = check_model(model, export_shape=S0)
+    assert report.applied and all(f.fixable for f in report.findings)
+    onnx.checker.check_model(report.fixed_model, full_check=True)
+    assert_models_equivalent(model, report.fixed_model, S0, atol=1e-6)
+    for shape in OTHER[:2]:
+        M.assert_same_outputs(report.fixed_model, build(shape[2], shape[3], opset), shape, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------ fix, end to end
 
 

@@ -618,12 +618,14 @@ def _emit_grid(builder: SizeBuilder, ctx: Context, plan: dict, meets: dict[int, 
                 "Add", [i, constant(term["offset"], "offset")], f"offset{j}")
             if not _all_one(term["span"]):
                 v = builder.add("Mul", [v, constant(term["span"], "span")], f"span{j}")
-            m = n
             if term["mode"] == "size-1":
-                # linspace(a, b, 1) is [a]: at size 1 divide by 1, not 0
-                one = builder.const(1, "one", scalar=True)
-                m = builder.add("Max", [builder.add("Sub", [n, one], f"intervals{j}"), one], f"intervals{j}_min1")
-            m = builder.add("Cast", [m], f"size{j}", to=to)
+                # linspace(a, b, 1) is [a]: at size 1 divide by 1, not 0 (Max in float: integer
+                # Max needs opset 12)
+                m = builder.add("Sub", [n, builder.const(1, "one", scalar=True)], f"intervals{j}")
+                m = builder.add("Cast", [m], f"size{j}", to=to)
+                m = builder.add("Max", [m, builder.const(1, "one_f", scalar=True, dtype=dtype)], f"intervals{j}_min1")
+            else:
+                m = builder.add("Cast", [n], f"size{j}", to=to)
             v = builder.add("Div", [v, m], f"norm{j}")
         out = v if out is None else builder.add("Add", [out, v], f"sum{j}")
         covered.add(j)

@@ -97,6 +97,35 @@ def _derived_dims(ctx: Context, node: ir.Node, probe: Probe, depth: int) -> Dims
         return tuple(out)
     if op in SAME_SIZE_UNARY:
         return complete(node.inputs[0]) if node.inputs else None
+    if op == "ConstantOfShape":
+        shape = ctx.value(node.inputs[0], probe)
+        return tuple(int(v) for v in np.atleast_1d(shape)) if shape is not None and np.ndim(shape) <= 1 else None
+    if op in ("Expand", "Tile", "Reshape") and len(node.inputs) > 1:
+        size = ctx.value(node.inputs[1], probe)
+        x = complete(node.inputs[0])
+        if x is None or size is None or np.ndim(size) > 1:
+            return None
+        target = [int(v) for v in np.atleast_1d(size)]
+        if op == "Tile":
+            return tuple(a * b for a, b in zip(x, target)) if len(target) == len(x) else None
+        if op == "Expand":
+            try:
+                return tuple(int(d) for d in np.broadcast_shapes(x, tuple(target)))
+            except ValueError:
+                return None
+        allowzero = node.attributes.get_int("allowzero", 0)
+        out = [x[i] if v == 0 and not allowzero and i < len(x) else v for i, v in enumerate(target)]
+        if out.count(-1) == 1:
+            rest = int(np.prod([v for v in out if v != -1]))
+            out[out.index(-1)] = int(np.prod(x)) // rest if rest else 0
+        return tuple(out) if -1 not in out else None
+    if op == "Transpose":
+        x = complete(node.inputs[0])
+        if x is None:
+            return None
+        perm_attr = node.attributes.get("perm")
+        perm = list(perm_attr.as_ints()) if perm_attr is not None else list(reversed(range(len(x))))
+        return tuple(x[i] for i in perm)
     if op in JOINS:  # elementwise: numpy broadcasting of the inputs
         given = [v for v in node.inputs if v is not None]
         shapes = [d for d in (complete(v) for v in given) if d is not None]
