@@ -187,7 +187,7 @@ def _feature_map_shaped(ctx: Context, op: Operand) -> bool:
 def _constant_of_shape_above(ctx: Context, value: ir.Value) -> ir.Node | None:
     """A ``ConstantOfShape`` that ``value`` is computed from by shape-keeping ops only."""
     current = value
-    want0, want1 = ctx.dims(value, ctx.p0), ctx.dims(value, ctx.p1)
+    want0, want1 = known_dims(ctx, value, ctx.p0), known_dims(ctx, value, ctx.p1)
     for _ in range(16):
         producer = current.producer()
         if producer is None:
@@ -201,7 +201,7 @@ def _constant_of_shape_above(ctx: Context, value: ir.Value) -> ir.Node | None:
             live = [i for i in producer.inputs if i is not None and not _is_constant(i)]
             if len(live) == 1:
                 nxt = live[0]
-        if nxt is None or ctx.dims(nxt, ctx.p0) != want0 or ctx.dims(nxt, ctx.p1) != want1:
+        if nxt is None or known_dims(ctx, nxt, ctx.p0) != want0 or known_dims(ctx, nxt, ctx.p1) != want1:
             return None
         current = nxt
     return None
@@ -385,7 +385,10 @@ def _all_one(values: list) -> bool:
 
 
 class _GeneratedBase(Rule):
+    """DS007 and DS008 look at the same joins and split the frozen operands between them."""
+
     needs_export_shape = True
+    source_fix = ""  # what to change in the source when the tensor cannot be regenerated
     ops = tuple(sorted({"Add", "Sub", "Mul", "Div", "Concat", "Sum", "Max", "Min", "Mean", "Where", "Pow"}))
 
     def check(self, ctx: Context, node: ir.Node) -> Finding | Refusal:
@@ -404,6 +407,9 @@ class _GeneratedBase(Rule):
         if not mine:
             return self.refuse(node, "; ".join(others))
         return self._finding(ctx, node, mine)
+
+    def rewrite(self, ctx: Context, node: ir.Node, finding: Finding) -> str:
+        return rewrite_operands(ctx, finding)
 
     def _finding(self, ctx: Context, join: ir.Node, ops: list[Operand]) -> Finding:
         parts: list[str] = []
@@ -478,8 +484,6 @@ class _GeneratedBase(Rule):
                else "") for t in op.plan["terms"])
         return f"regenerate it with {along} (matches the constant at the export shape)"
 
-    source_fix = ""
-
     def source_hint(self, op: Operand) -> str:
         if op.array is not None and op.array.dtype == np.bool_:
             return ("make the mask at run time from the tensor's size (e.g. torch.ones(L, L, dtype=torch.bool)"
@@ -527,18 +531,12 @@ class GeneratedTensor(_GeneratedBase):
     source_fix = ("build it from the tensor it is joined with: torch.zeros_like(x) / x.new_zeros(x.shape), "
                   "torch.arange(x.shape[-1]), cls.expand(x.shape[0], -1, -1) (sizes as tensors, not ints)")
 
-    def rewrite(self, ctx: Context, node: ir.Node, finding: Finding) -> str:
-        return rewrite_operands(ctx, finding)
-
 
 class CachedFeatureMapBuffer(_GeneratedBase):
     id = "DS008"
     title = "Buffer the size of a feature map (YOLO grid cached in a warm-up run) joined with the live feature map"
     source_fix = ("compute the grid in forward from the feature map's shape (torch.arange(x.shape[-1]), "
                   "meshgrid) instead of caching it on the module (self.grid) from a warm-up run")
-
-    def rewrite(self, ctx: Context, node: ir.Node, finding: Finding) -> str:
-        return rewrite_operands(ctx, finding)
 
 
 # ------------------------------------------------------------------------------------ rewriting
