@@ -219,3 +219,21 @@ def test_torch_dynamo(mode: str) -> None:
         assert (f.rule, f.op, f.fixable) == ("DS007", "Concat", True)
         assert f.details["operands"][0]["plan"]["terms"] == []  # one slice, expanded to Shape(tokens)
         _assert_matches_eager(report.fixed_model, net, TORCH_OTHER)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(("name", "args"), [("ClassToken", ("expand",)), ("MaskExpand", ())])
+def test_torch_differential_export_names_the_expand(name: str, args: tuple) -> None:
+    """Differential export agrees with the static rule: the int batch reaches the Expand through
+    the legacy Where(shape == -1, 1, shape) subgraph, one DS012 finding there."""
+    pytest.importorskip("torch")
+    import models_generated_torch as T
+
+    from dynashape.differential import differential_export
+
+    net = getattr(T, name)(*args).eval()
+    result = differential_export(net, {"input": (2, 3, 32, 48)})
+    assert [(f.rule, f.op) for f in result.findings] == [("DS012", "Expand")]
+    (f,) = result.findings
+    static = _ds012(check_model(result.export_s0.model))
+    assert [g.node for g in static] == [f.node]
