@@ -168,7 +168,10 @@ class FrozenExpandTile(Rule):
                      f"at input {s1} {consequence}"),
             fixable=True,
             baked_value=baked,
-            breaks_at="every input size other than the export size on those axes",
+            breaks_at=("every input size other than the export size" if own and not axes else
+                       "every input where " + ", ".join(f"{p.name!r} axis {pa} is not {out0[k]}"
+                                                        for k, (p, pa) in sorted(axes.items()))
+                       if axes else "every batch other than the export batch"),
             fix=(f"use {what} {[e['const'] for e in entries]} (1 broadcasts: the input keeps its own size)"
                  if const_only else _describe_entries(what, entries, own)),
             details={"plan": {"entries": entries_json}, "size_s0": t0, "own": own, "output": node.outputs[0].name,

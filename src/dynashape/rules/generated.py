@@ -433,7 +433,7 @@ class _GeneratedBase(Rule):
             message="; ".join(parts),
             fixable=fixable,
             baked_value=baked if len(baked) > 1 else next(iter(baked.values())),
-            breaks_at="every input size other than the export size on the axes named",
+            breaks_at="; ".join(_breaks_at(op) for op in ops),
             fix="; ".join(fixes),
             details={
                 "join": join.name,
@@ -489,6 +489,15 @@ class _GeneratedBase(Rule):
             return ("make the mask at run time from the tensor's size (e.g. torch.ones(L, L, dtype=torch.bool)"
                     ".tril() with L = x.shape[-1], not int(x.shape[-1])), or pass is_causal / an attn_mask")
         return self.source_fix
+
+
+def _breaks_at(op: Operand) -> str:
+    by_partner: dict[str, list[tuple[int, int]]] = {}
+    for a, (partner, pa) in sorted(op.meeting.axes.items()):
+        by_partner.setdefault(partner.name or "?", []).append((pa, op.dims0[a]))
+    return "; ".join(
+        f"every input where {name!r} is not {'x'.join(str(d) for _, d in axes)} on axes {[pa for pa, _ in axes]}"
+        for name, axes in by_partner.items())
 
 
 def _values_text(op: Operand) -> str:
