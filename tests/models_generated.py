@@ -370,3 +370,13 @@ def unnamed(model: onnx.ModelProto) -> onnx.ModelProto:
     for node in out.graph.node:
         node.name = ""
     return out
+
+
+def add_flat_index(h0: int, w0: int, opset: int = 17) -> onnx.ModelProto:
+    """``conv(x) + (arange(h)[:, None] * w + arange(w))`` with ints: a flat position index
+    ``[h0, w0]`` whose step along H is W0 itself."""
+    g = M.GraphBuilder(opset)
+    f = g.conv(M.X, C, C, "conv")
+    index = (np.arange(h0)[:, None] * w0 + np.arange(w0)[None, :]).astype(np.float32)
+    g.op("Add", [f, _init(g, "flat_index", index)], M.Y)
+    return g.model([M.Y])

@@ -459,3 +459,12 @@ def test_torch_yolov8_flattened_anchors_are_reported() -> None:
     assert [f.op for f in ds008] == ["Sub", "Add"], [f.message for f in report.findings]
     assert all(not f.fixable and f.baked_value == {"1": 32 * 48} for f in ds008)
     assert all("not evenly spaced" in f.fix and "compute the grid in forward" in f.fix for f in ds008)
+
+
+def test_a_flat_index_is_not_regenerated_with_a_frozen_step() -> None:
+    # i * W0 + j: rebuilding it with the constant step 48 would be silently wrong at another width
+    report = check_model(G.add_flat_index(32, 48), export_shape=S0)
+    findings = _rule(report, "DS007") + _rule(report, "DS008")
+    assert [(f.rule, f.fixable) for f in findings] == [("DS008", False)]
+    assert "its step along axis 0 is 48, the export-time size of another of its axes" in findings[0].fix
+    assert report.applied == []

@@ -298,6 +298,13 @@ def decompose(arr: np.ndarray, axes: list[int]) -> tuple[dict | None, str]:
         nz = step != 0
         steps = step[nz]
         if not floating or _is_int(steps):
+            # a step equal to another export-size axis is a flat index (i * W0 + j): the step is
+            # itself a size and would stay W0 at every other size
+            sizes = {arr.shape[k] for k in axes if k != j and arr.shape[k] > 1}
+            tied = sorted({int(abs(round(float(v)))) for v in steps} & sizes)
+            if tied:
+                return None, (f"its step along axis {j} is {tied[0]}, the export-time size of another of its axes "
+                              "(a flat index i·W + j): the step itself is a size")
             scale = step.tolist() if floating else np.round(step).tolist()
             terms.append({"axis": j, "mode": "step", "scale": scale})
             continue
