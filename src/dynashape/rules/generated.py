@@ -14,10 +14,13 @@ At any other size the join fails. They are told apart by the graph signature:
   *different* input axes (H and W; told by probes that move one input axis at a time), or one
   axis that follows both (H·W flattened). YOLOv5's ``self.grid`` / ``self.anchor_grid``
   ``[1, na, ny0, nx0, 2]`` and YOLOv8's ``self.anchors`` ``[2, ny0·nx0]``, cached during a warm-up
-  run. An ``L0 x L0`` attention mask meets one size twice and an ``arange(W0)`` row one axis: DS007. The same graph
-  comes out of a meshgrid built in ``forward`` with Python ints and folded by the exporter; the
-  graph cannot tell the two apart and the fix is the same. (Differential export, ``--torch``,
-  sees a grid rebuilt in forward change between exports and reports it as DS007.)
+  run. An ``L0 x L0`` attention mask meets one size twice and an ``arange(W0)`` row one axis:
+  DS007. The same graph comes out of a meshgrid built in ``forward`` with Python ints and folded
+  by the exporter; the graph cannot tell the two apart and the fix is the same. (Differential
+  export, ``--torch``, sees a grid rebuilt in forward change between exports: DS007 there.)
+
+A constant made at the export size *before* an ``Expand``/``Tile`` is rebuilt whole here; sizes
+set by the ``Expand``/``Tile`` itself are DS012's.
 
 Exact fix: the tensor is rebuilt from ``Shape`` of the tensor it is joined with, when its values
 can be regenerated exactly:
@@ -29,7 +32,10 @@ can be regenerated exactly:
 * normalized grids whose step is ``span / size`` or ``span / (size − 1)`` (``(i + 0.5) / W``,
   ``linspace(-1, 1, W)``): the same with a division by the live size. A step is read as a
   constant when it is an integer, else as ``span/size`` when the span is a multiple of 1/4, else
-  as a constant when it is a multiple of 1/4; anything else is reported, not guessed.
+  as a constant when it is a multiple of 1/4; anything else is reported, not guessed. An integer
+  step equal to another of its export-size axes (a flat index ``i·W0 + j``) is reported too.
+  Ambiguity left: ``arange(4) * 0.25`` and ``arange(4) / 4`` give the same constant; the second
+  reading wins.
 
 The regenerated values are compared with the constant at the export shape before a rewrite is
 planned. Values that vary irregularly along the export-size axes (a learned position table) are
