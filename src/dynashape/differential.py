@@ -57,6 +57,8 @@ _ATTR_RULES: dict[str, str] = {
 _SHAPE_PLUMBING = {
     "Concat", "Cast", "Unsqueeze", "Squeeze", "Gather", "Mul", "Add", "Sub", "Div", "Identity",
     "Floor", "Ceil", "Max", "Min", "Abs", "Neg", "Slice", "Reshape",
+    # the legacy exporter turns expand(b, -1, -1) into Where(shape == -1, 1, shape) before Expand
+    "Equal", "Where",
 }
 _PLUMBING_DEPTH = 8
 
@@ -465,7 +467,8 @@ def _changes_to_findings(g0: _Graph, changes: list[_Change], s0: ShapeMap, s1: S
             fallback = "DS007" if ch.dims_changed else "DS010"
             targets.append((direct, fallback, what))
         for node, rule_id, slot_text in targets:
-            key = (rule_id, node.name, f"{slot_text}|{ch.constant}")
+            # constants routed through plumbing to one input are one hazard there
+            key = (rule_id, node.name, slot_text if via else f"{slot_text}|{ch.constant}")
             if key in seen:
                 continue
             seen.add(key)

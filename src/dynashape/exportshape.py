@@ -1,7 +1,8 @@
 """Recovering the export shape S0 from the graph alone.
 
 Baked constants are the export-time sizes of some tensor: a whole-axis pooling kernel equals its
-input's size at S0, a frozen resize size equals its join partner's size at S0. Probing the graph
+input's size at S0, a frozen resize size equals its join partner's size at S0, and so does a
+constant joined with a live tensor (a zeros/arange/grid made at the export size). Probing the graph
 at two large sizes gives each tensor's stride relative to the input, so each constant votes for
 an input size; the value with most votes that makes the original graph consistent is S0.
 """
@@ -16,7 +17,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from dynashape.analysis import join_partners, traced_dims
+from dynashape.analysis import JOINS, join_partners, traced_dims
 from dynashape.model import InputInfo, graph_inputs, read_export_shape
 from dynashape.probe import Probe, Prober
 from dynashape.shapes import ShapeMap, format_shapes
@@ -133,6 +134,50 @@ def _resize_anchors(model: ir.Model, probes: list[Probe]) -> list[tuple[ir.Value
     return anchors
 
 
+def _constant_dims(value: ir.Value) -> tuple[int, ...] | None:
+    """Dims of an initializer or ``Constant`` output (None for computed tensors)."""
+    if value.const_value is not None:
+        return tuple(int(d) for d in value.const_value.shape.numpy())
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Constant" and "value" in producer.attributes:
+        return tuple(int(d) for d in producer.attributes["value"].as_tensor().shape.numpy())
+    return None
+
+
+def _join_anchors(model: ir.Model, probe: Probe) -> list[tuple[ir.Value, int, int]]:
+    """A constant joined with a live tensor (DS007/DS008: ``x + zeros(1, c, h, w)``, a cached grid):
+    its dims > 1 are the export-time sizes of the partner axes they line up with. Only partner
+    axes that follow a spatial input axis vote, so per-channel weights never do."""
+    anchors: list[tuple[ir.Value, int, int]] = []
+    for node in model.graph:
+        if node.op_type not in JOINS:
+            continue
+        dims = [_constant_dims(v) if v is not None else None for v in node.inputs]
+        if all(d is None for d in dims):
+            continue
+        for i, const in enumerate(dims):
+            if const is None:
+                continue
+            for k, partner in enumerate(node.inputs):
+                if k == i or partner is None or dims[k] is not None:
+                    continue
+                p_dims = traced_dims(partner, probe)
+                if p_dims is None:
+                    continue
+                rank, p_rank = len(const), len(p_dims)
+                for axis, size in enumerate(const):
+                    if size <= 1:
+                        continue
+                    if node.op_type == "Concat":
+                        cat = node.attributes.get_int("axis", 0)
+                        pa = axis if rank == p_rank and axis != (cat + rank if cat < 0 else cat) else None
+                    else:
+                        pa = axis + p_rank - rank
+                    if pa is not None and 0 <= pa < p_rank:
+                        anchors.append((partner, pa, size))
+    return anchors
+
+
 def _estimate(proto: onnx.ModelProto, inputs: list[InputInfo], prober: Prober) -> ExportShape | None:
     spatial = _spatial_axes(inputs)
     if not spatial:
@@ -147,7 +192,7 @@ def _estimate(proto: onnx.ModelProto, inputs: list[InputInfo], prober: Prober) -
         shape[axis] = 2 * _P
         s[name] = tuple(shape)
         doubled[(name, axis)] = prober.at(s)
-    anchors = _anchors(model) + _resize_anchors(model, [p_base, *doubled.values()])
+    anchors = _anchors(model) + _resize_anchors(model, [p_base, *doubled.values()]) + _join_anchors(model, p_base)
     votes: dict[tuple[str, int], Counter[int]] = {key: Counter() for key in spatial}
     for value, axis, size in anchors:
         d_base = traced_dims(value, p_base)
