@@ -1,15 +1,18 @@
 """The hazard rules. The default set is assembled here, in the order they run: resizes first
-(a frozen resize hides every shape after its join), then pooling, then reshapes."""
+(a frozen resize hides every shape after its join), then padding (a frozen pad shifts every size
+after it), pooling, then reshapes."""
 
 from __future__ import annotations
 
-from dynashape.rules import pooling, reshape, resize
-from dynashape.rules import reports, trt_support
+from dynashape.rules import padding, pooling, reports, reshape, resize, trt_support
 from dynashape.rules.base import Rule
 
 # DS016 folds constant-only subgraphs first (that freezes nothing) so later rules see initializers;
 # the report-only rules run last, on the rewritten graph.
-DEFAULT_RULES: list[Rule] = [*trt_support.RULES, *resize.RULES, *pooling.RULES, *reshape.RULES, *reports.RULES]
+DEFAULT_RULES: list[Rule] = [
+    *trt_support.RULES, *resize.RULES, *padding.RULES, *pooling.RULES, *reshape.RULES,
+    *reports.RULES,
+]
 
 # Rules that are not graph-node rules, listed for `check --list-rules`.
 OTHER_RULES: dict[str, str] = {
