@@ -1,16 +1,16 @@
 """The hazard rules. The default set is assembled here, in the order they run: resizes first
 (a frozen resize hides every shape after its join), then padding (a frozen pad shifts every size
-after it), pooling, then reshapes."""
+after it), pooling, splits and slices, then reshapes."""
 
 from __future__ import annotations
 
-from dynashape.rules import padding, pooling, reports, reshape, resize, trt_support
+from dynashape.rules import padding, pooling, reports, reshape, resize, slicing, trt_support
 from dynashape.rules.base import Rule
 
 # DS016 folds constant-only subgraphs first (that freezes nothing) so later rules see initializers;
 # the report-only rules run last, on the rewritten graph.
 DEFAULT_RULES: list[Rule] = [
-    *trt_support.RULES, *resize.RULES, *padding.RULES, *pooling.RULES, *reshape.RULES,
+    *trt_support.RULES, *resize.RULES, *padding.RULES, *pooling.RULES, *slicing.RULES, *reshape.RULES,
     *reports.RULES,
 ]
 
