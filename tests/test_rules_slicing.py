@@ -283,3 +283,18 @@ def test_torch_pad_crop_fix_is_proven_and_matches_eager(export: tuple[int, ...],
     assert result.export_proof is not None and result.export_proof.status == "ok"
     assert result.other_proofs and all(p.status == "ok" for p in result.other_proofs)
     _matches_eager(net, result.fixed, [(1, 3, 64, 64), (2, 3, 33, 47), (1, 3, 100, 101)])
+
+
+def test_titles_survive_rich_and_the_rules_run_in_order() -> None:
+    import re
+
+    from dynashape.rules import DEFAULT_RULES, rule_catalogue
+
+    # rich reads "[word...]" as markup and drops it from `check --list-rules`
+    assert [rid for rid, title in rule_catalogue() if re.search(r"\[[a-z#/@]", title)] == []
+    order = [r.id for r in DEFAULT_RULES]
+    for rid in ("DS004", "DS006", "DS013", "DS014"):
+        assert order.count(rid) == 1
+    # a frozen pad shifts every size after it; splits and slices come before the reshapes
+    assert order.index("DS013") < order.index("DS004") < order.index("DS006") < order.index("DS014")
+    assert order.index("DS014") < order.index("DS005") < order.index("DS009")

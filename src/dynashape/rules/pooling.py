@@ -43,7 +43,7 @@ def _ints(node: ir.Node, name: str, default: list[int]) -> list[int]:
 
 class WholeAxisPooling(Rule):
     id = "DS001"
-    title = "Pooling kernel equals the export-time size of the axis it pools (frozen [h, 1] / whole-map pool)"
+    title = "Pooling kernel equals the export-time size of the axis it pools (frozen (h, 1) / whole-map pool)"
     ops = ("AveragePool", "MaxPool")
 
     def check(self, ctx: Context, node: ir.Node) -> Finding | Refusal:

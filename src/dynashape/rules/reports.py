@@ -188,7 +188,7 @@ _SIZE_SLOTS: dict[str, tuple[int, str]] = {
 
 class ShapeConstantElsewhere(Rule):
     id = "DS010"
-    title = "Export-time size (int(x.shape[i]) / .item()) as a constant in TopK k, OneHot depth, Trilu k, CenterCropPad"
+    title = "Export-time size (int(x.size(i)) / .item()) as a constant in TopK k, OneHot depth, Trilu k, CenterCropPad"
     ops = tuple(_SIZE_SLOTS)
 
     def check(self, ctx: Context, node: ir.Node) -> Finding | Refusal:
