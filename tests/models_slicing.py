@@ -88,15 +88,26 @@ def ppm(h0: int, w0: int, bins: Sequence[int] = (1, 2, 4), *, op: str = "Average
     return g.model([M.Y])
 
 
-def spp_classifier(h0: int, w0: int, k: int = 2, *, reference: bool = False, opset: int = 17) -> onnx.ModelProto:
-    """Spatial pyramid pooling into a classifier: pool into k x k, Flatten, Gemm to 5 classes."""
+def spp_classifier(h0: int, w0: int, k: int = 2, *, reference: bool = False, flatten: str = "op",
+                   opset: int = 17) -> onnx.ModelProto:
+    """Spatial pyramid pooling into a classifier: pool into k x k, flatten, Gemm to 5 classes.
+    ``flatten``: ``op`` (Flatten, as the legacy exporter writes it) or ``computed`` (a Reshape to
+    ``[N, 4 * (H // kh) * (W // kw)]`` from ``Shape(x)``, as the dynamo exporter writes
+    ``torch.flatten`` after a pool it believes grows with the input)."""
     g = M.GraphBuilder(opset)
     f = g.op("Relu", [g.conv(M.X, M.C, 4, "conv")], "f")
     if reference:
         p = bins_reference(g, f, {2: k, 3: k}, "pool")
     else:
         p = g.op("AveragePool", [f], "pool", kernel_shape=[h0 // k, w0 // k], strides=[h0 // k, w0 // k])
-    flat = g.op("Flatten", [p], "flat", axis=1)
+    if flatten == "computed":
+        rows = arith(g, "Div", dim(g, M.X, 2, "fh"), h0 // k, "rows")
+        cols = arith(g, "Div", dim(g, M.X, 3, "fw"), w0 // k, "cols")
+        size = arith(g, "Mul", arith(g, "Mul", rows, cols, "cells"), 4, "features")
+        target = g.op("Concat", [dim(g, M.X, 0, "fn"), size], "flat_shape", axis=0)
+        flat = g.op("Reshape", [p, target], "flat", allowzero=1)
+    else:
+        flat = g.op("Flatten", [p], "flat", axis=1)
     w = g.rng.standard_normal((5, 4 * k * k)).astype(np.float32)
     g.inits.append(onnx.numpy_helper.from_array(w, "fc.weight"))
     g.op("Gemm", [flat, "fc.weight"], M.Y, transB=1)
@@ -395,6 +406,19 @@ def torch_modules() -> dict[str, type]:
                 outs.append(F.interpolate(stage(p), size=f.shape[2:], mode="bilinear", align_corners=False))
             return self.head(torch.cat(outs, 1))
 
+    class SPP(nn.Module):
+        """Pool into a 4x4 grid, flatten, classify (needs the grid fixed: the Linear is)."""
+
+        def __init__(self, k: int = 4) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.k = k
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.fc = nn.Linear(4 * k * k, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.flatten(F.adaptive_avg_pool2d(torch.relu(self.conv(x)), self.k), 1))
+
     class SamePadConv(nn.Conv2d):
         """EfficientNet-PyTorch's ``Conv2dDynamicSamePadding``: TF "SAME" padding computed in
         forward with ``math.ceil`` on the size (the legacy exporter freezes ``ceil(h / s)``)."""
@@ -472,5 +496,5 @@ def torch_modules() -> dict[str, type]:
             f = f + F.interpolate(F.avg_pool2d(f, 8), scale_factor=8.0)
             return f[:, :, : int(h), : int(w)]
 
-    return {"ppm": PPM, "same_pad_conv": SamePadConv, "patch_embed": PatchEmbed, "coord_att": CoordAtt,
+    return {"ppm": PPM, "spp": SPP, "same_pad_conv": SamePadConv, "patch_embed": PatchEmbed, "coord_att": CoordAtt,
             "half_split": HalfSplit, "pad_crop": PadCrop}

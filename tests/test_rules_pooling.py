@@ -222,12 +222,20 @@ def test_pyramid_pooling_without_the_export_shape_is_not_rewritten() -> None:
     assert all(not f.fixable for f in report.findings if f.rule in ("DS001", "DS004"))
 
 
-def test_spp_classifier_into_a_fixed_gemm() -> None:
+@pytest.mark.parametrize("flatten", ["op", "computed"])
+def test_spp_classifier_into_a_fixed_gemm(flatten: str) -> None:
     s0 = {"x": (1, 4, 64, 64)}
-    model = MS.spp_classifier(64, 64, k=2)
+    model = MS.spp_classifier(64, 64, k=2, flatten=flatten)
     report = check_model(model, export_shape=s0)
     (f,) = _ds004(report).values()
     assert f.node == "pool" and "flattened into the fixed-size Gemm" in f.message
+    if flatten == "computed":  # the flatten size grew with the input: it must follow the fixed grid
+        assert f.details["flattens"] == [["flat", 1]]
+        assert "Reshape 'flat' flattens it with a size computed from the input" in f.message
+        assert report.applied[0].endswith("; flat: flatten target -> Shape[:1] + [-1]")
+    else:
+        assert f.details["flattens"] == []
+    assert [g.rule for g in report.findings if g.rule != "DS003"] == ["DS004"]
     assert_models_equivalent(model, report.fixed_model, s0)
     reference = MS.spp_classifier(64, 64, k=2, reference=True)
     for shape in [(2, 4, 32, 32), (1, 4, 96, 128)]:
@@ -259,7 +267,7 @@ def test_one_dimensional_sequence_bins() -> None:
     model = MS.seq_bins(96, 3)
     report = check_model(model, export_shape=s0)
     (f,) = _ds004(report).values()
-    assert f.details == {"modes": ["bins"], "bins": [3], "kernel": [32], "signs": f.details["signs"]}
+    assert f.details == {"modes": ["bins"], "bins": [3], "kernel": [32], "signs": f.details["signs"], "flattens": []}
     assert "Reshape to [N, C, 3, L/3]" in f.fix
     assert_models_equivalent(model, report.fixed_model, s0)
     reference = MS.seq_bins(96, 3, reference=True)
@@ -272,6 +280,10 @@ def test_one_dimensional_sequence_bins() -> None:
     [
         # nn.AvgPool2d(8) then x8 upsampling: a fixed window (8x8 bins at 64x64), nothing adaptive
         pytest.param(lambda: MS.fixed_window_pool(8), "taken as a fixed nn.AvgPool2d window", id="fixed_window"),
+        # the same resized back to f's size: a context branch looks like one adaptive pool, but 8
+        # bins of 8 is no pyramid bin count (a resize alone needs windows >= twice the bins)
+        pytest.param(lambda: MS.fixed_window_pool(8, resize="sizes"), "taken as a fixed nn.AvgPool2d window",
+                     id="fixed_window_resized_to_size"),
         # a 4x4 window leaves 16x16 bins: ordinary downsampling even when resized back to a size
         pytest.param(lambda: MS.fixed_window_pool(4, resize="sizes"), "ordinary windowed pooling", id="many_bins"),
         pytest.param(M.ordinary_pooling, "ordinary windowed pooling", id="ordinary"),
@@ -292,6 +304,30 @@ def test_pools_that_are_not_frozen_bins(build, reason: str | None) -> None:  # t
 
 requires_torch = [pytest.mark.torch,
                   pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs PyTorch")]
+
+
+@pytest.mark.parametrize("_", [pytest.param(0, marks=requires_torch)], ids=["torch"])
+def test_torch_spp_classifier_dynamo(_: int) -> None:
+    # adaptive_avg_pool2d(f, 4) -> flatten -> Linear: the dynamo exporter bakes a 16x16 window
+    # and computes the flatten size as 4 * (H // 16) * (W // 16)
+    import torch
+
+    from dynashape.export import export_module
+    from dynashape.fix import fix_model
+
+    net = MS.torch_modules()["spp"]().eval()
+    exported = export_module(net, {"input": (1, 3, 64, 64)}, exporter="dynamo")
+    result = fix_model(exported.model)
+    (f,) = [g for g in result.report.findings if g.rule == "DS004"]
+    assert f.fixable and len(f.details["flattens"]) == 1
+    assert [g.rule for g in result.unfixed] == []
+    assert result.other_proofs and all(p.status == "ok" for p in result.other_proofs)
+    for shape in [(2, 3, 32, 48), (1, 3, 128, 64)]:
+        x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        got = next(iter(run_model(result.fixed, {"input": x}).values()))
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,11 @@
   with Python ints): ``kernel == stride`` and ``kernel * k == export size``. The grid is k x k
   only at the export size. Such a window is also what a fixed ``nn.AvgPool2d(kernel)`` looks
   like, so the rule fires only with a sign of adaptive pooling: sibling pools of the same tensor
-  with other bin counts (or a global pool: bin 1), the pooled map resized back to a size, or
-  flattened into a fixed-size ``Gemm``/``MatMul``. The rewrite ``Reshape[N, C, k, H/k, k, W/k]``
+  with other bin counts (or a global pool: bin 1), or the pooled map flattened into a fixed-size
+  ``Gemm``/``MatMul``; a resize of the pooled map back to a size counts alone only when the
+  windows are at least twice the bin count (a fixed context branch is resized back too). A
+  flatten whose size the dynamo exporter computed from the input (``C * (H // k) * (W // k)``)
+  is rewritten with the pool. The rewrite ``Reshape[N, C, k, H/k, k, W/k]``
   (from ``Shape``) + ``ReduceMean`` over the H/k and W/k axes keeps the k x k grid at every size
   divisible by k; PyTorch's adaptive pool uses uneven bins at other sizes, which this rewrite does
   not reproduce (the fixed model rejects those sizes, and the lattice says so). A node with a
@@ -25,9 +28,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import onnx_ir as ir
 
-from dynashape.analysis import Context, const_i64, fmt
+from dynashape.analysis import SAME_SIZE_UNARY, Context, const_i64, fmt
 from dynashape.findings import Finding, Refusal
 from dynashape.rules.base import Rule, input_names, new_name, replace_value
 from dynashape.rules.shape_arith import ShapeArith
@@ -159,6 +163,7 @@ class AdaptiveBins:
     modes: list[str]  # per spatial axis: "keep" | "whole" | "bins"
     bins: list[int]  # per spatial axis: output size at the export shape
     signs: list[str]
+    flattens: list[tuple[str, int]]  # (Reshape node, axis) flattening the grid with a size from the input
 
     @property
     def binned_axes(self) -> list[int]:
@@ -201,17 +206,24 @@ def adaptive_bins(ctx: Context, node: ir.Node) -> AdaptiveBins | str:
         return "auto_pad pooling"
     if any(_ints(node, "pads", [0] * 2 * spatial)) or any(d != 1 for d in _ints(node, "dilations", [1] * spatial)):
         return "padded or dilated pooling: not a bin pool"
-    signs = _adaptive_signs(ctx, node)
-    if not signs:
+    signs, strong = _adaptive_signs(ctx, node)
+    few_big_bins = all(kernel[i] >= 2 * bins[i] for i, m in enumerate(modes) if m == "bins")
+    if not strong and not (signs and few_big_bins):
         return (f"kernel {kernel} == stride cuts the input ({fmt(x0)}) into a {'x'.join(map(str, bins))} grid, "
-                "but nothing marks it as adaptive pooling (no sibling pool of other bins, no resize back to "
-                "a size, no fixed-size Gemm/MatMul after it): taken as a fixed nn.AvgPool2d window")
-    return AdaptiveBins(modes, bins, signs)
+                "but nothing marks it as adaptive pooling (no sibling pool of other bins, no fixed-size "
+                "Gemm/MatMul after it, and no resize back to a size with windows at least twice the bin count): "
+                "taken as a fixed nn.AvgPool2d window")
+    return AdaptiveBins(modes, bins, signs, _flattens(ctx, node))
 
 
-def _adaptive_signs(ctx: Context, node: ir.Node) -> list[str]:
-    """What marks a kernel == stride pool as an adaptive pool (empty: nothing)."""
+def _adaptive_signs(ctx: Context, node: ir.Node) -> tuple[list[str], bool]:
+    """What marks a kernel == stride pool as an adaptive pool, and whether that is enough alone.
+
+    Sibling pools of other bin counts (a pyramid) and a fixed-size Gemm/MatMul after it (the
+    model cannot run at another grid anyway) are; a resize back to a size is not: a fixed
+    ``nn.AvgPool2d(k)`` context branch is resized back just the same."""
     signs: list[str] = []
+    strong = False
     x = node.inputs[0]
     kernel = _ints(node, "kernel_shape", [])
     assert x is not None
@@ -232,6 +244,7 @@ def _adaptive_signs(ctx: Context, node: ir.Node) -> list[str]:
                 siblings.append(f"{other.op_type} {other.name!r} (kernel {k2})")
     if siblings:
         signs.append("the same tensor is pooled into other bin counts by " + ", ".join(siblings))
+        strong = True
     frontier = [(node.outputs[0], 0)]
     seen: set[int] = set()
     while frontier:
@@ -247,9 +260,37 @@ def _adaptive_signs(ctx: Context, node: ir.Node) -> list[str]:
                 i is not None and i.const_value is not None for i in nxt.inputs[1:]
             ):
                 signs.append(f"it is flattened into the fixed-size {nxt.op_type} {nxt.name!r}")
+                strong = True
             elif depth + 1 < _FORWARD_DEPTH and nxt.op_type not in ("Shape", "Size"):
                 frontier.extend((o, depth + 1) for o in nxt.outputs if o is not None)
-    return sorted(set(signs))
+    return sorted(set(signs)), strong
+
+
+def _flattens(ctx: Context, node: ir.Node) -> list[tuple[str, int]]:
+    """Reshapes that flatten the pooled map (from axis a) with a target computed from the input
+    size, as if the grid grew with it (the dynamo exporter writes ``torch.flatten(p, 1)`` as
+    ``C * (H // k) * (W // k)``): with the grid fixed, the target must be ``Shape(p)[:a] + [-1]``."""
+    out: list[tuple[str, int]] = []
+    frontier = [node.outputs[0]]
+    while frontier:
+        value = frontier.pop()
+        for use in value.uses():
+            nxt = use.node
+            if nxt.op_type in SAME_SIZE_UNARY:
+                frontier.extend(o for o in nxt.outputs[:1] if o is not None)
+            elif nxt.op_type == "Reshape" and use.idx == 0:
+                d0 = ctx.dims(value, ctx.p0)
+                t0, t1 = ctx.value(nxt.inputs[1], ctx.p0), ctx.value(nxt.inputs[1], ctx.p1)
+                if d0 is None or t0 is None or t1 is None or any(d is None for d in d0):
+                    continue
+                target0 = [int(v) for v in np.atleast_1d(t0)]
+                if target0 == [int(v) for v in np.atleast_1d(t1)]:
+                    continue  # a constant target: DS005's business
+                for a in range(1, len(d0)):
+                    if target0 == [*d0[:a], math.prod(d for d in d0[a:] if d is not None)]:
+                        out.append((nxt.name or "", a))
+                        break
+    return out
 
 
 class AdaptivePoolBins(Rule):
@@ -297,6 +338,8 @@ class AdaptivePoolBins(Rule):
                 f"only at the export size ({per_axis}): the output grid is {grid0} only there; when its input is "
                 f"{fmt(x1)} it gives {grid1} instead of {grid0} ({adaptive} with the window frozen from the "
                 f"export shape; {'; '.join(found.signs)})"
+                + "".join(f"; Reshape {name!r} flattens it with a size computed from the input as if the grid "
+                          "grew with it" for name, _ in found.flattens)
             ),
             fixable=not problems,
             baked_value={str(2 + i): kernel[i] for i, m in enumerate(found.modes) if m == "bins"},
@@ -309,11 +352,13 @@ class AdaptivePoolBins(Rule):
                 f"Reshape to [{', '.join(target)}] built from Shape, then {reduce_op} over the window axes: the "
                 f"grid stays {grid0} at every size where the pooled axes divide into their bins; not exact at "
                 f"other sizes (PyTorch's {adaptive} uses uneven bins there, the rewritten model rejects them)"
+                + "".join(f"; Reshape {name!r} flattens from Shape[:{a}] and -1" for name, a in found.flattens)
                 if not problems
                 else "not rewritten: " + "; ".join(problems)
                 + f"; in the source use a reduction over bins ({adaptive} at a size divisible by the bins)"
             ),
-            details={"modes": found.modes, "bins": found.bins, "signs": found.signs, "kernel": kernel},
+            details={"modes": found.modes, "bins": found.bins, "signs": found.signs, "kernel": kernel,
+                     "flattens": [list(f) for f in found.flattens]},
         )
 
     def rewrite(self, ctx: Context, node: ir.Node, finding: Finding) -> str:
@@ -349,8 +394,18 @@ class AdaptivePoolBins(Rule):
         replace_value(graph, node.outputs[0], reduce.outputs[0])
         graph.remove(node, safe=True)
         grid = "x".join(str(b) for b in bins)
-        return (f"{finding.node}: {node.op_type} kernel {finding.details['kernel']} -> Reshape into a {grid} grid "
-                f"of windows (from Shape) + {op}")
+        done = f"{finding.node}: {node.op_type} kernel {finding.details['kernel']} -> Reshape into a {grid} grid " \
+               f"of windows (from Shape) + {op}"
+        for name, axis in finding.details.get("flattens", []):
+            flat = next((n for n in graph if n.name == name), None)
+            src = flat.inputs[0] if flat is not None else None
+            if flat is None or src is None:
+                continue
+            fa = ShapeArith(graph, f"{name}_flat")
+            flat.replace_input_with(1, fa.concat([fa.dims(src, list(range(axis))), fa.const([-1], "rest")], "target"))
+            fa.insert_before(flat)
+            done += f"; {name}: flatten target -> Shape[:{axis}] + [-1]"
+        return done
 
 
 def _lcm(values: list[int]) -> int:
