@@ -331,6 +331,24 @@ def pad_crop(h0: int, w0: int, m: int = 8, *, reference: bool = False, opset: in
     return g.model([M.Y])
 
 
+def skip_crop(h0: int, w0: int, *, reference: bool = False, opset: int = 17) -> onnx.ModelProto:
+    """A UNet join: ``up = 2x(maxpool(conv(skip)))`` has 2 * floor(H / 2) rows; the skip is cropped
+    to it with Python ints (node ``crop``: ends = up's export size) and concatenated with it.
+    ``reference``: ends from ``Shape(up)``."""
+    g = M.GraphBuilder(opset)
+    skip = g.op("Relu", [g.conv(M.X, M.C, 4, "enc")], "skip")
+    down = g.op("MaxPool", [g.conv(skip, 4, 4, "mid")], "down", kernel_shape=[2, 2], strides=[2, 2])
+    up = g.resize(down, "up", scales=g.f32("up_scales", [1, 1, 2, 2]))
+    if reference:
+        shape = g.op("Shape", [up], "up_shape")
+        ends = g.op("Slice", [shape, g.i64("hw_s", [2]), g.i64("hw_e", [4])], "up_hw")
+    else:
+        ends = g.i64("crop_ends", [2 * (h0 // 2), 2 * (w0 // 2)])
+    crop = g.op("Slice", [skip, g.i64("crop_starts", [0, 0]), ends, g.i64("crop_axes", [2, 3])], "crop")
+    g.conv(g.op("Concat", [crop, up], "cat", axis=1), 8, 2, M.Y, k=1)
+    return g.model([M.Y])
+
+
 def slice_rows(h0: int, start: int = 1, end: int | None = None, *, axis: int = 2, reference: bool = False,
                opset: int = 17) -> onnx.ModelProto:
     """``2 * x[:, :, start:end]`` (node ``rows``); ``end`` defaults to h0 (``x[:, :, 1:h]`` with h a
@@ -496,5 +514,21 @@ def torch_modules() -> dict[str, type]:
             f = f + F.interpolate(F.avg_pool2d(f, 8), scale_factor=8.0)
             return f[:, :, : int(h), : int(w)]
 
-    return {"ppm": PPM, "spp": SPP, "same_pad_conv": SamePadConv, "patch_embed": PatchEmbed, "coord_att": CoordAtt,
+    class UNetSkipCrop(nn.Module):
+        """A UNet join where the skip is cropped to the upsampled map with Python ints."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.enc = nn.Conv2d(3, 4, 3, padding=1)
+            self.mid = nn.Conv2d(4, 4, 3, padding=1)
+            self.out = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            skip = torch.relu(self.enc(x))
+            up = F.interpolate(F.max_pool2d(self.mid(skip), 2), scale_factor=2.0)
+            h, w = int(up.shape[2]), int(up.shape[3])
+            return self.out(torch.cat([skip[:, :, :h, :w], up], 1))
+
+    return {"ppm": PPM, "spp": SPP, "unet_skip_crop": UNetSkipCrop, "same_pad_conv": SamePadConv, "patch_embed": PatchEmbed, "coord_att": CoordAtt,
             "half_split": HalfSplit, "pad_crop": PadCrop}

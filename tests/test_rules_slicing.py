@@ -203,6 +203,22 @@ def test_crop_exported_where_the_pad_was_zero() -> None:
         M.assert_same_outputs(report.fixed_model, reference, shape, expected_shape=(shape[0], 4, *shape[2:]))
 
 
+@pytest.mark.parametrize("hw", [(65, 63), (64, 64)], ids=["odd", "even"])
+def test_skip_cropped_to_the_upsampled_map_it_is_joined_with(hw: tuple[int, int]) -> None:
+    # at 65x63 the crop ends (64, 62) are the upsampled map's size; at 64x64 they are the skip's
+    # own size, but the upsampled map is smaller at odd sizes: either way the bound is Shape(up)
+    s0 = {"x": (1, 4, *hw)}
+    model = MS.skip_crop(*hw)
+    report = check_model(model, export_shape=s0)
+    (f,) = _by_rule(report, "DS014")
+    assert [(e["kind"], e["ref"]) for e in f.details["entries"]] == [("ref", "up"), ("ref", "up")]
+    assert_models_equivalent(model, report.fixed_model, s0)
+    reference = MS.skip_crop(*hw, reference=True)
+    for shape in CROP_SHAPES:
+        n, _, h, w = shape
+        M.assert_same_outputs(report.fixed_model, reference, shape, expected_shape=(n, 2, h // 2 * 2, w // 2 * 2))
+
+
 @pytest.mark.parametrize("opset", [9, 13, 18])
 def test_slice_to_the_export_size_means_to_the_end(opset: int) -> None:
     # x[:, :, 1:h] with h = int(x.shape[2]): end 64 is the sliced axis's own size
@@ -268,13 +284,17 @@ def test_slices_that_are_fine(build) -> None:  # type: ignore[no-untyped-def]
     assert any(r.rule == "DS014" for r in report.refusals)
 
 
-@pytest.mark.parametrize("export", [(1, 3, 61, 62), (1, 3, 64, 64)], ids=["padded", "pad_zero"])
-@pytest.mark.parametrize("_", [pytest.param(0, marks=requires_torch)], ids=["torch"])
-def test_torch_pad_crop_fix_is_proven_and_matches_eager(export: tuple[int, ...], _: int) -> None:
+@pytest.mark.parametrize(("name", "export"), [
+    pytest.param("pad_crop", (1, 3, 61, 62), id="pad_crop-padded", marks=requires_torch),
+    pytest.param("pad_crop", (1, 3, 64, 64), id="pad_crop-pad_zero", marks=requires_torch),
+    pytest.param("unet_skip_crop", (1, 3, 64, 64), id="unet_skip_crop-even", marks=requires_torch),
+    pytest.param("unet_skip_crop", (1, 3, 65, 63), id="unet_skip_crop-odd", marks=requires_torch),
+])
+def test_torch_crops_fix_is_proven_and_matches_eager(name: str, export: tuple[int, ...]) -> None:
     from dynashape.export import export_module
     from dynashape.fix import fix_model
 
-    net = MS.torch_modules()["pad_crop"]().eval()
+    net = MS.torch_modules()[name]().eval()
     exported = export_module(net, {"input": export}, exporter="legacy")
     result = fix_model(exported.model)
     found = _by_rule(result.report, "DS014")

@@ -251,7 +251,7 @@ class FrozenSliceBounds(Rule):
             for which, v in (("start", starts[j]), ("end", ends[j])):
                 if v < 2 or v > d0 or (which == "start" and v == d0):
                     continue  # negative (from the end), 0/1, past the end, or an empty slice
-                plan = self._bound_plan(ctx, x, axis, v, which, extra)
+                plan = self._bound_plan(ctx, node, x, axis, v, which, extra)
                 if plan:
                     entries.append({"index": j, "which": which, "axis": axis, "value": v, **plan})
         if not entries:
@@ -316,7 +316,7 @@ class FrozenSliceBounds(Rule):
         axes = list(a_attr.as_ints()) if a_attr is not None else list(range(len(starts)))
         return starts, ends, [trace.norm_axis(a, rank) for a in axes], [1] * len(starts), True
 
-    def _bound_plan(self, ctx: Context, x: ir.Value, axis: int, value: int, which: str,
+    def _bound_plan(self, ctx: Context, node: ir.Node, x: ir.Value, axis: int, value: int, which: str,
                     extra: list[Probe]) -> dict:
         d0 = trace.dim(ctx, x, axis, ctx.p0)
         found = trace.trace_concat(ctx, x, axis, extra)
@@ -330,7 +330,7 @@ class FrozenSliceBounds(Rule):
                     if acc == value:
                         return {"kind": "concat", "concat": cat.name, "concat_axis": cat_axis, "upto": q + 1,
                                 "refs": [i.name for i in cat.inputs[: q + 1] if i is not None]}
-        refs = self._refs(ctx, x, axis, value)
+        refs = self._refs(ctx, node, x, axis, value)
         if value == d0:
             for ref in refs:  # own size at export, but smaller than the sliced axis elsewhere: a crop
                 if any(self._smaller(ctx, ref, x, axis, p) for p in extra):
@@ -347,14 +347,15 @@ class FrozenSliceBounds(Rule):
         return da is not None and db is not None and da < db
 
     @staticmethod
-    def _refs(ctx: Context, x: ir.Value, axis: int, value: int) -> list[ir.Value]:
-        """Tensors ``x`` is computed from (nearest first, then the graph inputs) whose size on
-        ``axis`` is ``value`` at the export shape and changes with the input."""
+    def _refs(ctx: Context, node: ir.Node, x: ir.Value, axis: int, value: int) -> list[ir.Value]:
+        """Tensors whose size on ``axis`` is ``value`` at the export shape and changes with the
+        input: those the slice is joined with (cropping a skip to the upsampled map), then those
+        ``x`` is computed from (nearest first), then the graph inputs."""
         r = trace.rank(ctx, x)
         out: list[ir.Value] = []
         seen: set[int] = set()
         graph_inputs = [v for v in ctx.model.graph.inputs if v.const_value is None]
-        for v in [*trace.ancestors(x), *graph_inputs]:
+        for v in [*trace.slice_partners(node), *trace.ancestors(x), *graph_inputs]:
             if id(v) in seen or v is x:
                 continue
             seen.add(id(v))
