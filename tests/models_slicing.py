@@ -530,5 +530,6 @@ def torch_modules() -> dict[str, type]:
             h, w = int(up.shape[2]), int(up.shape[3])
             return self.out(torch.cat([skip[:, :, :h, :w], up], 1))
 
-    return {"ppm": PPM, "spp": SPP, "unet_skip_crop": UNetSkipCrop, "same_pad_conv": SamePadConv, "patch_embed": PatchEmbed, "coord_att": CoordAtt,
+    return {"ppm": PPM, "spp": SPP, "unet_skip_crop": UNetSkipCrop, "same_pad_conv": SamePadConv,
+            "patch_embed": PatchEmbed, "coord_att": CoordAtt,
             "half_split": HalfSplit, "pad_crop": PadCrop}
