@@ -22,6 +22,8 @@
 
 from __future__ import annotations
 
+from itertools import islice
+
 import numpy as np
 import onnx_ir as ir
 
@@ -103,8 +105,7 @@ class FrozenSplitSizes(Rule):
         if sum(s0) != d0:
             return self.refuse(
                 node, f"sizes {s0} do not add up to axis {axis} of its input ({fmt(x0)}) at the export shape")
-        extra = trace.probes(ctx)
-        plan = self._concat_plan(ctx, x, axis, s0, extra) or self._equal_plan(ctx, x, axis, s0, extra)
+        plan = self._concat_plan(ctx, x, axis, s0) or self._equal_plan(ctx, x, axis, s0)
         if plan and ctx.opset < 10:
             plan = {}
         return Finding(
@@ -133,8 +134,8 @@ class FrozenSplitSizes(Rule):
         )
 
     @staticmethod
-    def _concat_plan(ctx: Context, x: ir.Value, axis: int, sizes: list[int], extra: list[Probe]) -> dict:
-        found = trace.trace_concat(ctx, x, axis, extra)
+    def _concat_plan(ctx: Context, x: ir.Value, axis: int, sizes: list[int]) -> dict:
+        found = trace.trace_concat(ctx, x, axis)
         if found is None:
             return {}
         cat, cat_axis = found
@@ -159,12 +160,12 @@ class FrozenSplitSizes(Rule):
                 "refs": [[cat.inputs[i].name for i in g] for g in groups]}  # type: ignore[union-attr]
 
     @staticmethod
-    def _equal_plan(ctx: Context, x: ir.Value, axis: int, sizes: list[int], extra: list[Probe]) -> dict:
+    def _equal_plan(ctx: Context, x: ir.Value, axis: int, sizes: list[int]) -> dict:
         if len(set(sizes)) != 1 or len(sizes) < 2:
             return {}
         d0 = trace.dim(ctx, x, axis, ctx.p0)
         assert d0 is not None
-        for probe in extra[:2]:  # S1 and the probe that scales the axes apart
+        for probe in islice(trace.probes(ctx), 2):  # S1 and the probe that scales the axes apart
             dp = trace.dim(ctx, x, axis, probe)
             if dp is None or dp / d0 not in _input_factors(ctx, probe):
                 return {}  # the axis is a sum of sizes (H + W): equal parts would be a guess
@@ -242,7 +243,6 @@ class FrozenSliceBounds(Rule):
         if isinstance(bounds, str):
             return self.refuse(node, bounds)
         starts, ends, axes, steps, attr_form = bounds
-        extra = trace.probes(ctx)
         entries: list[dict] = []
         for j, axis in enumerate(axes):
             d0, d1 = x0[axis], x1[axis]
@@ -251,7 +251,7 @@ class FrozenSliceBounds(Rule):
             for which, v in (("start", starts[j]), ("end", ends[j])):
                 if v < 2 or v > d0 or (which == "start" and v == d0):
                     continue  # negative (from the end), 0/1, past the end, or an empty slice
-                plan = self._bound_plan(ctx, node, x, axis, v, which, extra)
+                plan = self._bound_plan(ctx, node, x, axis, v, which)
                 if plan:
                     entries.append({"index": j, "which": which, "axis": axis, "value": v, **plan})
         if not entries:
@@ -316,10 +316,9 @@ class FrozenSliceBounds(Rule):
         axes = list(a_attr.as_ints()) if a_attr is not None else list(range(len(starts)))
         return starts, ends, [trace.norm_axis(a, rank) for a in axes], [1] * len(starts), True
 
-    def _bound_plan(self, ctx: Context, node: ir.Node, x: ir.Value, axis: int, value: int, which: str,
-                    extra: list[Probe]) -> dict:
+    def _bound_plan(self, ctx: Context, node: ir.Node, x: ir.Value, axis: int, value: int, which: str) -> dict:
         d0 = trace.dim(ctx, x, axis, ctx.p0)
-        found = trace.trace_concat(ctx, x, axis, extra)
+        found = trace.trace_concat(ctx, x, axis)
         if found is not None:
             cat, cat_axis = found
             parts = _concat_boundaries(ctx, cat, cat_axis)
@@ -333,11 +332,11 @@ class FrozenSliceBounds(Rule):
         refs = self._refs(ctx, node, x, axis, value)
         if value == d0:
             for ref in refs:  # own size at export, but smaller than the sliced axis elsewhere: a crop
-                if any(self._smaller(ctx, ref, x, axis, p) for p in extra):
+                if any(self._smaller(ctx, ref, x, axis, p) for p in trace.probes(ctx)):
                     return {"kind": "ref", "ref": ref.name, "ref_axis": axis}
             return {"kind": "to_end"} if which == "end" else {}
         for ref in refs:
-            if all(not self._smaller(ctx, x, ref, axis, p) for p in extra):
+            if all(not self._smaller(ctx, x, ref, axis, p) for p in trace.probes(ctx)):
                 return {"kind": "ref", "ref": ref.name, "ref_axis": axis}
         return {}
 

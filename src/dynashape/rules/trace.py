@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
+from itertools import chain
 
 import onnx_ir as ir
 
@@ -37,9 +38,12 @@ def _scaled(ctx: Context, how: str) -> ShapeMap:
     return shapes
 
 
-def probes(ctx: Context) -> list[Probe]:
-    """S1 and two more: axes scaled by different factors, and odd sizes."""
-    return [ctx.p1, ctx.prober.at(_scaled(ctx, "asym")), ctx.prober.at(_scaled(ctx, "odd"))]
+def probes(ctx: Context) -> Iterator[Probe]:
+    """S1, then axes scaled by different factors, then odd sizes. Lazy: a probe is inferred only
+    when a caller gets that far (the prober caches it after that)."""
+    yield ctx.p1
+    yield ctx.prober.at(_scaled(ctx, "asym"))
+    yield ctx.prober.at(_scaled(ctx, "odd"))
 
 
 def dim(ctx: Context, value: ir.Value | None, axis: int, probe: Probe) -> int | None:
@@ -58,9 +62,9 @@ def norm_axis(axis: int, rank_: int) -> int:
     return axis + rank_ if axis < 0 else axis
 
 
-def same_axis(ctx: Context, a: ir.Value, a_axis: int, b: ir.Value, b_axis: int, extra: list[Probe]) -> bool:
-    """Equal sizes at S0 and S1 (both must be known), and wherever else both are known."""
-    for i, probe in enumerate([ctx.p0, *extra]):
+def same_axis(ctx: Context, a: ir.Value, a_axis: int, b: ir.Value, b_axis: int, thorough: bool = True) -> bool:
+    """Equal sizes at S0 and S1 (both must be known), and (``thorough``) wherever else both are known."""
+    for i, probe in enumerate(chain([ctx.p0], probes(ctx) if thorough else [ctx.p1])):
         da, db = dim(ctx, a, a_axis, probe), dim(ctx, b, b_axis, probe)
         if da is None or db is None:
             if i <= 1:
@@ -71,8 +75,7 @@ def same_axis(ctx: Context, a: ir.Value, a_axis: int, b: ir.Value, b_axis: int, 
     return True
 
 
-def trace_concat(ctx: Context, value: ir.Value, axis: int, extra: list[Probe],
-                 limit: int = 16) -> tuple[ir.Node, int] | None:
+def trace_concat(ctx: Context, value: ir.Value, axis: int, limit: int = 16) -> tuple[ir.Node, int] | None:
     """The ``Concat`` along ``axis`` that ``value`` is computed from through ops that keep that
     axis's size (1x1 convs, normalisation, activations, transposes that move the axis), with the
     concat's own axis index; None when there is none."""
@@ -99,7 +102,7 @@ def trace_concat(ctx: Context, value: ir.Value, axis: int, extra: list[Probe],
         for inp in node.inputs:
             if inp is None or inp.const_value is not None or rank(ctx, inp) != r:
                 continue
-            if same_axis(ctx, inp, cur_axis, current, cur_axis, extra):
+            if same_axis(ctx, inp, cur_axis, current, cur_axis):
                 nxt = inp
                 break
         if nxt is None:
