@@ -200,7 +200,6 @@ class Prober:
         patched.graph.initializer.extend(inits)
         return patched
 
-
     def _evaluate_shape_values(self, probe: Probe) -> None:
         values = dict(self.constants)
         for node in self.shape_nodes:
