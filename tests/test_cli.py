@@ -45,7 +45,7 @@ def test_check_list_rules() -> None:
     assert proc.returncode == 0
     for rule in ("DS001", "DS002", "DS003", "DS005"):
         assert rule in proc.stdout
-    assert "[h, 1]" in proc.stdout  # square brackets in text are shown, not taken for rich markup
+    assert "[1, L0, C]" in proc.stdout  # square brackets in text are shown, not taken for rich markup
 
 
 def test_brackets_in_messages_survive_the_terminal_output(tmp_path: Path) -> None:

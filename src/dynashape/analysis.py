@@ -119,17 +119,22 @@ def traced_dims(value: ir.Value, probe: Probe) -> Dims | None:
             return dims
         if producer.op_type in SAME_SIZE_UNARY or producer.op_type in JOINS - {"Concat"}:
             rank = len(dims) if dims else None
-            nxt = None
-            for inp in producer.inputs:
-                if inp is None or inp.const_value is not None:
-                    continue
-                cand = probe.shape(inp.name or "")
-                if cand is not None and (rank is None or len(cand) == rank):
-                    nxt = inp
-                    break
-                if nxt is None:
-                    nxt = inp
-            current = nxt
+            # constants (initializers or Constant nodes) broadcast: only a tensor input has the
+            # output's size; among those, the one of the output's rank, else the highest rank
+            tensors = [
+                inp for inp in producer.inputs
+                if inp is not None and inp.const_value is None
+                and not (inp.producer() is not None and inp.producer().op_type == "Constant")  # type: ignore[union-attr]
+            ]
+            ranked = [(inp, probe.shape(inp.name or "")) for inp in tensors]
+            same = [inp for inp, cand in ranked if cand is not None and rank is not None and len(cand) == rank]
+            known = sorted((c for c in ranked if c[1] is not None), key=lambda c: -len(c[1] or ()))
+            if same:
+                current = same[0]
+            elif known:
+                current = known[0][0]
+            else:
+                current = tensors[0] if tensors else None
         else:
             return dims
         seen += 1

@@ -105,6 +105,8 @@ def _anchors(model: ir.Model) -> list[tuple[ir.Value, int, int]]:
             pads = node.attributes.get("pads")
             if kernel is None or (pads is not None and any(pads.as_ints())) or node.inputs[0] is None:
                 continue
+            if _pyramid_bins(node, node.inputs[0]):
+                continue  # one of several bin counts of a pyramid (DS004): no kernel is the whole axis
             strides_attr = node.attributes.get("strides")
             ks = list(kernel.as_ints())
             strides = list(strides_attr.as_ints()) if strides_attr is not None else [1] * len(ks)
@@ -113,6 +115,23 @@ def _anchors(model: ir.Model) -> list[tuple[ir.Value, int, int]]:
                 if k > 3 and strides[i] in (1, k):
                     anchors.append((node.inputs[0], 2 + i, k))
     return anchors
+
+
+def _pyramid_bins(node: ir.Node, x: ir.Value) -> bool:
+    """Is ``x`` pooled by another kernel == stride pool with another window > 1 on the same axis
+    (a pyramid's bins; strip pools [h, 1] and [1, w] are not)?"""
+    kernel = node.attributes.get("kernel_shape")
+    mine = list(kernel.as_ints()) if kernel is not None else []
+    for use in x.uses():
+        other = use.node
+        if other is node or other.op_type not in ("AveragePool", "MaxPool"):
+            continue
+        k_attr, s_attr = other.attributes.get("kernel_shape"), other.attributes.get("strides")
+        k = list(k_attr.as_ints()) if k_attr is not None else []
+        if (k and s_attr is not None and list(s_attr.as_ints()) == k and len(k) == len(mine)
+                and any(a > 1 and b > 1 and a != b for a, b in zip(k, mine))):
+            return True  # one axis pooled with two different windows: bins, not the whole axis
+    return False
 
 
 def _resize_anchors(model: ir.Model, probes: list[Probe]) -> list[tuple[ir.Value, int, int]]:

@@ -30,6 +30,7 @@ Dims = tuple[int | None, ...]
 
 _NODE_NAME = re.compile(r"\(op_type:(\w+), node name: ([^)]*)\): (.*)")
 _SMALL = 64  # initializers up to this many elements may be shape constants; keep their values
+_MAX_PATCH_PASSES = 2
 
 
 @dataclass
@@ -106,6 +107,8 @@ class Prober:
         ]
         self.constants = _constant_values(model)
         self.shape_nodes = _shape_subgraph(model, set(self.constants))
+        # outputs of the shape subgraph (not of Constant nodes: ONNX inference reads those itself)
+        self._computed = {o for n in self.shape_nodes if n.op_type != "Constant" for o in n.output}
         self.checked_nodes = [n for n in model.graph.node if n.op_type in _SIZE_CHANGING]
         self._inputs = {vi.name: vi for vi in self.skeleton.graph.input}
         self._initializer_dims: dict[str, Dims] = {
@@ -139,18 +142,63 @@ class Prober:
                 d.Clear()
                 d.dim_value = int(v)
         probe = Probe(dict(shapes))
+        self._infer(self.skeleton, probe)
+        done: set[tuple[int, int]] = set()
+        for _ in range(_MAX_PATCH_PASSES):
+            # ONNX data propagation stops at ops it does not evaluate (the legacy exporter's F.pad
+            # turns its pads around with Reshape/Transpose): feed it the values computed here
+            patched = self._patched(probe, done)
+            if patched is None:
+                break
+            probe.failure = None
+            self._infer(patched, probe)
+        if probe.failure is None:
+            probe.failure = self._extra_checks(probe)
+        return probe
+
+    def _infer(self, skeleton: onnx.ModelProto, probe: Probe) -> None:
         try:
-            inferred = onnx.shape_inference.infer_shapes(self.skeleton, strict_mode=True, data_prop=True)
+            inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=True, data_prop=True)
         except Exception as exc:  # onnx raises InferenceError (and others) for inconsistent graphs
             probe.failure = _parse_failure(str(exc))
-            inferred = onnx.shape_inference.infer_shapes(self.skeleton, strict_mode=False, data_prop=True)
+            inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
         g = inferred.graph
         infos = {vi.name: vi for part in (g.input, g.value_info, g.output) for vi in part}
         probe.dims = LazyDims(infos, self._initializer_dims)
         self._evaluate_shape_values(probe)
-        if probe.failure is None:
-            probe.failure = self._extra_checks(probe)
-        return probe
+
+    def _patched(self, probe: Probe, done: set[tuple[int, int]]) -> onnx.ModelProto | None:
+        """A copy of the skeleton where shape inputs known here but not to ONNX inference are
+        initializers, or None when no node with unknown output dims has a new such input."""
+        produced = self._computed
+        swaps: dict[tuple[int, int], str] = {}
+        inits: list[onnx.TensorProto] = []
+        for n_idx, node in enumerate(self.skeleton.graph.node):
+            if node.op_type in ("Shape", "Size", "Constant") or not node.output:
+                continue
+            dims = probe.dims.get(node.output[0])
+            if dims is not None and all(d is not None for d in dims):
+                continue
+            for i_idx, name in enumerate(node.input):
+                value = probe.values.get(name) if name in produced else None
+                if value is None or np.size(value) > _SMALL:
+                    continue
+                arr = np.asarray(value)
+                if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+                    continue
+                new = f"{name}__probe_value"
+                swaps[(n_idx, i_idx)] = new
+                if all(t.name != new for t in inits):
+                    inits.append(numpy_helper.from_array(arr, new))
+        if not swaps or set(swaps) <= done:
+            return None
+        done.update(swaps)
+        patched = onnx.ModelProto()
+        patched.CopyFrom(self.skeleton)
+        for (n_idx, i_idx), new in swaps.items():
+            patched.graph.node[n_idx].input[i_idx] = new
+        patched.graph.initializer.extend(inits)
+        return patched
 
     def _evaluate_shape_values(self, probe: Probe) -> None:
         values = dict(self.constants)
@@ -401,6 +449,9 @@ def _eval_small(node: onnx.NodeProto, ins: list[Any]) -> list[Any] | None:
         return [np.full(shape, fill.reshape(-1)[0], dtype=fill.dtype)]
     if op == "Reshape":
         return [np.reshape(a, [int(v) for v in np.atleast_1d(ins[1])])]
+    if op == "Transpose":  # the legacy exporter's F.pad turns its pads list around with one
+        perm = _attr(node, "perm", None)
+        return [np.transpose(a, perm)]
     if op == "Expand":
         return [np.asarray(a) * np.ones([int(v) for v in np.atleast_1d(ins[1])], dtype=np.asarray(a).dtype)]
     return None

@@ -83,13 +83,15 @@ def _derived_dims(ctx: Context, node: ir.Node, probe: Probe, depth: int) -> Dims
         if len(node.inputs) > 3 and node.inputs[3] is not None and len(vals) > 2 and vals[2] is None:
             return None
         out = list(x)
+        if not out:  # a scalar cannot be sliced: the graph is not what this reads it as
+            return None
         for st, en, ax, step in zip(starts, ends, axes, steps):
             a = int(ax) % len(out)
             out[a] = len(range(*slice(int(st), int(en), int(step)).indices(out[a])))
         return tuple(out)
     if op == "Concat":
         shapes = [d for d in (complete(v) for v in node.inputs) if d is not None]
-        if not shapes or len(shapes) != len(node.inputs):
+        if not shapes or len(shapes) != len(node.inputs) or not shapes[0]:
             return None
         axis = node.attributes.get_int("axis", 0) % len(shapes[0])
         out = list(shapes[0])

@@ -5,6 +5,11 @@
   constant pads that rounds a dynamic axis up to a multiple at the export size only (``if h % 2:
   x = F.pad(x, (0, 0, 0, 1))`` exported at an odd size). Differential export
   (``dynashape.differential``) sees the rest: the node count differs between two exports.
+  Split with DS013 (``rules/padding.py``): when a strided conv/pool after the pad says which
+  multiple it rounds up to, the pad is "same" padding that DS013 rebuilds exactly from ``Shape``
+  (padding when odd is ``(2 - H mod 2) mod 2``), so DS009 leaves it to DS013
+  (:func:`~dynashape.rules.padding.owns_pad`); DS009 keeps the ``If`` nodes and the pads with no
+  stride after them to tell the multiple (window partitioning, reshapes), which it only reports.
 * DS010: ``int(x.shape[i])`` / ``.item()`` on a size feeding a shape input no DS001–DS008 rule
   owns (``TopK`` k, ``OneHot`` depth, ``Trilu`` k, ``CenterCropPad`` shape): the value is an
   export-time size and stays put when the input changes.
@@ -23,6 +28,7 @@ import onnx_ir as ir
 from dynashape.analysis import Context, fmt
 from dynashape.findings import Finding, Refusal, Severity
 from dynashape.rules.base import Rule, input_names
+from dynashape.rules.padding import owns_pad
 
 _MAX_PLUMBING = 64
 
@@ -112,6 +118,8 @@ class SizeControlFlow(Rule):
         )
 
     def _check_pad(self, ctx: Context, node: ir.Node) -> Finding | Refusal:
+        if owns_pad(ctx, node):
+            return self.refuse(node, "a stride after it says which multiple it pads to: DS013 rebuilds it")
         x = node.inputs[0]
         pads_v = node.inputs[1] if len(node.inputs) > 1 else None
         if pads_v is None:
@@ -182,7 +190,7 @@ _SIZE_SLOTS: dict[str, tuple[int, str]] = {
 
 class ShapeConstantElsewhere(Rule):
     id = "DS010"
-    title = "Export-time size (int(x.shape[i]) / .item()) as a constant in TopK k, OneHot depth, Trilu k, CenterCropPad"
+    title = "Export-time size (int(x.size(i)) / .item()) as a constant in TopK k, OneHot depth, Trilu k, CenterCropPad"
     ops = tuple(_SIZE_SLOTS)
 
     def check(self, ctx: Context, node: ir.Node) -> Finding | Refusal:
