@@ -52,5 +52,9 @@ def test_fixed_model_builds_and_matches_onnx_runtime(rule: str, build: Callable[
     with build_engine(fixed, [profile_from_shapes(proven)]).load() as eng:
         for shapes in proven:
             feeds = random_feeds(fixed, shapes)
-            err = max_abs_error(eng.infer(feeds), run_model(fixed, feeds))
-            assert err < 1e-3, f"{rule} at {shapes}: TensorRT differs from ONNX Runtime by {err}"
+            want = run_model(fixed, feeds)
+            # relative to the output's scale: a YOLO grid decodes to pixel coordinates in the
+            # hundreds, where fp32 kernels that sum in another order differ in the 5th digit
+            scale = max(1.0, *(float(abs(v).max()) for v in want.values()))
+            err = max_abs_error(eng.infer(feeds), want)
+            assert err < 1e-4 * scale, f"{rule} at {shapes}: TensorRT differs from ONNX Runtime by {err}"
