@@ -52,8 +52,9 @@ def register(subparsers: Any) -> None:
             "model's export shape and its valid-size lattice (batch 1..export, other axes "
             "export/4..export*2). `check` runs first: hazards of severity error stop the build "
             "unless --force. --profiles auto[:N] plans up to N profiles over the range by measurement: "
-            "static engines at probe shapes set the speed to meet, and the profile holding the "
-            "slowest probe is split until every probe is within --target of static."
+            "static engines at probe shapes set the speed to meet; starting from one profile over "
+            "the range, a profile is added around the slowest probe until every probe is within "
+            "--target of static. Where profiles overlap, each shape runs in the one measured fastest."
         ),
     )
     b.add_argument("model", help="the ONNX model")

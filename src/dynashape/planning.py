@@ -1,16 +1,17 @@
-"""Optimization-profile planning: split the user's range where measurement says one profile is slow.
+"""Optimization-profile planning: profiles added where measurement says one wide profile is slow.
 
 A profile that spans a wide range makes TensorRT pick kernels that work for every shape in it,
-and those can be slower than a static engine's even at the profile's own opt shape. How much
-depends on the model and the GPU, so the split is measured, not guessed:
+and those can be slower than a static engine's, even at the profile's own opt shape. How much,
+and whether a narrower profile helps, depends on the model and the GPU (on the H200, cutting
+lraspp's range at width 1625 made the narrower profile slower at 1024x1024 than the full range),
+so the plan is measured, never guessed:
 
 1. every probe shape gets a static engine (min = opt = max); its latency is the target to meet;
 2. the plan starts as one profile over the whole range and times each probe in it;
 3. while some probe is slower than ``target`` x static and fewer than ``max_profiles`` profiles
-   exist, the profile holding the worst probe is split in two along the axis and between the
-   probe sizes that make the worst probe's side tightest; the worst probe becomes that side's
-   opt. The halves overlap by the middle third (in log scale) of the gap between the probe sizes
-   they separate, so shapes there can run on either;
+   exist, a profile is added around the slowest probe that has none of its own (``probe_cell``:
+   opt at the probe, reaching halfway to the neighbouring probe sizes). Profiles are only ever
+   added, so the range stays covered by the first one and no probe gets slower than before;
 4. the final engine holds every profile; each probe, and the centre of every overlap, is timed
    in every profile that contains it. That table goes into the sidecar, and at run time a shape
    that fits several profiles runs in the one measured fastest at the nearest measured point.
@@ -22,7 +23,6 @@ so no engine is built twice, within a run or across runs.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dynashape.errors import DynashapeError
-from dynashape.shapes import Profile, Shape, ShapeMap, format_shapes
+from dynashape.shapes import Profile, ShapeMap, format_shapes
 
 log = logging.getLogger(__name__)
 
@@ -258,127 +258,26 @@ def _snap(value: float, multiple: int, lo: int, hi: int) -> int:
     return min(max(round(value), lo), hi)
 
 
-@dataclass
-class _Split:
-    axis: Axis
-    left_max: int
-    right_min: int
-    worst_side: int  # 0 left, 1 right
-    score: tuple[float, float, int]
-
-
-def split_profile(
-    box: Profile,
-    inside: Sequence[ShapeMap],
-    worst: ShapeMap,
-    multiples: Mapping[Axis, int] | None = None,
-) -> tuple[Profile, Profile, str] | None:
-    """Split ``box`` in two around ``worst``; None when the box is the worst probe's shape alone.
-
-    Candidate cuts lie between consecutive distinct probe sizes on one axis. The chosen cut makes
-    the worst probe's side tightest (smallest log span of its probes); ties go to the wider gap,
-    then to the more even split. The halves overlap by the middle third of the gap (log scale).
-    When the worst probe is the box's only probe shape, the box's widest reach away from it is
-    cut off instead.
-    """
-    best: _Split | None = None
-    for name, p in box:
-        for axis in range(len(p.min)):
-            if p.min[axis] == p.max[axis]:
-                continue
-            values = sorted({s[name][axis] for s in inside})
-            for lo, hi in itertools.pairwise(values):
-                left = [s for s in inside if s[name][axis] <= lo]
-                right = [s for s in inside if s[name][axis] >= hi]
-                side = 0 if worst[name][axis] <= lo else 1
-                span = _log_span(left if side == 0 else right)
-                score = (span, -math.log(hi / lo), abs(len(left) - len(right)))
-                if best is None or score < best.score:
-                    m = (multiples or {}).get((name, axis), 1)
-                    right_min = _snap(lo ** (2 / 3) * hi ** (1 / 3), m, lo + 1, hi)
-                    left_max = max(right_min, _snap(lo ** (1 / 3) * hi ** (2 / 3), m, lo, hi - 1))
-                    best = _Split((name, axis), left_max, right_min, side, score)
-    if best is None:
-        best = _tighten(box, worst, multiples)
-    if best is None:
-        return None
-    name, axis = best.axis
-    halves = []
-    for side in (0, 1):
-        prof = Profile()
-        for n, p in box:
-            lo_s, hi_s = list(p.min), list(p.max)
-            if n == name:
-                if side == 0:
-                    hi_s[axis] = best.left_max
-                else:
-                    lo_s[axis] = best.right_min
-            prof.add(n, lo_s, _clamp(p.opt, lo_s, hi_s), hi_s)
-        halves.append(prof)
-    members = [[s for s in inside if halves[k].contains(s)] for k in (0, 1)]
-    for k in (0, 1):
-        opt = worst if k == best.worst_side else _opt_for(halves[k], box, members[k])
-        halves[k] = _with_opt(halves[k], opt)
-    what = (f"split on {name} axis {axis}: up to {best.left_max} / from {best.right_min}; "
-            f"opt {shape_key(worst)} for the worst probe's side")
-    return halves[0], halves[1], what
-
-
-def _tighten(box: Profile, worst: ShapeMap, multiples: Mapping[Axis, int] | None) -> _Split | None:
-    """No two probes to cut between: cut the box's widest reach away from the worst probe, at the
-    geometric midpoint between the probe and that edge (a lone probe in a wide profile is slow)."""
-    best: tuple[float, Axis, int, int] | None = None
-    for name, p in box:
+def probe_cell(
+    rng: Profile, probes: Sequence[ShapeMap], worst: ShapeMap, multiples: Mapping[Axis, int] | None = None
+) -> Profile:
+    """The profile added for a slow probe: opt at the probe; on each axis it reaches halfway (in
+    log scale, on the lattice) to the nearest other probe size below and above, or to the
+    range's end where no probe lies beyond it. Shapes between two probes are shared by their
+    cells and by the range's profile, and run in whichever was measured faster near them."""
+    prof = Profile()
+    for name, p in rng:
         at = worst[name]
-        for axis in range(len(p.min)):
+        lo, hi = [], []
+        for axis, size in enumerate(at):
             m = (multiples or {}).get((name, axis), 1)
-            if p.max[axis] > at[axis]:
-                reach = math.log(p.max[axis] / at[axis])
-                cut = _snap(math.sqrt(at[axis] * p.max[axis]), m, at[axis], p.max[axis] - 1)
-                if cut >= at[axis] and (best is None or reach > best[0]):
-                    best = (reach, (name, axis), cut, 0)
-            if p.min[axis] < at[axis]:
-                reach = math.log(at[axis] / p.min[axis])
-                cut = _snap(math.sqrt(at[axis] * p.min[axis]), m, p.min[axis] + 1, at[axis])
-                if cut <= at[axis] and (best is None or reach > best[0]):
-                    best = (reach, (name, axis), cut, 1)
-    if best is None:
-        return None
-    _, where, cut, side = best
-    # the probe keeps [.., cut] (side 0) or [cut, ..] (side 1); the halves share the cut size
-    return _Split(where, cut, cut, side, (0.0, 0.0, 0))
-
-
-def _log_span(shapes: Sequence[ShapeMap]) -> float:
-    if len(shapes) < 2:
-        return 0.0
-    total = 0.0
-    for name in shapes[0]:
-        for axis in range(len(shapes[0][name])):
-            vals = [s[name][axis] for s in shapes]
-            if min(vals) > 0:
-                total += math.log(max(vals) / min(vals))
-    return total
-
-
-def _clamp(shape: Shape, lo: Sequence[int], hi: Sequence[int]) -> Shape:
-    return tuple(min(max(d, a), b) for d, a, b in zip(shape, lo, hi, strict=True))
-
-
-def _with_opt(box: Profile, opt: ShapeMap) -> Profile:
-    out = Profile()
-    for name, p in box:
-        out.add(name, p.min, _clamp(opt[name], p.min, p.max), p.max)
-    return out
-
-
-def _opt_for(half: Profile, parent: Profile, members: Sequence[ShapeMap]) -> ShapeMap:
-    """The parent's opt when this half holds it, else the member probe nearest the half's centre."""
-    parent_opt = {n: p.opt for n, p in parent}
-    if half.contains(parent_opt) or not members:
-        return parent_opt
-    centre = {n: tuple(math.sqrt(a * b) for a, b in zip(p.min, p.max, strict=True)) for n, p in half}
-    return min(members, key=lambda s: (log_distance(s, centre), shape_key(s)))  # type: ignore[arg-type]
+            sizes = {s[name][axis] for s in probes}
+            below = max((v for v in sizes if v < size), default=None)
+            above = min((v for v in sizes if v > size), default=None)
+            lo.append(p.min[axis] if below is None else _snap(math.sqrt(below * size), m, below + 1, size))
+            hi.append(p.max[axis] if above is None else _snap(math.sqrt(size * above), m, size, above - 1))
+        prof.add(name, lo, at, hi)
+    return prof
 
 
 def overlap_centres(profiles: Sequence[Profile], multiples: Mapping[Axis, int] | None = None) -> list[ShapeMap]:
@@ -443,39 +342,32 @@ def plan_profiles(
             if key not in measured:
                 report(f"candidate profile {box}")
                 measured[key] = measurer.profile_ms(box, [p for p in probe_list if box.contains(p)])
-        ratios, owner = _ratios(boxes, measured, timed, static)
-        worst_first = sorted(
-            (p for p in timed if ratios[shape_key(p)] is not None),
+        ratios, _owner = _ratios(boxes, measured, timed, static)
+        over = sorted(
+            (p for p in timed if (ratios[shape_key(p)] or 0.0) > target),
             key=lambda p: -(ratios[shape_key(p)] or 0.0),
         )
-        over = [p for p in worst_first if (ratios[shape_key(p)] or 0.0) > target]
         if not over:
             stopped = f"every probe within {target:.2f}x of static"
         elif len(boxes) >= max_profiles:
             stopped = f"reached {max_profiles} profile(s); {len(over)} probe(s) still above {target:.2f}x"
+        action = ""
+        if not stopped:
+            known = {profile_key(b) for b in boxes}
+            for w in over:
+                cell = probe_cell(rng, probe_list, w, multiples)
+                if profile_key(cell) not in known:
+                    boxes.append(cell)
+                    action = (f"add profile {len(boxes) - 1} around {shape_key(w)} "
+                              f"(the slowest probe without one, {ratios[shape_key(w)]:.2f}x): {cell}")
+                    break
+            if not action:
+                stopped = "every slow probe has a profile of its own; narrower ones would leave shapes between probes"
         if stopped:
             steps.append(PlanStep(list(boxes), ratios, "stop: " + stopped))
             break
-        action = ""
-        for w in over:
-            i = owner[shape_key(w)]
-            inside = [p for p in probe_list if boxes[i].contains(p)]
-            split = split_profile(boxes[i], inside, w, multiples)
-            if split is not None:
-                left, right, what = split
-                boxes[i : i + 1] = [left, right]
-                action = f"profile {i}: {what} (worst probe {shape_key(w)} at {ratios[shape_key(w)]:.2f}x)"
-                break
-            if {n: p.opt for n, p in boxes[i]} != w:
-                boxes[i] = _with_opt(boxes[i], w)
-                action = f"profile {i}: holds only {shape_key(w)}; make it the opt shape"
-                break
-        if not action:
-            stopped = "no profile can be split further (each slow probe is alone in its profile)"
-            steps.append(PlanStep(list(boxes), ratios, "stop: " + stopped))
-            break
         log.info("plan: %s", action)
-        steps.append(PlanStep(list(boxes), ratios, action))
+        steps.append(PlanStep(list(boxes[:-1]), ratios, action))
 
     points = list(probe_list) + [c for c in overlap_centres(boxes, multiples) if c not in probe_list]
     report(f"final engine with {len(boxes)} profile(s)")
