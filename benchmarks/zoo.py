@@ -601,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--one", nargs=2, metavar=("MODEL", "EXPORTER"), help=argparse.SUPPRESS)
     ap.add_argument("--models", help="comma-separated model names (default: all)")
     ap.add_argument("--exporters", default=",".join(EXPORTERS))
-    ap.add_argument("--quick", action="store_true", help=f"CI set: {', '.join(QUICK)}; legacy only")
+    ap.add_argument("--quick", action="store_true", help=f"CI set: {', '.join(QUICK)}")
     ap.add_argument("--json", help="write the raw results here")
     ap.add_argument("--jobs", type=int, default=2, help="subprocesses at once (each uses 1 thread)")
     ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per (model, exporter)")
@@ -621,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     names = QUICK if args.quick else [m.name for m in MODELS]
-    exporters = ["legacy"] if args.quick else [e.strip() for e in args.exporters.split(",") if e.strip()]
+    exporters = [e.strip() for e in args.exporters.split(",") if e.strip()]
     if args.models:
         names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in BY_NAME] + [e for e in exporters if e not in EXPORTERS]
