@@ -129,6 +129,9 @@ def test_missing_file_and_missing_output_dir(tmp_path: Path) -> None:
     assert_one_line_error(run("check", str(tmp_path / "nope.onnx")), "no such file")
     assert_one_line_error(run("fix", str(demo_onnx_path()), "-o", str(tmp_path / "no" / "dir.onnx")),
                           "does not exist")
+    out = tmp_path / "doctor-out"
+    assert_one_line_error(run("doctor", str(tmp_path / "nope.onnx"), "--out-dir", str(out)), "no such file")
+    assert not out.exists()  # a refused model leaves nothing behind
 
 
 def test_bad_specs() -> None:

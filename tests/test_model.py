@@ -97,6 +97,17 @@ def test_empty_file(tmp_path: Path) -> None:
         load_model(path)
 
 
+def test_external_data_loads_and_a_missing_data_file_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "ext.onnx"
+    onnx.save(M.plain_conv(), path, save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.data", size_threshold=0)
+    model = load_model(path)
+    assert all(t.HasField("raw_data") for t in model.graph.initializer)  # the weights came along
+    (tmp_path / "ext.data").unlink()
+    with pytest.raises(DynashapeError, match=r"external data cannot be read .*keep the data files beside"):
+        load_model(path)
+
+
 def test_opset_older_than_11(tmp_path: Path) -> None:
     path = tmp_path / "old.onnx"
     path.write_bytes(_static_model(opset=10).SerializeToString())

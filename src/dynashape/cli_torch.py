@@ -83,7 +83,7 @@ def run_export(args: argparse.Namespace) -> int:
     try:
         return _run_export(args)
     except DynashapeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"dynashape export: error: {exc}", file=sys.stderr)
         return exc.exit_code
 
 

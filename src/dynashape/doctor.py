@@ -104,15 +104,15 @@ def run_doctor(
 ) -> DoctorResult:
     from dynashape.demo import demo_onnx_path, demo_torch_spec
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if model_path is None:
         path = demo_onnx_path()
         if torch_spec is None and _torch_available():
             torch_spec = demo_torch_spec()
     else:
         path = Path(model_path)
-    original = load_model(path)
+    original = load_model(path)  # a bad model is refused before anything is written
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     report = check_model(original, export_shape=export_shape, ranges=ranges, path=str(path))
     result = fix_model(original, report=report)
     fixed_path = out / f"{path.stem}.fixed.onnx"

@@ -97,9 +97,11 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
         return
     try:
         load_external_data_for_model(model, str(path.parent))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+        # onnx reports a missing data file as a ValidationError, not an OSError
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DynashapeError(
-            f"{path}: its external data files cannot be read ({exc}); keep them beside the model"
+            f"{path}: its external data cannot be read ({first}); keep the data files beside the model"
         ) from None
 
 
