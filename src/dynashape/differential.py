@@ -638,17 +638,79 @@ def first_divergent_node(
     """
     from dynashape.backends.ort import RunError
 
+    failure: DivergentNode | None = None
     try:
         got = run_intermediates(model, feeds)
     except RunError as exc:
         node = _node_by_name(model, exc.node)
-        return DivergentNode(
+        failure = DivergentNode(
             node=exc.node or "", op=node.op_type if node is not None else "",
             module_path=module_path(node) if node is not None else "", kind="error",
             message=f"ONNX Runtime fails at {format_shapes(_shapes_of(feeds))}: {exc}",
             source=node_source(node) if node is not None else None,
         )
+        # the node that fails is rarely the one that went wrong (a join fails on the frozen size
+        # of a resize before it): compare what ran before the failure with the reference
+        partial = _intermediates_before(model, feeds, node)
+        if partial is None:
+            return failure
+        got = partial
+    found = _first_divergent(model, got, feeds, reference, atol, rtol, exporter, dynamic)
+    if failure is None:
+        return found
+    if found is None or found.node == failure.node:
+        return failure
+    found.details["fails_at"] = failure.node
+    found.message += f"; ONNX Runtime then fails at {failure.node} ({failure.op})"
+    return found
 
+
+def _intermediates_before(
+    model: onnx.ModelProto, feeds: dict[str, np.ndarray], failing: onnx.NodeProto | None
+) -> dict[str, np.ndarray] | None:
+    """Every tensor computed up to the inputs of ``failing``, or None if that cannot run either."""
+    from dynashape.backends.ort import RunError
+
+    if failing is None:
+        return None
+    inits = {t.name for t in model.graph.initializer}
+    wanted = [i for i in failing.input if i and i not in inits]
+    inputs = [vi.name for vi in model.graph.input if vi.name not in inits]
+    if not wanted or all(w in inputs for w in wanted):
+        return None  # nothing ran before it
+    producer = {out: n for n in model.graph.node for out in n.output if out}
+    keep: set[int] = set()
+    stack = list(wanted)
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or id(node) in keep:
+            continue
+        keep.add(id(node))
+        stack.extend(i for i in node.input if i)
+    upstream = onnx.ModelProto()
+    upstream.CopyFrom(model)
+    del upstream.graph.node[:]
+    upstream.graph.node.extend(n for n in model.graph.node if id(n) in keep)
+    del upstream.graph.output[:]
+    for name in wanted:
+        upstream.graph.output.add().name = name  # untyped: ONNX Runtime fills the type in
+    try:
+        return run_intermediates(upstream, feeds)
+    except RunError as exc:
+        log.debug("cannot run the graph up to %s either: %s", failing.name, exc)
+        return None
+
+
+def _first_divergent(
+    model: onnx.ModelProto,
+    got: dict[str, np.ndarray],
+    feeds: dict[str, np.ndarray],
+    reference: torch.nn.Module | str | onnx.ModelProto,
+    atol: float,
+    rtol: float,
+    exporter: str,
+    dynamic: dict[str, list[int]] | None,
+) -> DivergentNode | None:
     module_hint: DivergentNode | None = None
     if isinstance(reference, onnx.ModelProto):
         ref_model = reference
@@ -706,6 +768,9 @@ def _compare_with_reference(
                 f"output {out} has shape {format_shape(a.shape)}, the reference {format_shape(b.shape)}"
                 if kind == "shape" else f"output {out} differs from the reference by {err:.3g}"
             )
+            users = [f"{n.name} ({n.op_type})" for n in nodes if out in n.input]
+            if users and a.dtype.kind in "iu" and a.ndim <= 1:  # a size or shape value: say who takes it
+                msg += f" (got {a.tolist()}, the reference {b.tolist()}); it feeds {', '.join(users[:3])}"
             return DivergentNode(
                 node=node.name, op=node.op_type, module_path=module_path(node), kind=kind, message=msg,
                 output=out, max_error=err, shape=tuple(a.shape), expected_shape=tuple(b.shape),
