@@ -84,6 +84,23 @@ def test_shape_subgraph_values_slice_and_constants() -> None:
     assert ref.shape("y") == (2, 2, 64, 20)
 
 
+def test_an_empty_slice_of_a_shape_vector_is_no_failure() -> None:
+    # target = Concat(Shape(x)[0:2], [-1], Shape(x)[4:]): the last piece is empty, legally (swin's
+    # legacy export slices shape vectors like this at every size)
+    g = M.GraphBuilder()
+    shape = g.op("Shape", [M.X], "shape")
+    head = g.op("Slice", [shape, g.i64("s0", [0]), g.i64("e2", [2])], "head")
+    tail = g.op("Slice", [shape, g.i64("s4", [4]), g.i64("e9", [9])], "tail")
+    target = g.op("Concat", [head, g.i64("minus1", [-1]), tail], "target", axis=0)
+    g.op("Reshape", [M.X, target], M.Y)
+    prober = Prober(g.model([M.Y]))
+    probe = prober.at({"x": (2, 4, 6, 8)})
+    assert probe.ok, probe.failure
+    assert probe.shape("tail") == (0,) and probe.shape(M.Y) == (2, 4, 48)
+    # a pool whose window finds no input is still a failure
+    assert not Prober(M.strip_pool(32, 48)).at({"x": (1, 4, 16, 24)}).ok
+
+
 def test_shape_arithmetic_div_mul() -> None:
     # h2 = Shape(x)[2] // 2 * 3, as a 1-element tensor: an arithmetic shape subgraph
     g = M.GraphBuilder()

@@ -233,9 +233,12 @@ class Prober:
     def _extra_checks(self, probe: Probe) -> ProbeFailure | None:
         """Inconsistencies ONNX shape inference lets through."""
         for node in self.checked_nodes:
+            # an empty result is legal for data movement (slicing a shape vector past its end
+            # gives []), a kernel op with nothing to slide over is not; negative is never legal
+            smallest = 0 if node.op_type in _EMPTY_OK else 1
             for out in node.output:
                 dims = probe.dims.get(out)
-                if dims and any(d is not None and d <= 0 for d in dims):
+                if dims and any(d is not None and d < smallest for d in dims):
                     in_dims = probe.dims.get(node.input[0]) if node.input else None
                     return ProbeFailure(
                         node.name, node.op_type,
@@ -277,6 +280,9 @@ class Prober:
                             )
         return None
 
+
+# ops whose output may legally have a zero-sized axis
+_EMPTY_OK = {"Slice", "Split", "Pad", "Reshape", "ConstantOfShape", "Expand", "Tile"}
 
 # ops that can produce a non-positive size, or whose consistency inference does not check
 _SIZE_CHANGING = {
