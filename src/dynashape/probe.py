@@ -147,12 +147,13 @@ class Prober:
         # passes, since each pass starts again from the skeleton
         swaps: dict[tuple[int, int], np.ndarray] = {}
         for _ in range(_MAX_PATCH_PASSES):
+            if probe.failure is not None:
+                break  # known dims already disagree; knowing more cannot make them agree
             # ONNX data propagation stops at ops it does not evaluate (the legacy exporter's F.pad
             # turns its pads around with Reshape/Transpose): feed it the values computed here
             patched = self._patched(probe, swaps)
             if patched is None:
                 break
-            probe.failure = None
             self._infer(patched, probe)
         if probe.failure is None:
             probe.failure = self._extra_checks(probe)
