@@ -245,3 +245,47 @@ def test_torch_window_reverse_with_an_int_batch(exporter: str) -> None:
         (got,) = run_model(report.fixed_model, {"input": x}).values()
         assert got.shape == want.shape, (shape, got.shape)
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_torch_window_count_from_np_ceil_is_reported(exporter: str) -> None:
+    # Swin's BasicLayer: the shifted-window mask is built with Python ints (np.ceil of the size)
+    # and attention is viewed as [B_ // nW, nW, N, N]. The exported count nW is the export-time
+    # number of windows; at a larger image the graph runs and adds the mask to the wrong windows.
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from dynashape.backends.ort import run_model
+    from dynashape.export import export_module
+
+    class WindowMask(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.embed = nn.Conv2d(3, 8, 4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.embed(x).permute(0, 2, 3, 1)
+            B, H, W, C = y.shape
+            ws = 4
+            n_windows = int(np.ceil(H / ws)) * int(np.ceil(W / ws))
+            mask = torch.zeros(n_windows, ws * ws, ws * ws)
+            mask[0, : ws * ws // 2, ws * ws // 2:] = -100.0  # the first window only (a border)
+            win = y.reshape(B, H // ws, ws, W // ws, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, C)
+            attn = win @ win.transpose(1, 2)
+            attn = attn.view(-1, mask.shape[0], ws * ws, ws * ws) + mask.unsqueeze(0)
+            attn = attn.view(-1, ws * ws, ws * ws).softmax(-1)
+            return (attn @ win).reshape(B, -1, C).mean(1)
+
+    net = WindowMask().eval()
+    model = export_module(net, {"input": (1, 3, 32, 32)}, exporter=exporter).model
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    (got,) = run_model(model, {"input": x}).values()
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    assert got.shape == want.shape and not np.allclose(got, want, atol=1e-4)  # silently wrong
+    report = check_model(model, export_shape={"input": (1, 3, 32, 32)})
+    (finding,) = [f for f in _ds005(report) if not f.fixable]
+    assert finding.baked_value == {"1": 4}
+    assert "export-time size per batch item" in finding.message
