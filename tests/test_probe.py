@@ -174,3 +174,20 @@ def test_values_fed_back_stay_fed_back_over_several_passes() -> None:
     assert probe.shape("folded") == (1, 4, 32, 16)
     assert [probe.shape(f"slice{k}") for k in range(3)] == [(1, 4, 16, 16), (1, 4, 8, 16), (1, 4, 4, 16)]
     assert probe.shape(M.Y) == (1, 4, 4, 16)
+
+
+def test_an_empty_slice_is_not_a_failure() -> None:
+    # Swin builds its shifted-window mask with img_mask[:, 0:-7] = ... on the padded map: on a
+    # 7-row map that slice is empty, at the export shape itself; a zero-size conv output is not
+    g = M.GraphBuilder()
+    rows = g.op("Slice", [M.X, g.i64("start", [0]), g.i64("end", [-7]), g.i64("axes", [2])], "rows")
+    g.op("Identity", [rows], M.Y)
+    probe = Prober(g.model([M.Y])).at({"x": (1, 4, 7, 8)})
+    assert probe.ok, probe.failure
+    assert probe.shape("rows") == (1, 4, 0, 8)
+    g = M.GraphBuilder()
+    g.op("Conv", [M.X, g.f32("w", [0.0] * (2 * 4 * 9)), g.f32("b", [0.0, 0.0])], M.Y, kernel_shape=[3, 3])
+    model = g.model([M.Y])
+    model.graph.initializer[0].dims[:] = [2, 4, 3, 3]
+    bad = Prober(model).at({"x": (1, 4, 2, 8)})
+    assert bad.failure is not None and bad.failure.node == M.Y

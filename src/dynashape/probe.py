@@ -246,7 +246,10 @@ class Prober:
         for node in self.checked_nodes:
             for out in node.output:
                 dims = probe.dims.get(out)
-                if dims and any(d is not None and d <= 0 for d in dims):
+                # an empty slice is legal (Swin builds its shifted-window mask with x[:, 0:-7] on
+                # a 7-row map); a size <= 0 out of the other ops is not
+                empty_ok = node.op_type == "Slice"
+                if dims and any(d is not None and (d < 0 if empty_ok else d <= 0) for d in dims):
                     in_dims = probe.dims.get(node.input[0]) if node.input else None
                     return ProbeFailure(
                         node.name, node.op_type,
