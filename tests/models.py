@@ -377,6 +377,21 @@ def reshape_batch_int_regroup(c: int = C, *, opset: int = 17) -> onnx.ModelProto
     return g.model([Y], channels=c)
 
 
+def reshape_batch_int_after_failing_join(c: int = C, *, opset: int = 17) -> onnx.ModelProto:
+    """``reshape_batch_int_regroup`` with the tokens first added to a learned table ``[64, 1]``
+    (node ``masked``), which fails at every other size: at the second probe shape the graph
+    fails before ``back`` is reached."""
+    g = GraphBuilder(opset, channels=c)
+    tokens = g.op("Reshape", [_nhwc(g), g.i64("tokens_shape", [-1, c])], "tokens")
+    table = np.random.default_rng(0).standard_normal((64, 1)).astype(np.float32)
+    g.inits.append(numpy_helper.from_array(table, "table"))
+    masked = g.op("Add", [tokens, "table"], "masked")
+    hw = _dims(g, X, [2, 3], "hw")
+    target = g.op("Concat", [g.i64("one", [1]), hw, g.i64("rest", [-1])], "back_shape", axis=0)
+    _back_to_input(g, g.op("Reshape", [masked, target], "back"))
+    return g.model([Y], channels=c)
+
+
 def reshape_batch_int_chain(c: int = C, *, opset: int = 17) -> onnx.ModelProto:
     """Two reshapes with the batch frozen as 1: ``[1, H*W, -1]`` (``rows``) then ``[1, H, W, -1]``
     (``grid``). While ``rows`` mixes the batch into the channels, ``grid`` looks consistent; it

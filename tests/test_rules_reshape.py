@@ -131,6 +131,17 @@ def test_batch_frozen_as_int_regroups_and_is_fixed() -> None:
         M.assert_same_outputs(report.fixed_model, M.identity(), shape)
 
 
+def test_a_regrouping_behind_a_failure_is_reported_not_rewritten() -> None:
+    # at the second probe shape the graph fails before the reshape (a [64, 1] table added to the
+    # tokens), so the reshape's shapes there are what inference guessed: found, not rewritten
+    report = check_model(M.reshape_batch_int_after_failing_join(), export_shape={"x": (1, 4, 8, 8)})
+    (finding,) = _ds005(report)
+    assert (finding.node, finding.fixable) == ("back", False)
+    assert "[64]->[1,8,8]" in finding.message
+    assert "fails before this node (Add 'masked')" in finding.fix
+    assert report.applied == []
+
+
 def test_a_fix_uncovers_the_next_frozen_batch() -> None:
     # [1, H*W, -1] then [1, H, W, -1]: the second looks consistent while the first mixes the
     # batch into the channels, and is found in the next round, on the rewritten graph

@@ -38,8 +38,9 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from dynashape.analysis import Context, const_i64, fmt
+from dynashape.analysis import Context, const_i64, fmt, is_descendant
 from dynashape.findings import Finding, Refusal
+from dynashape.probe import Probe
 from dynashape.rules.base import Rule, input_names, new_name
 
 Dims = tuple[int, ...]
@@ -133,11 +134,16 @@ class FrozenReshapeTarget(Rule):
         # right at every size (the -1 takes nH·nW)
         silent = bool(copies or products) and -1 in t1 and not fails_at_s1 and _regroups(x0, x1, t0, t1, allowzero)
         regroup: dict = {}
+        # the block analysis reads the input's shape at S1: past a node that fails there, shape
+        # inference goes on with the shape that node was asked for, which may be wrong; then
+        # the regrouping is reported, not rewritten (and looked at again once that is fixed)
+        upstream_failure = _fails_upstream(ctx, ctx.p1, x)
         if not plan:
             regroup = _regroup_plan(x0, x1, t0, t1, frozen, allowzero)
             if regroup:
-                plan = {"kind": "regroup", "entries": regroup["entries"], "live": live}
                 copies, products = [], {}
+                if not upstream_failure:
+                    plan = {"kind": "regroup", "entries": regroup["entries"], "live": live}
         extents: dict[int, int] = {}
         if not plan:
             extents = _spatial_extents(ctx, x, x0, dynamic, t0, frozen)
@@ -173,7 +179,7 @@ class FrozenReshapeTarget(Rule):
             fixable=bool(plan),
             baked_value=baked,
             breaks_at="every input size other than the export size",
-            fix=(_describe(plan) if plan else _no_plan_text(extents)),
+            fix=(_describe(plan) if plan else _no_plan_text(extents, ctx.p1 if upstream_failure else None)),
             details={"plan": plan, "target_s0": t0, "valid_at_s1": not fails_at_s1},
         )
 
@@ -388,8 +394,12 @@ def _spatial_extents(
     batch_moved, spatial_moved = _one_kind_moved(ctx)
     if spatial_moved is None:
         return {}
-    xs = ctx.dims(x, ctx.prober.at(spatial_moved))
-    xb = ctx.dims(x, ctx.prober.at(batch_moved)) if batch_moved is not None else None
+    ps = ctx.prober.at(spatial_moved)
+    pb = ctx.prober.at(batch_moved) if batch_moved is not None else None
+    if _fails_upstream(ctx, ps, x) or (pb is not None and _fails_upstream(ctx, pb, x)):
+        return {}
+    xs = ctx.dims(x, ps)
+    xb = ctx.dims(x, pb) if pb is not None else None
     b0, b1 = _batch_sizes(ctx)
     per_item: dict[int, int] = {}
     for k in dynamic:
@@ -410,6 +420,15 @@ def _spatial_extents(
         if axes:
             found[i] = axes[0]
     return found
+
+
+def _fails_upstream(ctx: Context, probe: Probe, value: ir.Value | None) -> bool:
+    """Does the probe fail at a node that ``value`` is computed from?"""
+    failed = probe.failure.node if probe.failure is not None else None
+    if not failed or value is None:
+        return False
+    node = next((n for n in ctx.model.graph if n.name == failed), None)
+    return node is not None and is_descendant(value, node)
 
 
 def _batch_sizes(ctx: Context) -> tuple[int, int]:
@@ -468,7 +487,11 @@ def _describe(plan: dict) -> str:
     return "build the target from Shape of the input"
 
 
-def _no_plan_text(extents: dict[int, int]) -> str:
+def _no_plan_text(extents: dict[int, int], failing: Probe | None = None) -> str:
+    if failing is not None and failing.failure is not None:
+        return (f"not rewritten: at {fmt(next(iter(failing.inputs.values())))} the graph already fails before "
+                f"this node ({failing.failure.op} {failing.failure.node!r}), so the shapes it would get there are "
+                "not known; fix that first, then check again")
     if extents:
         return ("not rewritten: the entry is a count taken from the feature-map size at export (e.g. the number "
                 "of attention windows), and a constant joined with this tensor usually has the same frozen size; "
