@@ -14,9 +14,10 @@ For every (model, exporter) pair, in its own subprocess with a timeout:
    Explained means a DS003 lattice that excludes that shape, or an unfixed finding (warning or
    error) of a rule that can break ONNX Runtime at that shape (DS016 is about TensorRT only and
    never explains; DS015 explains only shapes that differ on an axis it reports static);
-7. for pairs still unexplained, what ``check --torch`` adds: a second export at S1 and its DS009
-   finding (Python control flow on a size picked another branch: the graph at S0 does not hold
-   the branch other sizes take, so no static rule can see it). ``--no-differential`` skips it.
+7. for pairs still unexplained, and pairs silently wrong, what ``check --torch`` adds: a second
+   export at S1 and its DS009 finding (Python control flow on a size picked another branch: the
+   graph at S0 does not hold the branch other sizes take, so no static rule can see it).
+   ``--no-differential`` skips it.
 
 Totals: pairs where eager works, naive ok, ok after fix, explained among the rest, and the ones
 that are wrong after the fix with no finding that explains them ("silently wrong after fix and
@@ -447,13 +448,16 @@ def run_one(name: str, exporter: str) -> dict[str, Any]:
               if report is not None and result["fixed"][key]["status"] != "ok" else [])
         for key in refs
     }
-    unexplained = [k for k in refs if result["fixed"][k]["status"] != "ok" and not result["explained"][k]]
-    if unexplained and os.environ.get("ZOO_DIFFERENTIAL", "1") != "0":
+    # unexplained pairs, and silently wrong ones (whose static explanation may be a finding
+    # about something else: an unfixed finding counts for every shape)
+    wanted = [k for k in refs if result["fixed"][k]["status"] == "wrong"
+              or (result["fixed"][k]["status"] != "ok" and not result["explained"][k])]
+    if wanted and os.environ.get("ZOO_DIFFERENTIAL", "1") != "0":
         t = time.perf_counter()
         result["differential"] = control_flow(module, proto, s0, exporter)
         timings["differential"] = time.perf_counter() - t
-        for key in unexplained:
-            result["explained"][key] = list(result["differential"].get("reasons", []))
+        for key in wanted:
+            result["explained"][key] = result["explained"][key] + list(result["differential"].get("reasons", []))
     timings["total"] = time.perf_counter() - t_all
     return result
 
