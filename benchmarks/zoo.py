@@ -13,7 +13,11 @@ For every (model, exporter) pair, in its own subprocess with a timeout:
 6. for each pair still wrong or failing after the fix: is it explained by a finding of the check?
    Explained means a DS003 lattice that excludes that shape, or an unfixed finding (warning or
    error) of a rule that can break ONNX Runtime at that shape (DS016 is about TensorRT only and
-   never explains; DS015 explains only shapes that differ on an axis it reports static).
+   never explains; DS015 explains only shapes that differ on an axis it reports static);
+7. for pairs still unexplained, and pairs silently wrong, what ``check --torch`` adds: a second
+   export at S1 and its DS009 finding (Python control flow on a size picked another branch: the
+   graph at S0 does not hold the branch other sizes take, so no static rule can see it).
+   ``--no-differential`` skips it.
 
 Totals: pairs where eager works, naive ok, ok after fix, explained among the rest, and the ones
 that are wrong after the fix with no finding that explains them ("silently wrong after fix and
@@ -444,8 +448,42 @@ def run_one(name: str, exporter: str) -> dict[str, Any]:
               if report is not None and result["fixed"][key]["status"] != "ok" else [])
         for key in refs
     }
+    # unexplained pairs, and silently wrong ones (whose static explanation may be a finding
+    # about something else: an unfixed finding counts for every shape)
+    wanted = [k for k in refs if result["fixed"][k]["status"] == "wrong"
+              or (result["fixed"][k]["status"] != "ok" and not result["explained"][k])]
+    if wanted and os.environ.get("ZOO_DIFFERENTIAL", "1") != "0":
+        t = time.perf_counter()
+        result["differential"] = control_flow(module, proto, s0, exporter)
+        timings["differential"] = time.perf_counter() - t
+        for key in wanted:
+            result["explained"][key] = result["explained"][key] + list(result["differential"].get("reasons", []))
     timings["total"] = time.perf_counter() - t_all
     return result
+
+
+def control_flow(module: Any, proto: Any, s0: Shape, exporter: str) -> dict[str, Any]:
+    """What `check --torch` adds for a pair the static check cannot explain: a second export at
+    S1 and its DS009 finding, Python control flow on a size, which no single graph shows (the
+    branch not taken is not in it). Only DS009 counts: the value diffs of two large exports are
+    aligned node by node and are not reliable enough to explain a pair."""
+    from dynashape.differential import choose_s1, diff_exports
+    from dynashape.errors import DynashapeError
+    from dynashape.export import export_module
+
+    s0_map = {"input": s0}
+    s1 = choose_s1(s0_map, {"input": [0, 2, 3]})
+    try:
+        other = export_module(module, s1, dynamic={"input": [0, 2, 3]}, exporter=exporter)
+    except DynashapeError as exc:
+        return {"status": "error", "s1": fmt_shape(s1["input"]), "message": _first_line(str(exc), 300)}
+    findings, _aligned = diff_exports(proto, other.model, s0_map, s1)
+    flow = [f for f in findings if f.rule == "DS009"]
+    return {
+        "status": "ok", "s1": fmt_shape(s1["input"]), "findings": [_finding_json(f) for f in flow],
+        "reasons": [f"DS009 (differential export at {fmt_shape(s1['input'])}): {_first_line(f.message, 160)}"
+                    for f in flow],
+    }
 
 
 # --------------------------------------------------------------------------- the driver
@@ -606,8 +644,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="subprocesses at once (each uses 1 thread)")
     ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per (model, exporter)")
     ap.add_argument("--list", action="store_true", help="list the models and exit")
+    ap.add_argument("--no-differential", action="store_true",
+                    help="do not run the second export (DS009) for pairs the static check leaves unexplained")
     args = ap.parse_args(argv)
 
+    if args.no_differential:
+        os.environ["ZOO_DIFFERENTIAL"] = "0"  # the subprocesses inherit it
     if args.one:
         import logging
 

@@ -348,6 +348,119 @@ def flatten(c: int = C, *, opset: int = 17) -> onnx.ModelProto:
     return g.model([Y], channels=c)
 
 
+def _dims(g: GraphBuilder, x: str, axes: Sequence[int], name: str) -> str:
+    """``Shape(x)[axes]`` as a 1-D int64 tensor."""
+    return g.op("Gather", [g.op("Shape", [x], f"{name}_shape"), g.i64(f"{name}_axes", list(axes))], name, axis=0)
+
+
+def _nhwc(g: GraphBuilder) -> str:
+    return g.op("Transpose", [X], "nhwc", perm=[0, 2, 3, 1])
+
+
+def _back_to_input(g: GraphBuilder, nhwc: str) -> None:
+    """``y`` with the input's shape (N, C, H, W) from an (N, H, W, C) tensor: a final reshape
+    from Shape(x), so a tensor whose batch was mixed into its channels comes out with the right
+    shape and wrong values (silent)."""
+    nchw = g.op("Transpose", [nhwc], "nchw", perm=[0, 3, 1, 2])
+    g.op("Reshape", [nchw, g.op("Shape", [X], "input_shape")], Y)
+
+
+def reshape_batch_int_regroup(c: int = C, *, opset: int = 17) -> onnx.ModelProto:
+    """Swin's window_reverse with ``B = int(windows.shape[0] / (H * W / ws / ws))``: the tokens
+    ``(N*H*W, C)`` go back to ``[1, H, W, -1]`` (node ``back``) with H, W computed from Shape and
+    the batch frozen as 1; at batch 2 the -1 takes 2C: the batch ends up in the channels."""
+    g = GraphBuilder(opset, channels=c)
+    tokens = g.op("Reshape", [_nhwc(g), g.i64("tokens_shape", [-1, c])], "tokens")
+    hw = _dims(g, X, [2, 3], "hw")
+    target = g.op("Concat", [g.i64("one", [1]), hw, g.i64("rest", [-1])], "back_shape", axis=0)
+    _back_to_input(g, g.op("Reshape", [tokens, target], "back"))
+    return g.model([Y], channels=c)
+
+
+def reshape_batch_int_after_failing_join(c: int = C, *, opset: int = 17) -> onnx.ModelProto:
+    """``reshape_batch_int_regroup`` with the tokens first added to a learned table ``[64, 1]``
+    (node ``masked``), which fails at every other size: at the second probe shape the graph
+    fails before ``back`` is reached."""
+    g = GraphBuilder(opset, channels=c)
+    tokens = g.op("Reshape", [_nhwc(g), g.i64("tokens_shape", [-1, c])], "tokens")
+    table = np.random.default_rng(0).standard_normal((64, 1)).astype(np.float32)
+    g.inits.append(numpy_helper.from_array(table, "table"))
+    masked = g.op("Add", [tokens, "table"], "masked")
+    hw = _dims(g, X, [2, 3], "hw")
+    target = g.op("Concat", [g.i64("one", [1]), hw, g.i64("rest", [-1])], "back_shape", axis=0)
+    _back_to_input(g, g.op("Reshape", [masked, target], "back"))
+    return g.model([Y], channels=c)
+
+
+def reshape_batch_int_chain(c: int = C, *, opset: int = 17) -> onnx.ModelProto:
+    """Two reshapes with the batch frozen as 1: ``[1, H*W, -1]`` (``rows``) then ``[1, H, W, -1]``
+    (``grid``). While ``rows`` mixes the batch into the channels, ``grid`` looks consistent; it
+    is found once ``rows`` is fixed (check runs the rule again on the rewritten graph)."""
+    g = GraphBuilder(opset, channels=c)
+    tokens = g.op("Reshape", [_nhwc(g), g.i64("tokens_shape", [-1, c])], "tokens")
+    hw = _dims(g, X, [2, 3], "hw")
+    n_pos = g.op("ReduceProd", [hw], "n_pos", keepdims=1)
+    rows = g.op("Reshape", [tokens, g.op("Concat", [g.i64("one", [1]), n_pos, g.i64("rest", [-1])],
+                                         "rows_shape", axis=0)], "rows")
+    grid = g.op("Reshape", [rows, g.op("Concat", [g.i64("one_", [1]), hw, g.i64("rest_", [-1])],
+                                       "grid_shape", axis=0)], "grid")
+    _back_to_input(g, grid)
+    return g.model([Y], channels=c)
+
+
+def window_partition(c: int = C, ws: int = 7, *, batch: str = "shape", opset: int = 17) -> onnx.ModelProto:
+    """Swin's window partition ``x.view(B, H // ws, ws, W // ws, ws, C)`` (node ``part``, H and W
+    divided in the graph), permuted and flattened to windows ``[-1, ws*ws, C]`` (node
+    ``windows``), then a softmax over each window. ``batch="shape"`` takes B from Shape (correct);
+    ``batch="int"`` freezes it as 1 (allowzero=1, as the dynamo exporter writes it)."""
+    g = GraphBuilder(opset, channels=c)
+    nhwc = _nhwc(g)
+    n = _dims(g, X, [0], "n") if batch == "shape" else g.i64("one", [1])
+    h_w = g.op("Div", [_dims(g, X, [2], "h"), g.i64("ws_h", [ws])], "n_h")
+    w_w = g.op("Div", [_dims(g, X, [3], "w"), g.i64("ws_w", [ws])], "n_w")
+    target = g.op("Concat", [n, h_w, g.i64("ws1", [ws]), w_w, g.i64("ws2", [ws]), g.i64("c", [c])],
+                  "part_shape", axis=0)
+    part = g.op("Reshape", [nhwc, target], "part", allowzero=1)
+    perm = g.op("Transpose", [part], "perm", perm=[0, 1, 3, 2, 4, 5])
+    windows = g.op("Reshape", [perm, g.i64("windows_shape", [-1, ws * ws, c])], "windows", allowzero=1)
+    g.op("Softmax", [windows], Y, axis=1)
+    return g.model([Y], channels=c)
+
+
+def window_count_int(c: int = 6, group: int = 16, *, opset: int = 17) -> onnx.ModelProto:
+    """Swin's ``attn.view(B_ // nW, nW, ...)`` with ``nW`` a Python int: the tokens are split in
+    groups of ``group`` (``groups``: ``[-1, group, C]``, N·H·W/group of them), viewed as
+    ``[-1, nW0, group, C]`` with nW0 the export-time groups per image (node ``per_image``) and
+    added to a constant mask ``[1, nW0, group, 1]`` made at that size. At a larger image the -1
+    takes the surplus groups and the mask lands on the wrong ones (silent)."""
+    g = GraphBuilder(opset, channels=c)
+    nhwc = _nhwc(g)
+    groups = g.op("Reshape", [nhwc, g.i64("groups_shape", [-1, group, c])], "groups")
+    n_w0 = 8 * 8 // group  # export shape 8x8
+    per_image = g.op("Reshape", [groups, g.i64("per_image_shape", [-1, n_w0, group, c])], "per_image")
+    mask = np.arange(n_w0 * group, dtype=np.float32).reshape(1, n_w0, group, 1) % 3
+    g.inits.append(numpy_helper.from_array(mask, "mask"))
+    masked = g.op("Add", [per_image, "mask"], "masked")
+    g.op("Reshape", [masked, g.op("Shape", [nhwc], "nhwc_shape")], Y)
+    return g.model([Y], channels=c)
+
+
+def channel_groups(c: int = C, *, opset: int = 17) -> onnx.ModelProto:
+    """``x.view(-1, H, W)`` then ``.view(-1, C, H, W)`` with C a constant: the (N·C) axis follows
+    the batch only, so C is a model constant, not a size taken from the image (a negative)."""
+    g = GraphBuilder(opset, channels=c)
+    hw = _dims(g, X, [2, 3], "hw")
+    planes = g.op("Reshape", [X, g.op("Concat", [g.i64("all", [-1]), hw], "planes_shape", axis=0)], "planes")
+    g.op("Reshape", [planes, g.op("Concat", [g.i64("all_", [-1]), g.i64("c", [c]), hw], "back_shape", axis=0)], Y)
+    return g.model([Y], channels=c)
+
+
+def identity(c: int = C, *, opset: int = 17) -> onnx.ModelProto:
+    g = GraphBuilder(opset, channels=c)
+    g.op("Identity", [X], Y)
+    return g.model([Y], channels=c)
+
+
 # ------------------------------------------------------------------------------------------------
 # running
 # ------------------------------------------------------------------------------------------------

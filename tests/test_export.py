@@ -21,7 +21,12 @@ from dynashape import cli_torch  # noqa: E402
 from dynashape.backends.ort import run_model  # noqa: E402
 from dynashape.backends.torch import TorchRunner  # noqa: E402
 from dynashape.errors import DynashapeError  # noqa: E402
-from dynashape.export import default_dynamic, export_module, load_module  # noqa: E402
+from dynashape.export import (  # noqa: E402
+    default_dynamic,
+    export_module,
+    load_module,
+    valid_output_names,
+)
 from dynashape.model import graph_inputs, load_model, read_export_shape  # noqa: E402
 from dynashape.testing import max_abs_error  # noqa: E402
 
@@ -196,6 +201,82 @@ def test_input_that_does_not_fit_the_module() -> None:
         export_module(net, {"input": (1, 3, 32, 32)}, {"input": [4]})
     with pytest.raises(DynashapeError, match=r"unknown exporter"):
         export_module(net, {"input": (1, 3, 32, 32)}, exporter="onnxscript")
+
+
+class DictOut(nn.Module):
+    """A dict output keyed '0', '1', ... like torchvision's FPN backbones (plus one named key)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        y = self.conv(x)
+        return {"0": y, "1": F.max_pool2d(y, 2), "pool": F.max_pool2d(y, 4)}
+
+
+class CachedGrid(nn.Module):
+    """YOLOv5 Detect's habit: a grid built at the first forward and kept on the module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1)
+        self.grid = torch.empty(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if self.grid.shape[2:] != y.shape[2:]:
+            ny, nx = y.shape[2], y.shape[3]
+            yv, xv = torch.meshgrid(torch.arange(ny), torch.arange(nx), indexing="ij")
+            self.grid = torch.stack((xv, yv), 0).unsqueeze(0).float()
+        return y + self.grid
+
+
+def test_valid_output_names() -> None:
+    assert valid_output_names(["0", "1", "pool"]) == ["output_0", "output_1", "pool"]
+    assert valid_output_names(["out", "aux"]) == ["out", "aux"]
+    assert valid_output_names(["a b", "3x", "", "p.q"]) == ["a_b", "output_3x", "output_", "p.q"]
+    # unique among the outputs and the inputs
+    assert valid_output_names(["0", "output_0", "input"], reserved=["input"]) == [
+        "output_0", "output_0_1", "input_1"]
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_dict_output_keyed_by_digits_exports(exporter: str) -> None:
+    torch.manual_seed(0)
+    net = DictOut().eval()
+    result = export_module(net, {"input": (1, 3, 16, 16)}, exporter=exporter)
+    assert result.output_names == ["output_0", "output_1", "pool"]
+    assert [o.name for o in result.model.graph.output] == result.output_names
+    x = np.random.default_rng(0).standard_normal((2, 3, 24, 20)).astype(np.float32)
+    with TorchRunner(net, output_names=result.output_names) as ref:
+        expected = ref.infer({"input": x})
+    assert max_abs_error(run_model(result.model, {"input": x}), expected) < 1e-5
+
+
+def test_given_output_names_must_be_valid() -> None:
+    with pytest.raises(DynashapeError, match=r"output name '0' cannot be used.*'output_0'"):
+        export_module(DictOut().eval(), {"input": (1, 3, 16, 16)}, output_names=["0", "1", "pool"])
+
+
+def test_module_caching_tensors_in_forward_exports() -> None:
+    # legacy only: the dynamo exporter refuses this module (the cache check is a guard on the size)
+    net = CachedGrid().eval()
+    result = export_module(net, {"input": (1, 3, 8, 8)}, exporter="legacy")
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    with TorchRunner(net, output_names=result.output_names) as ref:
+        expected = ref.infer({"input": x})
+    assert max_abs_error(run_model(result.model, {"input": x}), expected) < 1e-5
+    # a second export of the same module (differential export at S1) works too
+    export_module(net, {"input": (1, 3, 12, 12)}, exporter="legacy")
+
+
+def test_module_cached_under_inference_mode_still_exports() -> None:
+    net = CachedGrid().eval()
+    with torch.inference_mode():
+        net(torch.zeros(1, 3, 8, 8))
+    assert net.grid.is_inference()
+    export_module(net, {"input": (1, 3, 8, 8)}, exporter="legacy")
 
 
 # ------------------------------------------------------------------ CLI

@@ -160,3 +160,51 @@ def test_values_feed_back_into_inference() -> None:
     probe = Prober(g.model([M.Y])).at({"x": (1, 4, 6, 8)})
     np.testing.assert_array_equal(probe.value("target"), [1, 2, 2, 6, 8])
     assert probe.shape("y") == (1, 2, 2, 6, 8)
+
+
+def _halving_slice(g: M.GraphBuilder, x: str, name: str) -> str:
+    """``x[:, :, h // 2:]`` with ``h // 2`` a Div of Shape values (which ONNX data propagation
+    leaves unevaluated): the slice's start is known only once ``x``'s own shape is."""
+    h = g.op("Gather", [g.op("Shape", [x], f"{name}_shape"), g.i64(f"{name}_two_idx", [2])], f"{name}_h", axis=0)
+    start = g.op("Div", [h, g.i64(f"{name}_two", [2])], f"{name}_start")
+    return g.op("Slice", [x, start, g.i64(f"{name}_end", [2**62]), g.i64(f"{name}_axes", [2])], name)
+
+
+def test_values_fed_back_stay_fed_back_over_several_passes() -> None:
+    # The dynamo exporter computes sizes as scalar Div/Mod chains, and torch.roll slices at a
+    # start taken from the Shape of the previous slice: each level becomes known one pass after
+    # the one before it. A value fed back in one pass must stay fed back in the next (else the
+    # level it made known is lost again), and it takes more than two passes to get to the end.
+    g = M.GraphBuilder()
+    shape = g.op("Shape", [M.X], "shape")
+    n = g.op("Gather", [shape, g.i64("zero", [0])], "n", axis=0)
+    c = g.op("Gather", [shape, g.i64("one", [1])], "c", axis=0)
+    h = g.op("Gather", [shape, g.i64("two", [2])], "h", axis=0)
+    half = g.op("Div", [h, g.i64("two_", [2])], "half")
+    target = g.op("Concat", [n, c, half, g.i64("rest", [-1])], "target", axis=0)
+    folded = g.op("Reshape", [M.X, target], "folded")  # (n, c, h/2, 2w): known after one pass
+    level = folded
+    for k in range(3):
+        level = _halving_slice(g, level, f"slice{k}")
+    g.op("Identity", [level], M.Y)
+    probe = Prober(g.model([M.Y])).at({"x": (1, 4, 64, 8)})
+    assert probe.shape("folded") == (1, 4, 32, 16)
+    assert [probe.shape(f"slice{k}") for k in range(3)] == [(1, 4, 16, 16), (1, 4, 8, 16), (1, 4, 4, 16)]
+    assert probe.shape(M.Y) == (1, 4, 4, 16)
+
+
+def test_an_empty_slice_is_not_a_failure() -> None:
+    # Swin builds its shifted-window mask with img_mask[:, 0:-7] = ... on the padded map: on a
+    # 7-row map that slice is empty, at the export shape itself; a zero-size conv output is not
+    g = M.GraphBuilder()
+    rows = g.op("Slice", [M.X, g.i64("start", [0]), g.i64("end", [-7]), g.i64("axes", [2])], "rows")
+    g.op("Identity", [rows], M.Y)
+    probe = Prober(g.model([M.Y])).at({"x": (1, 4, 7, 8)})
+    assert probe.ok, probe.failure
+    assert probe.shape("rows") == (1, 4, 0, 8)
+    g = M.GraphBuilder()
+    g.op("Conv", [M.X, g.f32("w", [0.0] * (2 * 4 * 9)), g.f32("b", [0.0, 0.0])], M.Y, kernel_shape=[3, 3])
+    model = g.model([M.Y])
+    model.graph.initializer[0].dims[:] = [2, 4, 3, 3]
+    bad = Prober(model).at({"x": (1, 4, 2, 8)})
+    assert bad.failure is not None and bad.failure.node == M.Y

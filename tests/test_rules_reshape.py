@@ -108,3 +108,195 @@ def test_reshapes_that_are_fine(build, export_shape: dict | None) -> None:  # ty
     assert report.applied == []
     reasons = [r.reason for r in report.refusals if r.rule == "DS005"]
     assert all("stays valid" in r or "does not change" in r for r in reasons), reasons
+
+
+# ------------------------------------------------------------------ partly computed targets (Swin)
+
+
+def test_batch_frozen_as_int_regroups_and_is_fixed() -> None:
+    # window_reverse with B = int(...): [1, H, W, -1] with H, W from Shape; at batch 2 the -1
+    # takes 2C and the final reshape hides it (right shape, wrong values)
+    model = M.reshape_batch_int_regroup()
+    x2 = M.run(M.identity(), (2, 4, 8, 8))[M.Y]
+    assert M.run(model, (2, 4, 8, 8))[M.Y].shape == x2.shape
+    assert not np.allclose(M.run(model, (2, 4, 8, 8))[M.Y], x2)
+    report = check_model(model, export_shape={"x": (1, 4, 8, 8)})
+    (finding,) = _ds005(report)
+    assert (finding.node, finding.fixable) == ("back", True)
+    assert "silently mixes axes" in finding.message and "[64]->[1,8,8]" in finding.message
+    # the frozen 1 becomes -1; the -1, which stood for the static channels, becomes 4
+    assert finding.details["plan"] == {"kind": "regroup", "entries": {"3": 4, "0": -1}, "live": [1, 2]}
+    assert_models_equivalent(model, report.fixed_model, {"x": (1, 4, 8, 8)})
+    for shape in [(2, 4, 8, 8), (3, 4, 6, 10), (1, 4, 16, 8)]:
+        M.assert_same_outputs(report.fixed_model, M.identity(), shape)
+
+
+def test_a_regrouping_behind_a_failure_is_reported_not_rewritten() -> None:
+    # at the second probe shape the graph fails before the reshape (a [64, 1] table added to the
+    # tokens), so the reshape's shapes there are what inference guessed: found, not rewritten
+    report = check_model(M.reshape_batch_int_after_failing_join(), export_shape={"x": (1, 4, 8, 8)})
+    (finding,) = _ds005(report)
+    assert (finding.node, finding.fixable) == ("back", False)
+    assert "[64]->[1,8,8]" in finding.message
+    assert "fails before this node (Add 'masked')" in finding.fix
+    assert report.applied == []
+
+
+def test_a_fix_uncovers_the_next_frozen_batch() -> None:
+    # [1, H*W, -1] then [1, H, W, -1]: the second looks consistent while the first mixes the
+    # batch into the channels, and is found in the next round, on the rewritten graph
+    model = M.reshape_batch_int_chain()
+    report = check_model(model, export_shape={"x": (1, 4, 8, 8)})
+    assert [(f.node, f.fixable) for f in _ds005(report)] == [("rows", True), ("grid", True)]
+    assert report.findings == _ds005(report)
+    for shape in [(2, 4, 8, 8), (3, 4, 6, 10)]:
+        M.assert_same_outputs(report.fixed_model, M.identity(), shape)
+
+
+def test_window_partition_with_the_batch_frozen_copies_only_the_batch() -> None:
+    # at a 7x7 export the window size 7 equals H and W: only the batch entry is a copy (keeping
+    # the 7s as copies breaks the reshape at the second shape); H/7 and W/7 stay computed
+    model = M.window_partition(batch="int")
+    report = check_model(model, export_shape={"x": (1, 4, 7, 7)})
+    (finding,) = _ds005(report)
+    assert (finding.node, finding.fixable) == ("part", True)
+    assert finding.baked_value == {"0": 1}
+    assert finding.details["plan"] == {"kind": "shape", "copies": [0], "products": {}, "live": [1, 3]}
+    reference = M.window_partition(batch="shape")
+    for shape in [(2, 4, 14, 21), (3, 4, 7, 28)]:
+        M.assert_same_outputs(report.fixed_model, reference, shape)
+
+
+@pytest.mark.parametrize("export_hw", [7, 14])
+def test_windows_of_one_window_are_fine(export_hw: int) -> None:
+    # [-1, 49, C] of (N, H/7, W/7, 7, 7, C) exported at one 7x7 window: 49 = 7·7, not 1·1·7·7
+    report = check_model(M.window_partition(batch="shape"), export_shape={"x": (1, 4, export_hw, export_hw)})
+    assert _ds005(report) == [] and report.applied == []
+    # what is left is true: windows need H and W to be multiples of 7
+    assert {(f.rule, f.details["axis"], f.baked_value["multiple"]) for f in report.findings} == {
+        ("DS003", 2, 7), ("DS003", 3, 7)}
+    reasons = {r.node: r.reason for r in report.refusals if r.rule == "DS005"}
+    assert "stays valid" in reasons["windows"]
+
+
+def test_window_count_taken_from_the_export_size_is_reported() -> None:
+    # [-1, nW0, 16, C] with nW0 = 4 groups of 16 pixels in an 8x8 image, added to a mask made
+    # at that size: at 16x16 it runs and mixes images' groups (silent); not rewritable
+    model = M.window_count_int()
+    assert M.run(model, (1, 6, 16, 16))[M.Y].shape == (1, 16, 16, 6)
+    report = check_model(model, export_shape={"x": (1, 6, 8, 8)})
+    (finding,) = _ds005(report)
+    assert (finding.node, finding.fixable) == ("per_image", False)
+    assert finding.baked_value == {"1": 4}
+    assert "export-time size per batch item of input axis 0" in finding.message
+    assert "silently mixes axes" in finding.message
+    assert report.applied == []
+
+
+def test_a_constant_group_count_that_follows_only_the_batch_is_fine() -> None:
+    # view(-1, H, W) then view(-1, C, H, W): the (N·C) axis grows with the batch only, C is a
+    # constant of the model
+    report = check_model(M.channel_groups(), export_shape={"x": (1, 4, 8, 8)})
+    assert report.findings == []
+
+
+@pytest.mark.parametrize(("x0", "x1", "t0", "t1", "moves"), [
+    # window_reverse with the batch frozen: [64] -> [1, 8, 8] no longer holds as [512] -> [1, 16, 16]
+    ((64, 7, 7, 32), (512, 7, 7, 32), [1, 8, 8, 7, 7, -1], [1, 16, 16, 7, 7, -1], True),
+    ((1, 4, 8, 8), (2, 4, 16, 16), [1, -1], [1, -1], True),  # view(1, -1)
+    # size-1 axes may group either way: 49 = 7·7 holds at both shapes
+    ((1, 1, 1, 7, 7, 96), (1, 2, 2, 7, 7, 96), [-1, 49, 96], [-1, 49, 96], False),
+    # a split inside one block ([64] -> [-1, 64]) keeps the blocks: the spatial-extent check's job
+    ((64, 2, 49, 49), (512, 2, 49, 49), [-1, 64, 2, 49, 49], [-1, 64, 2, 49, 49], False),
+    ((1, 4, 8, 8), (2, 4, 16, 16), [0, 4, -1], [0, 4, -1], False),
+])
+def test_regroups(x0: tuple[int, ...], x1: tuple[int, ...], t0: list[int], t1: list[int], moves: bool) -> None:
+    from dynashape.rules.reshape import _regroups
+
+    assert _regroups(x0, x1, t0, t1, allowzero=False) is moves
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_torch_window_reverse_with_an_int_batch(exporter: str) -> None:
+    # The published Swin detection code: B = int(windows.shape[0] / (H * W / ws / ws)). Both
+    # exporters freeze it as 1 next to sizes they compute; at batch 2 the batch lands in the
+    # channels. After the fix the model matches eager at other batches and sizes.
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from dynashape.backends.ort import run_model
+    from dynashape.export import export_module
+
+    class WindowReverse(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.embed = nn.Conv2d(3, 8, 4, 4)
+            self.proj = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.embed(x).permute(0, 2, 3, 1)
+            B, H, W, C = y.shape
+            ws = 4
+            win = y.reshape(B, H // ws, ws, W // ws, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, C)
+            win = self.proj(win)
+            b = int(win.shape[0] / (H * W / ws / ws))
+            out = win.view(b, H // ws, W // ws, ws, ws, -1).permute(0, 1, 3, 2, 4, 5).reshape(b, H, W, -1)
+            return out.permute(0, 3, 1, 2)
+
+    net = WindowReverse().eval()
+    model = export_module(net, {"input": (1, 3, 32, 32)}, exporter=exporter).model
+    report = check_model(model, export_shape={"input": (1, 3, 32, 32)})
+    assert _ds005(report) and all(f.fixable for f in _ds005(report)), report.findings
+    for shape in [(2, 3, 32, 48), (3, 3, 64, 32)]:
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        (got,) = run_model(report.fixed_model, {"input": x}).values()
+        assert got.shape == want.shape, (shape, got.shape)
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_torch_window_count_from_np_ceil_is_reported(exporter: str) -> None:
+    # Swin's BasicLayer: the shifted-window mask is built with Python ints (np.ceil of the size)
+    # and attention is viewed as [B_ // nW, nW, N, N]. The exported count nW is the export-time
+    # number of windows; at a larger image the graph runs and adds the mask to the wrong windows.
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from dynashape.backends.ort import run_model
+    from dynashape.export import export_module
+
+    class WindowMask(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.embed = nn.Conv2d(3, 8, 4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.embed(x).permute(0, 2, 3, 1)
+            B, H, W, C = y.shape
+            ws = 4
+            n_windows = int(np.ceil(H / ws)) * int(np.ceil(W / ws))
+            mask = torch.zeros(n_windows, ws * ws, ws * ws)
+            mask[0, : ws * ws // 2, ws * ws // 2:] = -100.0  # the first window only (a border)
+            win = y.reshape(B, H // ws, ws, W // ws, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, C)
+            attn = win @ win.transpose(1, 2)
+            attn = attn.view(-1, mask.shape[0], ws * ws, ws * ws) + mask.unsqueeze(0)
+            attn = attn.view(-1, ws * ws, ws * ws).softmax(-1)
+            return (attn @ win).reshape(B, -1, C).mean(1)
+
+    net = WindowMask().eval()
+    model = export_module(net, {"input": (1, 3, 32, 32)}, exporter=exporter).model
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    (got,) = run_model(model, {"input": x}).values()
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    assert got.shape == want.shape and not np.allclose(got, want, atol=1e-4)  # silently wrong
+    report = check_model(model, export_shape={"input": (1, 3, 32, 32)})
+    (finding,) = [f for f in _ds005(report) if not f.fixable]
+    assert finding.baked_value == {"1": 4}
+    assert "export-time size per batch item" in finding.message

@@ -15,7 +15,7 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from dynashape.analysis import Context, second_shape
+from dynashape.analysis import Context, is_descendant, second_shape
 from dynashape.errors import DynashapeError
 from dynashape.exportshape import resolve_export_shape
 from dynashape.findings import Finding, Lattice, Refusal, lattice_to_json
@@ -29,6 +29,7 @@ from dynashape.shapes import Profile, RangeMap, ShapeMap, format_shapes
 log = logging.getLogger(__name__)
 
 _CONTROL_FLOW = {"If", "Loop", "Scan"}
+_MAX_ROUNDS = 8  # rounds of one rule over the graph; another runs only after a rewrite
 
 
 @dataclass
@@ -91,31 +92,10 @@ def check_model(
     refusals: list[Refusal] = []
     applied: list[str] = []
     for rule in rules if rules is not None else DEFAULT_RULES:
-        found: list[Finding] = []
-        for node in ctx.nodes(*rule.ops):
-            result = rule.check(ctx, node)
-            if isinstance(result, Finding):
-                found.append(result)
-            else:
-                refusals.append(result)
-        rewritten = False
-        for finding in found:
-            if finding.fixable and rule.needs_export_shape and es.source == "default":
-                finding.fixable = False
-                finding.fix = (
-                    "not rewritten: the export shape is unknown (no baked constant points at it) and "
-                    f"this fix depends on it; give the export shape (e.g. --input). It would {finding.fix}"
-                )
-            if not finding.fixable:
-                continue
-            target = next((n for n in ctx.model.graph if n.name == finding.node), None)
-            if target is None:
-                continue
-            applied.append(rule.rewrite(ctx, target, finding))
-            rewritten = True
-        if rewritten:
-            ctx.refresh()
+        found, refused, rewrites = _run_rule(ctx, rule, es.source == "default")
         findings.extend(found)
+        refusals.extend(refused)
+        applied.extend(rewrites)
     fixed = ctx.proto
     onnx.checker.check_model(fixed)
     lattice: Lattice = {}
@@ -138,6 +118,63 @@ def check_model(
         notes=notes, outputs_follow=follows, suggested_profile=profile, path=path,
         seconds=time.perf_counter() - start,
     )
+
+
+def _run_rule(ctx: Context, rule: Rule, export_shape_guessed: bool) -> tuple[list[Finding], list[Refusal], list[str]]:
+    """One rule over the graph, rewriting what it can fix, in rounds.
+
+    A rewrite can make the next hazard visible (a reshape that mixed the batch into the
+    channels hides the batch from the reshape after it), so the rule runs again on the
+    rewritten graph until a round rewrites nothing. Nodes it rewrote are done; the others are
+    looked at again, and the last round's verdict stands (an unfixable finding may become
+    fixable, or go, once what is upstream of it was fixed)."""
+    verdicts: dict[str, Finding] = {}  # node -> finding, in the order first found
+    refused: dict[str, Refusal] = {}
+    done: set[str] = set()
+    applied: list[str] = []
+    for round_no in range(_MAX_ROUNDS):
+        found: list[Finding] = []
+        deferred = False
+        shadowing: list[ir.Node] = []  # see Rule.shadows_downstream
+        last_round = round_no == _MAX_ROUNDS - 1
+        for node in ctx.nodes(*rule.ops):
+            key = node.name or f"#{id(node)}"
+            if key in done:
+                continue
+            result = rule.check(ctx, node)
+            if isinstance(result, Refusal):
+                refused[key] = result
+                verdicts.pop(key, None)
+                continue
+            if not last_round and any(
+                    is_descendant(v, up) for up in shadowing for v in node.inputs if v is not None):
+                deferred = True
+                continue
+            if result.fixable and rule.needs_export_shape and export_shape_guessed:
+                result.fixable = False
+                result.fix = (
+                    "not rewritten: the export shape is unknown (no baked constant points at it) and "
+                    f"this fix depends on it; give the export shape (e.g. --input). It would {result.fix}"
+                )
+            verdicts[key] = result
+            refused.pop(key, None)
+            if result.fixable:
+                found.append(result)
+                done.add(key)
+                if rule.shadows_downstream(result):
+                    shadowing.append(node)
+        rewritten = False
+        for finding in found:
+            target = next((n for n in ctx.model.graph if n.name == finding.node), None)
+            if target is None:
+                continue
+            applied.append(rule.rewrite(ctx, target, finding))
+            rewritten = True
+        if rewritten:
+            ctx.refresh()
+        if not rewritten and not deferred:
+            break
+    return list(verdicts.values()), list(refused.values()), applied
 
 
 def _default_ranges(model: onnx.ModelProto, s0: ShapeMap, lattice: Lattice) -> RangeMap:

@@ -262,7 +262,9 @@ def run_module(module: torch.nn.Module, input_shapes: ShapeMap, args: Sequence[t
     import torch
 
     try:
-        with torch.inference_mode():
+        # no_grad, not inference_mode: a module that caches tensors in forward (YOLO grids) keeps
+        # them, and inference tensors cannot be traced by the exporter afterwards
+        with torch.no_grad():
             return module(*args)
     except (RuntimeError, ValueError, IndexError, TypeError, AssertionError) as exc:
         given = ", ".join(f"{n}:{format_shape(s)}" for n, s in input_shapes.items())
@@ -306,7 +308,11 @@ def export_module(
     outs = flatten_outputs(eager)
     if not outs:
         raise DynashapeError("the module returned no tensor; there is nothing to export")
-    names = list(output_names) if output_names else [n for n, _ in outs]
+    if output_names:
+        names = list(output_names)
+        _check_output_names(names, input_names)
+    else:
+        names = valid_output_names([n for n, _ in outs], reserved=input_names)
 
     dims = axis_names(input_shapes, dynamic)
     log.info("exporting with the %s exporter at %s", exporter,
@@ -334,6 +340,50 @@ def export_module(
         result.path = save_model(model, path)
         log.info("wrote %s", result.path)
     return result
+
+
+_NAME_CHARS = re.compile(r"[^0-9A-Za-z_.]")
+
+
+def valid_output_name(name: str) -> str:
+    """``name`` as an ONNX output name both exporters accept.
+
+    The legacy exporter rejects names made only of digits ("Invalid name: '0'"), which is what a
+    dict output keyed ``'0'``, ``'1'``, ... (torchvision's FPN backbones) flattens to. Characters
+    other than letters, digits, ``_`` and ``.`` become ``_``; a name that does not start with a
+    letter or ``_`` is prefixed with ``output_`` (``'0'`` -> ``output_0``, as tuple items are named).
+    """
+    cleaned = _NAME_CHARS.sub("_", name)
+    if not cleaned or not (cleaned[0].isalpha() or cleaned[0] == "_"):
+        cleaned = f"output_{cleaned}"
+    return cleaned
+
+
+def valid_output_names(names: Sequence[str], reserved: Sequence[str] = ()) -> list[str]:
+    """Each name made valid (:func:`valid_output_name`) and unique among the outputs and ``reserved``
+    (the input names): a repeat gets ``_1``, ``_2``, ... appended."""
+    taken = set(reserved)
+    out: list[str] = []
+    for name in names:
+        base = valid_output_name(name)
+        candidate, k = base, 1
+        while candidate in taken:
+            candidate = f"{base}_{k}"
+            k += 1
+        taken.add(candidate)
+        out.append(candidate)
+    return out
+
+
+def _check_output_names(names: Sequence[str], input_names: Sequence[str]) -> None:
+    """Output names the caller chose must be valid and distinct: say which one and what to use."""
+    suggested = valid_output_names(names, reserved=input_names)
+    for given, fixed in zip(names, suggested, strict=True):
+        if given != fixed:
+            raise DynashapeError(
+                f"output name {given!r} cannot be used (names must be distinct, differ from the "
+                f"inputs and not be made only of digits); use e.g. {fixed!r}"
+            )
 
 
 def _dedupe(items: list[ExportWarning]) -> list[ExportWarning]:
@@ -403,7 +453,9 @@ def _export_legacy(
 
     buf = io.BytesIO()
     dynamic_axes: dict[str, dict[int, str]] = {n: d for n, d in dims.items() if d}
-    with warnings.catch_warnings(record=True) as caught, _discard_native_stdout():
+    # no_grad: tracing with autograd on fails on tensors a module cached while it ran under
+    # inference_mode ("Inference tensors cannot be saved for backward")
+    with warnings.catch_warnings(record=True) as caught, _discard_native_stdout(), torch.no_grad():
         warnings.simplefilter("always")
         try:
             torch.onnx.export(

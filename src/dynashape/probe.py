@@ -30,7 +30,7 @@ Dims = tuple[int | None, ...]
 
 _NODE_NAME = re.compile(r"\(op_type:(\w+), node name: ([^)]*)\): (.*)")
 _SMALL = 64  # initializers up to this many elements may be shape constants; keep their values
-_MAX_PATCH_PASSES = 2
+_MAX_PATCH_PASSES = 16  # a pass only runs when the last one made new shape values known
 
 
 @dataclass
@@ -143,14 +143,17 @@ class Prober:
                 d.dim_value = int(v)
         probe = Probe(dict(shapes))
         self._infer(self.skeleton, probe)
-        done: set[tuple[int, int]] = set()
+        # (node index, input index) -> computed value fed in place of that input; kept across
+        # passes, since each pass starts again from the skeleton
+        swaps: dict[tuple[int, int], np.ndarray] = {}
         for _ in range(_MAX_PATCH_PASSES):
+            if probe.failure is not None:
+                break  # known dims already disagree; knowing more cannot make them agree
             # ONNX data propagation stops at ops it does not evaluate (the legacy exporter's F.pad
             # turns its pads around with Reshape/Transpose): feed it the values computed here
-            patched = self._patched(probe, done)
+            patched = self._patched(probe, swaps)
             if patched is None:
                 break
-            probe.failure = None
             self._infer(patched, probe)
         if probe.failure is None:
             probe.failure = self._extra_checks(probe)
@@ -167,12 +170,14 @@ class Prober:
         probe.dims = LazyDims(infos, self._initializer_dims)
         self._evaluate_shape_values(probe)
 
-    def _patched(self, probe: Probe, done: set[tuple[int, int]]) -> onnx.ModelProto | None:
+    def _patched(self, probe: Probe, swaps: dict[tuple[int, int], np.ndarray]) -> onnx.ModelProto | None:
         """A copy of the skeleton where shape inputs known here but not to ONNX inference are
-        initializers, or None when no node with unknown output dims has a new such input."""
+        initializers, or None when no node with unknown output dims has a new such input.
+
+        ``swaps`` holds the inputs replaced by earlier passes; they stay replaced (a node whose
+        output became known through a swap loses it again if the swap is dropped)."""
         produced = self._computed
-        swaps: dict[tuple[int, int], str] = {}
-        inits: list[onnx.TensorProto] = []
+        added = False
         for n_idx, node in enumerate(self.skeleton.graph.node):
             if node.op_type in ("Shape", "Size", "Constant") or not node.output:
                 continue
@@ -180,24 +185,28 @@ class Prober:
             if dims is not None and all(d is not None for d in dims):
                 continue
             for i_idx, name in enumerate(node.input):
+                if (n_idx, i_idx) in swaps:
+                    continue
                 value = probe.values.get(name) if name in produced else None
                 if value is None or np.size(value) > _SMALL:
                     continue
                 arr = np.asarray(value)
                 if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
                     continue
-                new = f"{name}__probe_value"
-                swaps[(n_idx, i_idx)] = new
-                if all(t.name != new for t in inits):
-                    inits.append(numpy_helper.from_array(arr, new))
-        if not swaps or set(swaps) <= done:
+                swaps[(n_idx, i_idx)] = arr
+                added = True
+        if not added:
             return None
-        done.update(swaps)
         patched = onnx.ModelProto()
         patched.CopyFrom(self.skeleton)
-        for (n_idx, i_idx), new in swaps.items():
+        inits: dict[str, onnx.TensorProto] = {}
+        for (n_idx, i_idx), arr in swaps.items():
+            name = patched.graph.node[n_idx].input[i_idx]
+            new = f"{name}__probe_value"
             patched.graph.node[n_idx].input[i_idx] = new
-        patched.graph.initializer.extend(inits)
+            if new not in inits:
+                inits[new] = numpy_helper.from_array(arr, new)
+        patched.graph.initializer.extend(inits.values())
         return patched
 
     def _evaluate_shape_values(self, probe: Probe) -> None:
@@ -221,7 +230,9 @@ class Prober:
             if any(i and v is None for i, v in zip(node.input, ins)):
                 continue
             try:
-                out = _eval_small(node, ins)
+                # a size of 0 at a tiny probe shape divides by zero: the value is then unknown
+                with np.errstate(all="ignore"):
+                    out = _eval_small(node, ins)
             except Exception:  # a shape op we cannot evaluate leaves its output unknown
                 out = None
             if out is not None:

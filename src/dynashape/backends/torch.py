@@ -47,7 +47,7 @@ def flatten_outputs(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 class TorchRunner(Runner):
-    """Runs an ``nn.Module`` (or a ``FILE.py:FACTORY`` spec) eagerly under ``inference_mode``.
+    """Runs an ``nn.Module`` (or a ``FILE.py:FACTORY`` spec) eagerly under ``no_grad``.
 
     ``input_names`` orders the feeds as the module's positional arguments (default: the order
     of the feeds dict). ``output_names`` renames the flattened outputs by position, e.g. to
@@ -98,7 +98,8 @@ class TorchRunner(Runner):
         if missing:
             raise DynashapeError(f"no feed for input(s) {', '.join(missing)} (given: {', '.join(feeds)})")
         args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in names]
-        with torch.inference_mode():
+        # no_grad, not inference_mode: a module that caches tensors in forward must stay exportable
+        with torch.no_grad():
             result = self._module(*args)
         flat = flatten_outputs(result)
         if self._given_output_names is not None:

@@ -27,6 +27,13 @@ class Rule:
         """Apply the fix in ``ctx.model``; return a one-line description of what changed."""
         raise NotImplementedError
 
+    def shadows_downstream(self, finding: Finding) -> bool:
+        """Does this (fixable) finding make the shapes after it wrong but consistent at the
+        second probe shape? Then this rule's findings downstream of it wait for the next round,
+        after the rewrite (a reshape that mixes the batch into the channels makes every reshape
+        after it look wrong there)."""
+        return False
+
     def refuse(self, node: ir.Node, reason: str) -> Refusal:
         return Refusal(self.id, node.name or "", reason)
 
