@@ -30,6 +30,7 @@ Dims = tuple[int | None, ...]
 
 _NODE_NAME = re.compile(r"\(op_type:(\w+), node name: ([^)]*)\): (.*)")
 _SMALL = 64  # initializers up to this many elements may be shape constants; keep their values
+_PASS_BUDGET = 24_000  # node-passes per probe: 16 passes up to 1,500 nodes, 3 for Swin-T's 6,285
 _MAX_PATCH_PASSES = 16  # a pass only runs when the last one made new shape values known
 
 
@@ -115,6 +116,10 @@ class Prober:
             t.name: tuple(int(d) for d in t.dims) for t in model.graph.initializer
         }
         self._cache: dict[tuple[tuple[str, tuple[int, ...]], ...], Probe] = {}
+        # each feedback pass re-runs ONNX inference over the whole graph: deep chains of computed
+        # sizes get every pass on small graphs, large graphs a bounded share of them
+        nodes = max(1, len(model.graph.node))
+        self.max_passes = max(2, min(_MAX_PATCH_PASSES, _PASS_BUDGET // nodes))
 
     @property
     def _lifted(self) -> set[str]:
@@ -146,7 +151,7 @@ class Prober:
         # (node index, input index) -> computed value fed in place of that input; kept across
         # passes, since each pass starts again from the skeleton
         swaps: dict[tuple[int, int], np.ndarray] = {}
-        for _ in range(_MAX_PATCH_PASSES):
+        for _ in range(self.max_passes):
             if probe.failure is not None:
                 break  # known dims already disagree; knowing more cannot make them agree
             # ONNX data propagation stops at ops it does not evaluate (the legacy exporter's F.pad
