@@ -4,12 +4,12 @@ plan travels in ``Finding.details``."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import onnx_ir as ir
 
 from dynashape.analysis import Context
-from dynashape.findings import Finding, Refusal
+from dynashape.findings import Finding, Refusal, Severity
 
 
 class Rule:
@@ -36,6 +36,11 @@ class Rule:
 
     def refuse(self, node: ir.Node, reason: str) -> Refusal:
         return Refusal(self.id, node.name or "", reason)
+
+    def finding(self, node: ir.Node, *, severity: Severity, **fields: Any) -> Finding:
+        """A finding of this rule on ``node`` (its name, op and inputs filled in)."""
+        return Finding(rule=self.id, severity=severity, node=node.name or "", op=node.op_type,
+                       inputs=input_names(node), **fields)
 
 
 def input_names(node: ir.Node) -> list[str]:

@@ -25,7 +25,7 @@ import onnx_ir as ir
 
 from dynashape.analysis import Context, fmt
 from dynashape.findings import Finding, Refusal
-from dynashape.rules.base import Rule, input_names
+from dynashape.rules.base import Rule
 from dynashape.rules.joined import (
     SizeBuilder,
     build_size_vector,
@@ -158,12 +158,9 @@ class FrozenExpandTile(Rule):
             consequence = "it fails"
         entries_json = entries
         const_only = all("const" in e for e in entries)
-        return Finding(
-            rule=self.id,
+        return self.finding(
+            node,
             severity="error",
-            node=node.name or "",
-            op=node.op_type,
-            inputs=input_names(node),
             message=(f"{node.op_type} {node.name}: {what} {t0} holds export-time sizes ({'; '.join(reasons)}): "
                      f"at input {s1} {consequence}"),
             fixable=True,

@@ -52,7 +52,7 @@ import onnx_ir as ir
 
 from dynashape.analysis import SAME_SIZE_UNARY, Context, fmt, is_descendant
 from dynashape.findings import Finding, Refusal
-from dynashape.rules.base import Rule, input_names
+from dynashape.rules.base import Rule
 from dynashape.rules.joined import (
     Meeting,
     Origin,
@@ -437,12 +437,9 @@ class _GeneratedBase(Rule):
             else join
         assert named is not None
         fixable = all(op.plan is not None for op in ops)
-        return Finding(
-            rule=self.id,
+        return self.finding(
+            named,
             severity="error",
-            node=named.name or "",
-            op=named.op_type,
-            inputs=input_names(named),
             message="; ".join(parts),
             fixable=fixable,
             baked_value=baked if len(baked) > 1 else next(iter(baked.values())),

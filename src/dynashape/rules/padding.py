@@ -39,7 +39,7 @@ from dynashape.analysis import JOINS, SAME_SIZE_UNARY, Context, fmt
 from dynashape.findings import Finding, Refusal
 from dynashape.probe import Probe
 from dynashape.rules import trace
-from dynashape.rules.base import Rule, input_names
+from dynashape.rules.base import Rule
 from dynashape.rules.shape_arith import ShapeArith
 
 _STRIDED = ("Conv", "AveragePool", "MaxPool", "LpPool")
@@ -324,12 +324,9 @@ class ComputedSamePadding(Rule):
         at_s1 = (f"at input {fmt(x1)} the pads are {pads1} where same padding needs {want1}" if pads1 is not None
                  else f"at input {fmt(x1)} same padding needs {want1}")
         attr_form = not (len(node.inputs) > 1 and node.inputs[1] is not None)
-        return Finding(
-            rule=self.id,
+        return self.finding(
+            node,
             severity="error",
-            node=node.name or "",
-            op=node.op_type,
-            inputs=input_names(node),
             message=(f"Pad pads {plan.pads0} hold the export-time remainder of its input ({fmt(x0)}): "
                      f"{'; '.join(parts)} (padding computed in Python from the export size); {at_s1}"),
             fixable=not attr_form,

@@ -33,7 +33,7 @@ import onnx_ir as ir
 
 from dynashape.analysis import SAME_SIZE_UNARY, Context, const_i64, fmt
 from dynashape.findings import Finding, Refusal
-from dynashape.rules.base import Rule, input_names, new_name, replace_value
+from dynashape.rules.base import Rule, new_name, replace_value
 from dynashape.rules.shape_arith import ShapeArith
 
 _REDUCE = {"AveragePool": "ReduceMean", "MaxPool": "ReduceMax"}
@@ -100,12 +100,9 @@ class WholeAxisPooling(Rule):
         reduce_op = _REDUCE[node.op_type]
         whole = len(pooled) == spatial
         fix = f"{_GLOBAL[node.op_type]}" if whole else f"{reduce_op}(axes={pooled}, keepdims=1)"
-        return Finding(
-            rule=self.id,
+        return self.finding(
+            node,
             severity="error",
-            node=node.name or "",
-            op=node.op_type,
-            inputs=input_names(node),
             message=(
                 f"{node.op_type} kernel {kernel} equals the export-time size of axis "
                 f"{', '.join(str(a) for a in pooled)} of its input ({fmt(x0)}): it pools the whole axis "
@@ -327,12 +324,9 @@ class AdaptivePoolBins(Rule):
             d = names[i]
             target += {"bins": [str(found.bins[i]), f"{d}/{found.bins[i]}"], "whole": ["1", d], "keep": [d, "1"]}[mode]
         adaptive = "adaptive_avg_pool" if node.op_type == "AveragePool" else "adaptive_max_pool"
-        return Finding(
-            rule=self.id,
+        return self.finding(
+            node,
             severity="error",
-            node=node.name or "",
-            op=node.op_type,
-            inputs=input_names(node),
             message=(
                 f"{node.op_type} kernel {kernel} / stride {strides} cuts its input ({fmt(x0)}) into a {grid0} grid "
                 f"only at the export size ({per_axis}): the output grid is {grid0} only there; when its input is "

@@ -27,7 +27,7 @@ import onnx_ir as ir
 
 from dynashape.analysis import Context, fmt
 from dynashape.findings import Finding, Refusal, Severity
-from dynashape.rules.base import Rule, input_names
+from dynashape.rules.base import Rule
 from dynashape.rules.padding import owns_pad
 
 _MAX_PLUMBING = 64
@@ -105,8 +105,8 @@ class SizeControlFlow(Rule):
         taken = f"; it is {v0} at the export shape" if v0 is not None else ""
         if flips:
             taken += f" and {v1} at {fmt(next(iter(ctx.s1.values())))}: the other branch runs there"
-        return Finding(
-            rule=self.id, severity="warning", node=node.name or "", op="If", inputs=input_names(node),
+        return self.finding(
+            node, severity="warning",
             message=(f"If {node.name}: its condition is computed from the size of {', '.join(sorted(set(sources)))}"
                      f"{taken}; the two branches may produce different shapes (TensorRT requires their "
                      "output shapes to be broadcastable)"),
@@ -156,8 +156,8 @@ class SizeControlFlow(Rule):
         parts = [f"axis {a}: {r['size_s0']} + {r['pad']} = {r['size_s0'] + r['pad']}, a multiple of {r['multiple']}"
                  for a, r in rounded.items()]
         s1_parts = [f"{r['size_s1']} + {r['pad']} is not" for r in rounded.values()]
-        return Finding(
-            rule=self.id, severity="warning", node=node.name or "", op="Pad", inputs=input_names(node),
+        return self.finding(
+            node, severity="warning",
             message=(f"Pad {node.name} adds constant pads {pads0} that round its input up to a multiple only at "
                      f"the export size ({'; '.join(parts)}); at {fmt(x1)} {', '.join(s1_parts)}: the trace of a "
                      "Python `if h % m:` pad (or of padding computed in Python) taken at export"),
@@ -212,8 +212,8 @@ class ShapeConstantElsewhere(Rule):
         leaves = _constant_leaves(value)
         where = ", ".join(sorted({matches[v] for v in hits.values()}))
         x1 = ctx.dims(node.inputs[0], ctx.p1)
-        return Finding(
-            rule=self.id, severity="warning", node=node.name or "", op=node.op_type, inputs=input_names(node),
+        return self.finding(
+            node, severity="warning",
             message=(f"{node.op_type} {node.name}: {what} = {v0 if len(v0) > 1 else v0[0]} (from "
                      f"{', '.join(leaves) or value.name}) equals the export-time size {where}; it stays "
                      f"{v0 if len(v0) > 1 else v0[0]} when the input changes (input {fmt(x1)} at "
@@ -275,8 +275,8 @@ class FixedTokenCount(Rule):
         if patch is not None:
             p, extra, hw = patch
             how = f" = {hw[0]}·{hw[1]}/{p}²" + (f" + {extra} class token{'s' if extra > 1 else ''}" if extra else "")
-        return Finding(
-            rule=self.id, severity="error", node=node.name or "", op="Add", inputs=input_names(node),
+        return self.finding(
+            node, severity="error",
             message=(f"Add {node.name}: the position embedding {emb.name} [1, {l0}, {dims[2]}] fixes the token "
                      f"count at L0 = {l0}{how}; at input {fmt(next(iter(ctx.s1.values())))} there are "
                      f"{t1[1]} tokens and the Add cannot broadcast"),
@@ -340,8 +340,8 @@ class StaticInputAxes(Rule):
                 why.append("a spatial dim is 1 (the dynamo exporter specialises sizes 0 and 1: export at ≥ 2)")
             if any(d != 1 for d in spatial.values()):
                 why.append("only " + ", ".join(f"axis {a}" for a in info.dynamic_axes) + " dynamic")
-            return Finding(
-                rule=self.id, severity=severity, node=node.name or "", op=node.op_type, inputs=input_names(node),
+            return self.finding(
+                node, severity=severity,
                 message=(f"input {info.name!r} is {info.describe()}: {axes_txt} fixed ({'; '.join(why)}); "
                          "ONNX Runtime and TensorRT reject every other size on those axes"),
                 fixable=False, baked_value={str(a): d for a, d in suspects.items()},

@@ -41,7 +41,7 @@ import onnx_ir as ir
 from dynashape.analysis import Context, const_i64, fmt, is_descendant
 from dynashape.findings import Finding, Refusal
 from dynashape.probe import Probe
-from dynashape.rules.base import Rule, input_names, new_name
+from dynashape.rules.base import Rule, new_name
 
 Dims = tuple[int, ...]
 
@@ -166,12 +166,9 @@ class FrozenReshapeTarget(Rule):
             why = "; " + ", ".join(
                 f"entry {i} ({t0[i]}) is the export-time size per batch item of input axis {k}, which follows "
                 "the spatial input size" for i, k in sorted(extents.items()))
-        return Finding(
-            rule=self.id,
+        return self.finding(
+            node,
             severity="error",
-            node=node.name or "",
-            op=node.op_type,
-            inputs=input_names(node),
             message=(
                 f"Reshape target {t0} holds export-time sizes of its input {fmt(x0)}{where}: at input "
                 f"{fmt(x1)} it {what}{why}"

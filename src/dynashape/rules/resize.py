@@ -20,7 +20,7 @@ import onnx_ir as ir
 
 from dynashape.analysis import Context, const_i64, fmt, is_descendant, join_partners
 from dynashape.findings import Finding, Refusal
-from dynashape.rules.base import Rule, input_names, new_name
+from dynashape.rules.base import Rule, new_name
 
 
 class FrozenResizeSize(Rule):
@@ -60,12 +60,9 @@ class FrozenResizeSize(Rule):
         joined = [p.name for p in join_partners(node.outputs[0])]
         if joined:
             message += f", so the join with {joined[0]!r} fails"
-        return Finding(
-            rule=self.id,
+        return self.finding(
+            node,
             severity="error",
-            node=node.name or "",
-            op=node.op_type,
-            inputs=input_names(node),
             message=message,
             fixable=bool(plan),
             baked_value={str(i): s0[i] for i in frozen},

@@ -31,7 +31,7 @@ from dynashape.analysis import Context, const_i64, fmt
 from dynashape.findings import Finding, Refusal
 from dynashape.probe import Probe
 from dynashape.rules import trace
-from dynashape.rules.base import Rule, input_names, new_name, replace_value
+from dynashape.rules.base import Rule, new_name, replace_value
 from dynashape.rules.shape_arith import INT64_MAX, ShapeArith
 
 # marks a bound computed from shapes (it moves with the input): never matched, kept as it is
@@ -108,12 +108,9 @@ class FrozenSplitSizes(Rule):
         plan = self._concat_plan(ctx, x, axis, s0) or self._equal_plan(ctx, x, axis, s0)
         if plan and ctx.opset < 10:
             plan = {}
-        return Finding(
-            rule=self.id,
+        return self.finding(
+            node,
             severity="error",
-            node=node.name or "",
-            op=node.op_type,
-            inputs=input_names(node),
             message=(
                 f"Split sizes {s0} on axis {axis} add up to the export-time size {d0} of that axis of its input "
                 f"({fmt(x0)}){' (an attribute)' if attr_form else ''}: when its input is {fmt(x1)} the axis has "
@@ -270,12 +267,9 @@ class FrozenSliceBounds(Rule):
             else:
                 what.append(f"{e['which']} {e['value']} on axis {e['axis']} is the export-time size of {e['ref']!r}")
         kept = self._kept_at(x1, starts, ends, axes, {e["axis"] for e in entries})
-        return Finding(
-            rule=self.id,
+        return self.finding(
+            node,
             severity="error",
-            node=node.name or "",
-            op=node.op_type,
-            inputs=input_names(node),
             message=(f"Slice of {fmt(x0)} with constant bounds: {'; '.join(what)}: when its input is {fmt(x1)} the "
                      f"slice still keeps {kept} (a Python int taken from the export shape)"),
             fixable=fixable,

@@ -29,7 +29,7 @@ from onnx import helper
 
 from dynashape.analysis import Context
 from dynashape.findings import Finding, Refusal
-from dynashape.rules.base import Rule, input_names
+from dynashape.rules.base import Rule
 
 _REDUCE = (
     "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
@@ -157,9 +157,9 @@ class TensorRTUnsupported(Rule):
                "at every input size)") if fixable else (
             "not rewritten: " + "; ".join(problems)
             + (f" (the constant {folded_txt} would be folded)" if foldable else ""))
-        return Finding(
-            rule=self.id, severity="warning" if fixable else "error", node=node.name or "", op=node.op_type,
-            inputs=input_names(node), message=f"{node.op_type}: " + "; ".join(parts), fixable=fixable,
+        return self.finding(
+            node, severity="warning" if fixable else "error",
+            message=f"{node.op_type}: " + "; ".join(parts), fixable=fixable,
             baked_value=None, breaks_at=f"every shape: the engine build fails ({TRT_CHECKED})", fix=fix,
             details={"fold": foldable, "checked_against": TRT_CHECKED},
         )
