@@ -8,6 +8,7 @@ differs between the two probes; a value baked from the export shape does not.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -197,3 +198,53 @@ def fmt(shape: Shape | Dims | None) -> str:
     if shape is None:
         return "?"
     return "x".join("?" if d is None else str(d) for d in shape)
+
+
+# ops whose output is not a function of their inputs: never folded, never regenerated
+NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
+                    "Bernoulli"}
+
+
+@dataclass
+class Origin:
+    """How a value is computed: only from constants ("constant"), from some tensor's Shape
+    ("shape"), or from data ("data")."""
+
+    kind: str
+    nodes: list[ir.Node]  # the nodes computing it (constant kind), nearest first
+    why: str = ""
+
+
+def origin_of(value: ir.Value, max_nodes: int = 256) -> Origin:
+    """Walk up from ``value``: a graph input, a custom or random op, control flow or more than
+    ``max_nodes`` nodes make it data; a ``Shape``/``Size`` of a real tensor makes it shape-derived."""
+    nodes: list[ir.Node] = []
+    seen: set[int] = set()
+    queue: deque[ir.Value] = deque([value])
+    kind, why = "constant", ""
+    while queue:
+        v = queue.popleft()
+        if v.const_value is not None:
+            continue
+        producer = v.producer()
+        if producer is None:
+            return Origin("data", [], f"it depends on graph input {v.name!r}")
+        if id(producer) in seen:
+            continue
+        seen.add(id(producer))
+        if producer.op_type in ("Shape", "Size"):
+            src = producer.inputs[0]
+            if src is None or src.const_value is None:
+                kind, why = "shape", f"it is computed from {producer.op_type}({src.name if src else '?'})"
+                continue
+        if producer.domain not in ("", "ai.onnx"):
+            return Origin("data", [], f"it goes through custom op {producer.domain}::{producer.op_type}")
+        if producer.op_type in NONDETERMINISTIC:
+            return Origin("data", [], f"it goes through random op {producer.op_type}")
+        if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in producer.attributes.values()):
+            return Origin("data", [], f"it goes through control flow ({producer.op_type})")
+        nodes.append(producer)
+        if len(nodes) > max_nodes:
+            return Origin("data", [], f"it is computed by more than {max_nodes} nodes")
+        queue.extend(i for i in producer.inputs if i is not None)
+    return Origin(kind, nodes if kind == "constant" else [], why)

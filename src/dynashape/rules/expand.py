@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from dynashape.analysis import Context, fmt
+from dynashape.analysis import Context, fmt, origin_of
 from dynashape.findings import Finding, Refusal
 from dynashape.rules.base import Rule
 from dynashape.rules.joined import (
@@ -34,7 +34,6 @@ from dynashape.rules.joined import (
     known_dims,
     meeting_at,
     node_by_output,
-    origin_of,
     remove_dead,
 )
 

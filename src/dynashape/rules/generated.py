@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from dynashape.analysis import SAME_SIZE_UNARY, Context, fmt, is_descendant
+from dynashape.analysis import SAME_SIZE_UNARY, Context, fmt, is_descendant, origin_of
 from dynashape.findings import Finding, Refusal
 from dynashape.rules.base import Rule
 from dynashape.rules.joined import (
@@ -65,7 +65,6 @@ from dynashape.rules.joined import (
     known_dims,
     meeting_at,
     node_by_output,
-    origin_of,
     remove_dead,
     upstream_through_unary,
 )

@@ -18,13 +18,9 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from dynashape.analysis import JOINS, SAME_SIZE_UNARY, Context, is_descendant
+from dynashape.analysis import JOINS, SAME_SIZE_UNARY, Context, Origin, is_descendant
 from dynashape.probe import Dims, Probe
 from dynashape.rules.base import new_name
-
-_MAX_ORIGIN_NODES = 256
-_NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
-                     "Bernoulli"}
 
 
 @dataclass
@@ -241,47 +237,6 @@ def upstream_through_unary(value: ir.Value) -> ir.Node | None:
 
 
 # -------------------------------------------------------------------------------- constants
-
-
-@dataclass
-class Origin:
-    """How a value is computed: only from constants ("constant"), from some tensor's Shape
-    ("shape"), or from data ("data")."""
-
-    kind: str
-    nodes: list[ir.Node]  # the nodes computing it (constant kind), nearest first
-    why: str = ""
-
-
-def origin_of(value: ir.Value) -> Origin:
-    nodes: list[ir.Node] = []
-    seen: set[int] = set()
-    stack = [value]
-    kind, why = "constant", ""
-    while stack:
-        v = stack.pop(0)
-        if v.const_value is not None:
-            continue
-        producer = v.producer()
-        if producer is None:
-            return Origin("data", [], f"it depends on graph input {v.name!r}")
-        if id(producer) in seen:
-            continue
-        seen.add(id(producer))
-        if producer.op_type in ("Shape", "Size"):
-            src = producer.inputs[0]
-            if src is None or src.const_value is None:
-                kind, why = "shape", f"it is computed from {producer.op_type}({src.name if src else '?'})"
-                continue
-        if producer.domain not in ("", "ai.onnx") or producer.op_type in _NONDETERMINISTIC:
-            return Origin("data", [], f"it goes through {producer.op_type}")
-        if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in producer.attributes.values()):
-            return Origin("data", [], f"it goes through control flow ({producer.op_type})")
-        nodes.append(producer)
-        if len(nodes) > _MAX_ORIGIN_NODES:
-            return Origin("data", [], f"it is computed by more than {_MAX_ORIGIN_NODES} nodes")
-        stack.extend(i for i in producer.inputs if i is not None)
-    return Origin(kind, nodes if kind == "constant" else [], why)
 
 
 def constant_node_array(node: ir.Node) -> np.ndarray | None:

@@ -27,7 +27,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 from onnx import helper
 
-from dynashape.analysis import Context
+from dynashape.analysis import Context, origin_of
 from dynashape.findings import Finding, Refusal
 from dynashape.rules.base import Rule
 
@@ -46,44 +46,8 @@ CONSTANT_SLOTS: dict[str, dict[int, str]] = {
     **{op: {1: "axes"} for op in _REDUCE},
 }
 TRT_CHECKED = "TensorRT 8.5"
-_NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
-                     "Bernoulli"}
 _MAX_FOLD_NODES = 256
 _MAX_FOLD_ELEMENTS = 1 << 16
-
-
-def _origin(value: ir.Value) -> tuple[str, list[ir.Node], str]:
-    """How ``value`` is computed: ("constant" | "shape" | "data", nodes to fold, why)."""
-    nodes: list[ir.Node] = []
-    seen: set[int] = set()
-    stack = [value]
-    kind, why = "constant", ""
-    while stack:
-        v = stack.pop()
-        if v.const_value is not None:
-            continue
-        producer = v.producer()
-        if producer is None:
-            return "data", [], f"it depends on graph input {v.name!r}"
-        if id(producer) in seen:
-            continue
-        seen.add(id(producer))
-        if producer.op_type in ("Shape", "Size"):
-            src = producer.inputs[0]
-            if src is None or src.const_value is None:
-                kind, why = "shape", f"it is computed from {producer.op_type}({src.name if src else '?'})"
-                continue
-        if producer.domain not in ("", "ai.onnx"):
-            return "data", [], f"it goes through custom op {producer.domain}::{producer.op_type}"
-        if producer.op_type in _NONDETERMINISTIC:
-            return "data", [], f"it goes through random op {producer.op_type}"
-        if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in producer.attributes.values()):
-            return "data", [], f"it goes through control flow ({producer.op_type})"
-        nodes.append(producer)
-        if len(nodes) > _MAX_FOLD_NODES:
-            return "data", [], f"it is computed by more than {_MAX_FOLD_NODES} nodes"
-        stack.extend(i for i in producer.inputs if i is not None)
-    return kind, nodes, why
 
 
 def fold_value(proto: onnx.ModelProto, value_name: str, node_outputs: set[str]) -> np.ndarray:
@@ -124,7 +88,8 @@ class TensorRTUnsupported(Rule):
             producer = value.producer()
             if producer is not None and producer.op_type == "Constant":
                 continue  # the parser imports Constant nodes as weights
-            kind, nodes, why = _origin(value)
+            origin = origin_of(value, _MAX_FOLD_NODES)
+            kind, nodes, why = origin.kind, origin.nodes, origin.why
             if kind == "constant":
                 foldable[str(slot)] = [o.name for n in nodes for o in n.outputs if o is not None and o.name]
             else:
