@@ -142,8 +142,9 @@ def traced_dims(value: ir.Value, probe: Probe) -> Dims | None:
     return None
 
 
-def join_partners(value: ir.Value) -> list[ir.Value]:
-    """Tensors this value is joined with (Add/Concat/Mul ...), following same-size unary ops."""
+def join_partners(value: ir.Value, *, through_slices: bool = False) -> list[ir.Value]:
+    """Tensors this value is joined with (Add/Concat/Mul ...), following same-size unary ops
+    (and, with ``through_slices``, further slices of it: ``x[:, :, :h]`` then ``[..., :w]``)."""
     partners: list[ir.Value] = []
     frontier = [value]
     visited: set[int] = set()
@@ -154,8 +155,8 @@ def join_partners(value: ir.Value) -> list[ir.Value]:
         visited.add(id(v))
         for use in v.uses():
             node = use.node
-            if node.op_type in SAME_SIZE_UNARY:
-                frontier.extend(node.outputs[:1])
+            if node.op_type in SAME_SIZE_UNARY or (through_slices and node.op_type == "Slice" and use.idx == 0):
+                frontier.extend(o for o in node.outputs[:1] if o is not None)
             elif node.op_type in JOINS:
                 for i, other in enumerate(node.inputs):
                     if i != use.idx and other is not None and other.const_value is None:

@@ -15,7 +15,7 @@ from itertools import chain
 
 import onnx_ir as ir
 
-from dynashape.analysis import JOINS, SAME_SIZE_UNARY, Context, is_descendant
+from dynashape.analysis import Context, is_descendant, join_partners
 from dynashape.probe import Dims, Probe
 from dynashape.shapes import ShapeMap
 
@@ -134,19 +134,7 @@ def slice_partners(node: ir.Node) -> list[ir.Value]:
     """Tensors the output of a slice is joined with (``Add``/``Concat``/...), following
     same-size ops and further slices (``x[:, :, :h]`` then ``[..., :w]`` are two Slice nodes),
     that do not depend on it."""
-    partners: list[ir.Value] = []
-    frontier = [o for o in node.outputs[:1] if o is not None]
-    visited: set[int] = set()
-    while frontier:
-        v = frontier.pop()
-        if id(v) in visited:
-            continue
-        visited.add(id(v))
-        for use in v.uses():
-            nxt = use.node
-            if nxt.op_type in SAME_SIZE_UNARY or (nxt.op_type == "Slice" and use.idx == 0):
-                frontier.extend(o for o in nxt.outputs[:1] if o is not None)
-            elif nxt.op_type in JOINS:
-                partners.extend(o for i, o in enumerate(nxt.inputs)
-                                if i != use.idx and o is not None and o.const_value is None)
-    return [p for p in partners if not is_descendant(p, node)]
+    out = node.outputs[0] if node.outputs else None
+    if out is None:
+        return []
+    return [p for p in join_partners(out, through_slices=True) if not is_descendant(p, node)]
