@@ -279,6 +279,35 @@ def test_module_cached_under_inference_mode_still_exports() -> None:
     export_module(net, {"input": (1, 3, 8, 8)}, exporter="legacy")
 
 
+class Attention(torch.nn.Module):
+    """Tokens from a 4x4 patch embedding through nn.MultiheadAttention (ViT's encoder block)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Conv2d(3, 16, 4, stride=4)
+        self.attn = torch.nn.MultiheadAttention(16, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        return self.attn(t, t, t, need_weights=False)[0]
+
+
+def test_multihead_attention_exports_with_the_legacy_exporter_and_fix_repairs_its_views() -> None:
+    from dynashape.fix import fix_model
+
+    # under no_grad, nn.MultiheadAttention runs a fused kernel the legacy exporter has no symbolic for
+    net = Attention().eval()
+    result = export_module(net, {"input": (1, 3, 16, 16)}, exporter="legacy")
+    # torch's attention reshapes q/k/v with sizes taken as Python ints: the traced views are DS005
+    fixed = fix_model(result.model)
+    assert [line.split(":")[0] for line in fixed.applied] == ["/attn/Reshape_4", "/attn/Reshape_5"]
+    for shape in [(1, 3, 16, 16), (2, 3, 32, 16)]:
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        with TorchRunner(net, output_names=result.output_names) as ref:
+            expected = ref.infer({"input": x})
+        assert max_abs_error(run_model(fixed.fixed, {"input": x}), expected) < 1e-5, shape
+
+
 # ------------------------------------------------------------------ CLI
 
 

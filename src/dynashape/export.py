@@ -453,16 +453,29 @@ def _export_legacy(
 
     buf = io.BytesIO()
     dynamic_axes: dict[str, dict[int, str]] = {n: d for n, d in dims.items() if d}
-    # no_grad: tracing with autograd on fails on tensors a module cached while it ran under
-    # inference_mode ("Inference tensors cannot be saved for backward")
-    with warnings.catch_warnings(record=True) as caught, _discard_native_stdout(), torch.no_grad():
+
+    def export() -> None:
+        torch.onnx.export(
+            module, tuple(args), buf,  # type: ignore[arg-type]  # file objects work (legacy)
+            input_names=input_names, output_names=output_names,
+            dynamic_axes=dynamic_axes or None, opset_version=opset, dynamo=False, verbose=True,
+        )
+
+    with warnings.catch_warnings(record=True) as caught, _discard_native_stdout():
         warnings.simplefilter("always")
         try:
-            torch.onnx.export(
-                module, tuple(args), buf,  # type: ignore[arg-type]  # file objects work (legacy)
-                input_names=input_names, output_names=output_names,
-                dynamic_axes=dynamic_axes or None, opset_version=opset, dynamo=False, verbose=True,
-            )
+            try:
+                # with autograd on, as torch.onnx.export is usually called: under no_grad,
+                # nn.MultiheadAttention takes its fused fast path, which the legacy exporter lacks
+                export()
+            except RuntimeError as exc:
+                if "Inference tensors cannot be saved for backward" not in str(exc):
+                    raise
+                # the module cached tensors while it ran under inference_mode: trace without autograd
+                buf.seek(0)
+                buf.truncate()
+                with torch.no_grad():
+                    export()
         except torch.onnx.errors.UnsupportedOperatorError as exc:
             raise DynashapeError(f"the legacy exporter cannot export this module: {exc}") from None
         except (RuntimeError, torch.onnx.errors.OnnxExporterError) as exc:
