@@ -82,7 +82,7 @@ def register(subparsers: Any) -> None:
     b.add_argument("--tactic-sources", default=trt_compat.DEFAULT_TACTIC_SOURCES, metavar="LIST",
                    help=_TACTIC_HELP)
     b.add_argument("--force", action="store_true", help="build even when `check` finds hazards")
-    b.set_defaults(func=_guarded(cmd_build, "build"))
+    b.set_defaults(func=guarded(cmd_build, "build"))
 
     r = subparsers.add_parser(
         "run",
@@ -100,7 +100,7 @@ def register(subparsers: Any) -> None:
                    help="an input's value from a .npy file (repeatable)")
     r.add_argument("-o", "--output", metavar="OUT.npz", help="save the outputs here")
     r.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
-    r.set_defaults(func=_guarded(cmd_run, "run"))
+    r.set_defaults(func=guarded(cmd_run, "run"))
 
     n = subparsers.add_parser(
         "bench",
@@ -126,10 +126,10 @@ def register(subparsers: Any) -> None:
     n.add_argument("--warmup", type=int, default=10, help="warm-up runs per shape (default 10)")
     n.add_argument("--iters", type=int, default=200, help="timed runs per shape, at most (default 200)")
     n.add_argument("--json", action="store_true", help="print the results as JSON")
-    n.set_defaults(func=_guarded(cmd_bench, "bench"))
+    n.set_defaults(func=guarded(cmd_bench, "bench"))
 
 
-def _guarded(handler: Handler, name: str) -> Handler:
+def guarded(handler: Handler, name: str) -> Handler:
     """User mistakes as one line and exit 2; bugs stay loud (a traceback)."""
 
     def run(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 
 import onnx
 
+from dynashape.cli_engine import guarded
 from dynashape.errors import DynashapeError
 from dynashape.findings import Finding
 from dynashape.shapes import ShapeMap, format_shapes, parse_shapes
@@ -75,19 +76,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--exporter", choices=["legacy", "dynamo"], default="legacy")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17 legacy, 18 dynamo)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
-    p.set_defaults(func=run_export)
+    p.set_defaults(func=guarded(run_export, "export"))
     return p
 
 
 def run_export(args: argparse.Namespace) -> int:
-    try:
-        return _run_export(args)
-    except DynashapeError as exc:
-        print(f"dynashape export: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-
-
-def _run_export(args: argparse.Namespace) -> int:
     from dynashape.export import export_module, load_module
     from dynashape.model import check_output_path
 
