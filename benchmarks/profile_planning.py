@@ -5,8 +5,8 @@
 
 For each model and precision, with one timing cache shared by every build of that pair:
 
-1. the one-profile engine over 1x3x256x256 ... 4x3x1024x2048 (opt 512x512) is built first (cold
-   timing cache) and timed;
+1. the one-profile engine over 1x3x256x256 ... 4x3x1024x2048 (opt 512x512) is built first (with
+   a cold timing cache, unless --state holds one from an earlier run: the report says so) and timed;
 2. ``dynashape.planning.plan_profiles`` plans up to N profiles with the five benchmark shapes as
    probes (static engines at each, built once and reused by the search);
 3. the planned engine is timed at the five shapes and at two shapes between the planned
@@ -79,13 +79,15 @@ def bench_one(label: str, model: Path, fp16: bool, args: argparse.Namespace, sta
         return dict(json.loads(done.read_text()))
     name = load_model(model).graph.input[0].name
     rng = Profile().add(name, *RANGE)
-    probes = [{name: s} for s in SHAPES]
+    probes: list[ShapeMap] = [{name: s} for s in SHAPES]
 
     def progress(msg: str) -> None:
         print(f"  {tag}: {msg}", flush=True)
 
+    cache = state / f"{tag}.timing.cache"
+    warm = cache.is_file() and cache.stat().st_size > 0  # an earlier run's tactics: builds are faster
     measurer = TrtMeasurer(
-        model, fp16=fp16, timing_cache=state / f"{tag}.timing.cache", store=state / f"{tag}.measurements.json",
+        model, fp16=fp16, timing_cache=cache, store=state / f"{tag}.measurements.json",
         warmup=args.warmup, iters=args.iters, budget_s=args.budget, progress=progress,
     )
     start = time.perf_counter()
@@ -121,7 +123,7 @@ def bench_one(label: str, model: Path, fp16: bool, args: argparse.Namespace, sta
         "tensorrt": planned.info.tensorrt_version, "rows": rows,
         "profiles": [str(p) for p in plan.profiles], "stopped": plan.stopped,
         "one_profile_build_s": one_build.seconds if one_build else None,
-        "one_profile_size": one_build.size if one_build else None,
+        "one_profile_size": one_build.size if one_build else None, "timing_cache_warm_at_start": warm,
         "planned_final_build_s": builds["final"], "planned_size": len(planned.data),
         "search_build_s": sum(builds.values()), "static_build_s": builds["static"],
         "candidate_build_s": builds["candidate"], "wall_s": time.perf_counter() - start,
@@ -150,7 +152,8 @@ def report(results: list[dict[str, Any]]) -> None:
         one_b, fin_b = res["one_profile_build_s"], res["planned_final_build_s"]
         print(f"  build: one-profile engine {_fmt(one_b, '.1f')} s ({_fmt(res['one_profile_size'], ',')} bytes); "
               f"planned engine {fin_b:.1f} s ({res['planned_size']:,} bytes)"
-              + (f" = {fin_b / one_b:.2f}x the one-profile build" if one_b else ""))
+              + (f" = {fin_b / one_b:.2f}x the one-profile build" if one_b else "")
+              + (" (timing cache warm from an earlier run)" if res.get("timing_cache_warm_at_start") else ""))
         print(f"  search: {res['search_build_s']:.1f} s of builds (static probes {res['static_build_s']:.1f} s, "
               f"candidates {res['candidate_build_s']:.1f} s), {res['wall_s']:.0f} s in all")
 
