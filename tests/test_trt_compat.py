@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -195,3 +196,15 @@ def test_numpy_dtypes_by_name_without_trt_nptype() -> None:
     assert trt_compat.numpy_dtype_name(DataType.BOOL) == "bool"
     with pytest.raises(DynashapeError, match="BF16 are not supported"):
         trt_compat.numpy_dtype_name(DataType.BF16)
+
+
+def test_gpu_uuid_from_nvidia_smi_or_empty(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)  # torch absent: nvidia-smi is asked
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert trt_compat.gpu_uuid() == ""  # no nvidia-smi: no card to name
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho GPU-1234abcd-0000\n")
+    smi.chmod(0o755)
+    assert trt_compat.gpu_uuid() == "GPU-1234abcd-0000"
+    smi.write_text("#!/bin/sh\nexit 9\n")  # a driver that fails says nothing, it does not raise
+    assert trt_compat.gpu_uuid() == ""

@@ -435,9 +435,11 @@ def default_timing_cache(model_sha256: str, tensorrt_version: str, compute_capab
 class TrtMeasurer:
     """Builds and times engines for the planner; one timing cache for every build.
 
-    Measurements are kept by key (precision, tactic sources, workspace, TensorRT version, GPU,
-    and the shape or profile) in memory and, with ``store``, in a JSON file, so a static probe
-    engine or a candidate profile is never built twice, in this run or a later one.
+    Measurements are kept by key (precision, tactic sources, workspace, TensorRT version, the
+    GPU card, and the shape or profile) in memory and, with ``store``, in a JSON file, so a
+    static probe engine or a candidate profile is never built twice, in this run or a later one
+    on the same card. Another card, even of the same model, measures afresh: ratios are only
+    made of latencies from one card (its builds are quick then, thanks to the timing cache).
     """
 
     def __init__(
@@ -466,7 +468,7 @@ class TrtMeasurer:
         env = trt_compat.runtime_env()
         self._tag = json.dumps({
             "fp16": fp16, "workspace": workspace, "tactics": self.options["tactic_sources"],
-            "trt": env.tensorrt_version, "gpu": env.gpu_name,
+            "trt": env.tensorrt_version, "gpu": env.gpu_name, "card": trt_compat.gpu_uuid(),
         }, sort_keys=True)
         self.store = Path(store) if store is not None else None
         self._memo: dict[str, Any] = self._load_store()

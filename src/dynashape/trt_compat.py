@@ -327,6 +327,31 @@ def gpu_identity() -> tuple[str, str]:
     return "unknown", "unknown"
 
 
+def gpu_uuid() -> str:
+    """The UUID of GPU 0 (one physical card), or "" when it cannot be read. Latencies are only
+    comparable on one card: two cards of one model can differ by several percent in clocks."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            uuid = getattr(torch.cuda.get_device_properties(0), "uuid", None)
+            if uuid is not None:
+                return f"GPU-{uuid}"
+    except Exception:  # no torch, or a CPU build of it
+        pass
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run(
+                [smi, "--query-gpu=uuid", "--format=csv,noheader", "--id=0"],
+                capture_output=True, text=True, timeout=20, check=True,
+            ).stdout.strip()
+            return out.splitlines()[0].strip() if out else ""
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return ""
+
+
 def runtime_env() -> RuntimeEnv:
     name, cap = gpu_identity()
     return RuntimeEnv(trt_version(), name, cap)
