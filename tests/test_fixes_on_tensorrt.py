@@ -53,8 +53,11 @@ def test_fixed_model_builds_and_matches_onnx_runtime(rule: str, build: Callable[
         for shapes in proven:
             feeds = random_feeds(fixed, shapes)
             want = run_model(fixed, feeds)
-            # relative to the output's scale: a YOLO grid decodes to pixel coordinates in the
-            # hundreds, where fp32 kernels that sum in another order differ in the 5th digit
+            # relative to the output's scale (a YOLO grid decodes to pixel coordinates in the
+            # hundreds), and at TF32's precision: TensorRT, like trtexec, lets fp32 convolutions
+            # and matmuls round their inputs to TF32 (10-bit mantissa) on Ampere and later; on
+            # the H200, DS006 differed from ONNX Runtime by 1.2e-4 at scale 1.1. A wrong rewrite
+            # is off by the size of the output, not by 1e-3 of it.
             scale = max(1.0, *(float(abs(v).max()) for v in want.values()))
             err = max_abs_error(eng.infer(feeds), want)
-            assert err < 1e-4 * scale, f"{rule} at {shapes}: TensorRT differs from ONNX Runtime by {err}"
+            assert err < 1e-3 * scale, f"{rule} at {shapes}: TensorRT differs from ONNX Runtime by {err}"
