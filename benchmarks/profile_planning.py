@@ -1,7 +1,7 @@
 """One wide profile against planned profiles, measured against static engines, fp16 and fp32.
 
     python benchmarks/profile_planning.py [--model NAME=PATH ...] [--precisions fp16,fp32]
-        [--max-profiles 4] [--target 1.05] [--state DIR] [--json OUT.json]
+        [--max-profiles N] [--target 1.05] [--state DIR] [--json OUT.json]
 
 For each model and precision, with one timing cache shared by every build of that pair:
 
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
                     help="a model to plan (repeatable); default: the fixed demo")
     ap.add_argument("--precisions", default="fp16,fp32")
-    ap.add_argument("--max-profiles", type=int, default=4)
+    ap.add_argument("--max-profiles", type=int, help="cap on the planned profiles (default: none but the search's own)")
     ap.add_argument("--target", type=float, default=1.05)
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=10)

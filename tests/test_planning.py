@@ -101,9 +101,11 @@ def test_the_search_stops_when_every_slow_probe_has_a_profile() -> None:
         def ms(self, profile: Profile, shapes: ShapeMap) -> float:
             return volume(shapes) * 1.2e-6
 
-    plan = plan_profiles(RANGE, Stubborn(), probes=BENCH, max_profiles=10, target=1.05, multiples=MULTIPLES)
-    assert len(plan.profiles) == 1 + len(BENCH)
-    assert plan.stopped.startswith("every slow probe has a profile of its own")
+    for cap in (10, None):  # None, the default: no cap but this one
+        plan = plan_profiles(RANGE, Stubborn(), probes=BENCH, max_profiles=cap, target=1.05, multiples=MULTIPLES)
+        assert len(plan.profiles) == 1 + len(BENCH)
+        assert plan.stopped.startswith("every slow probe has a profile of its own")
+        assert ProfilePlan.from_json(plan.to_json()).max_profiles == cap
 
 
 def test_overlaps_are_timed_in_both_profiles() -> None:

@@ -67,8 +67,8 @@ def register(subparsers: Any) -> None:
     b.add_argument("--fp16", action="store_true", help="allow fp16 kernels")
     b.add_argument("--workspace", type=int, metavar="MIB", help="workspace memory limit in MiB")
     b.add_argument("--profiles", metavar="auto[:N]",
-                   help=f"plan the profiles by measurement, at most N (default {planning.DEFAULT_MAX_PROFILES}) "
-                        "over the --min/--max range (or the one derived from the lattice)")
+                   help="plan the profiles by measurement over the --min/--max range (or the one derived "
+                        "from the lattice): at most N, or by default one per slow probe beyond the range's")
     b.add_argument("--target", type=float, default=planning.DEFAULT_TARGET,
                    help="with --profiles auto: slowest allowed dynamic/static ratio "
                         f"(default {planning.DEFAULT_TARGET})")
@@ -196,14 +196,12 @@ def _finding_lines(findings: Sequence[Finding]) -> list[str]:
     return lines
 
 
-def _auto_profiles(text: str | None) -> int | None:
-    """``auto`` -> the default N, ``auto:N`` -> N, None -> None (no planning)."""
-    if text is None:
-        return None
+def _auto_profiles(text: str) -> int | None:
+    """``auto`` -> None (no cap but the search's own), ``auto:N`` -> N."""
     head, _, count = text.partition(":")
     if head != "auto" or (count and not count.isdigit()) or (count and int(count) < 1):
         raise DynashapeError(f"--profiles {text!r}: write auto or auto:N with N >= 1 (e.g. auto:3)")
-    return int(count) if count else planning.DEFAULT_MAX_PROFILES
+    return int(count) if count else None
 
 
 def _timing_cache(args: argparse.Namespace, model_path: str) -> str | None:
@@ -225,12 +223,13 @@ def cmd_build(args: argparse.Namespace) -> int:
     from dynashape.engine import BuildError, build_engine, profile_from_lattice
     from dynashape.model import check_output_path, graph_inputs, load_model
 
-    max_profiles = _auto_profiles(args.profiles)
-    if max_profiles is not None and args.profile:
+    planned = args.profiles is not None
+    max_profiles = _auto_profiles(args.profiles) if planned else None
+    if planned and args.profile:
         raise DynashapeError(
             "--profiles auto plans the profiles itself: give the range with --min/--max, not --profile"
         )
-    if args.probes and max_profiles is None:
+    if args.probes and not planned:
         raise DynashapeError("--probes goes with --profiles auto")
     model = load_model(args.model)
     out = check_output_path(args.output, [args.model])
@@ -264,7 +263,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     if errors:
         print(f"dynashape build: --force: building despite {len(errors)} hazard(s)", file=sys.stderr)
 
-    if max_profiles is not None and report is None:
+    if planned and report is None:
         raise DynashapeError("--profiles auto: the model has no dynamic input, so there is nothing to plan")
     if not profiles:
         if report is None:
@@ -289,7 +288,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             def progress(msg: str) -> None:
                 status.update(f"{out.name}: {msg} ({time.perf_counter() - start:.0f} s)")
 
-            if max_profiles is None:
+            if not planned:
                 built = build_engine(
                     model, profiles, fp16=args.fp16, workspace=args.workspace,
                     timing_cache=cache, tactic_sources=tactics.text, progress=progress,
@@ -331,7 +330,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def _plan(
-    args: argparse.Namespace, rng: Profile, probes: list[ShapeMap], max_profiles: int, report: Any,
+    args: argparse.Namespace, rng: Profile, probes: list[ShapeMap], max_profiles: int | None, report: Any,
     cache: str | None, tactics: str, progress: Callable[[str], None],
 ) -> tuple[Any, Any]:
     """Plan the profiles by measurement; returns the final BuiltEngine and the plan."""

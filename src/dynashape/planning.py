@@ -11,7 +11,9 @@ so the plan is measured, never guessed:
 3. while some probe is slower than ``target`` x static and fewer than ``max_profiles`` profiles
    exist, a profile is added around the slowest probe that has none of its own (``probe_cell``:
    opt at the probe, reaching halfway to the neighbouring probe sizes). Profiles are only ever
-   added, so the range stays covered by the first one and no probe gets slower than before;
+   added, so the range stays covered by the first one and no probe gets slower than before.
+   ``max_profiles`` is no cap by default: the search ends anyway once every slow probe has a
+   profile of its own, so there are at most one more profiles than probes;
 4. the final engine holds every profile; each probe, and the centre of every overlap, is timed
    in every profile that contains it. That table goes into the sidecar, and at run time a shape
    that fits several profiles runs in the one measured fastest at the nearest measured point.
@@ -39,7 +41,6 @@ from dynashape.shapes import Profile, ShapeMap, format_shapes
 log = logging.getLogger(__name__)
 
 DEFAULT_TARGET = 1.05
-DEFAULT_MAX_PROFILES = 4
 ProgressFn = Callable[[str], None]
 Axis = tuple[str, int]  # (input name, axis index)
 
@@ -144,7 +145,7 @@ class ProfilePlan:
     profiles: list[Profile]
     points: list[Measured]
     target: float
-    max_profiles: int
+    max_profiles: int | None  # None: no cap but the search's own
     stopped: str
     steps: list[PlanStep] = field(default_factory=list)
     builds: list[BuildRecord] = field(default_factory=list)
@@ -200,7 +201,7 @@ class ProfilePlan:
             profiles=[Profile.from_json(p) for p in data["profiles"]],
             points=[Measured.from_json(p) for p in data.get("points", [])],
             target=float(data.get("target", DEFAULT_TARGET)),
-            max_profiles=int(data.get("max_profiles", DEFAULT_MAX_PROFILES)),
+            max_profiles=None if data.get("max_profiles") is None else int(data["max_profiles"]),
             stopped=str(data.get("stopped", "")),
             builds=[BuildRecord(**b) for b in data.get("builds", [])],
         )
@@ -308,13 +309,13 @@ def plan_profiles(
     *,
     probes: Sequence[ShapeMap] | None = None,
     target: float = DEFAULT_TARGET,
-    max_profiles: int = DEFAULT_MAX_PROFILES,
+    max_profiles: int | None = None,
     multiples: Mapping[Axis, int] | None = None,
     progress: ProgressFn | None = None,
 ) -> ProfilePlan:
     """Plan profiles over ``rng`` (one profile: min/opt/max of the user's range); see the module."""
     report = progress or (lambda _msg: None)
-    if max_profiles < 1:
+    if max_profiles is not None and max_profiles < 1:
         raise DynashapeError(f"--profiles auto:N needs N >= 1, got {max_profiles}")
     if target < 1.0:
         raise DynashapeError(f"--target {target}: a dynamic engine cannot beat static ones; use >= 1.0")
@@ -349,7 +350,7 @@ def plan_profiles(
         )
         if not over:
             stopped = f"every probe within {target:.2f}x of static"
-        elif len(boxes) >= max_profiles:
+        elif max_profiles is not None and len(boxes) >= max_profiles:
             stopped = f"reached {max_profiles} profile(s); {len(over)} probe(s) still above {target:.2f}x"
         action = ""
         if not stopped:
