@@ -9,12 +9,15 @@ For each model and precision, with one timing cache shared by every build of tha
    a cold timing cache, unless --state holds one from an earlier run: the report says so) and timed;
 2. ``dynashape.planning.plan_profiles`` plans up to N profiles with the five benchmark shapes as
    probes (static engines at each, built once and reused by the search);
-3. the planned engine is timed at the five shapes and at two shapes between the planned
-   profiles' opt points (static engines are built there too).
+3. at the five shapes and at two shapes between the planned profiles' opt points (static
+   engines are built there too), the static, one-profile and planned engines are timed side by
+   side: interleaved rounds, the order rotating, medians (``--rounds``). Static and candidate
+   engines measured in an earlier run on this card are rebuilt for this, from the timing cache.
 
 It prints per shape the static latency, the one-profile ratio and the planned ratio (dynamic /
-static, medians), the build times (one-profile engine, the planned engine's final build, the
-whole search) and the engine sizes. Without --model it runs the fixed demo. Static and candidate
+static), the build times (one-profile engine, the planned engine's final build, the whole
+search) and the engine sizes. The search's own measurements, which chose the profiles, are in
+the JSON (``plan``). Without --model it runs the fixed demo. Static and candidate
 measurements are kept in --state, so an interrupted run continues where it stopped. Needs
 TensorRT and a GPU; every number comes from this one run on one machine.
 """
@@ -22,9 +25,11 @@ TensorRT and a GPU; every number comes from this one run on one machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,7 +38,7 @@ from typing import Any
 from dynashape.bench import time_engine
 from dynashape.engine import Engine
 from dynashape.model import load_model, save_model
-from dynashape.planning import TrtMeasurer, plan_profiles, shape_key
+from dynashape.planning import TrtMeasurer, plan_profiles
 from dynashape.shapes import Profile, ShapeMap, format_shape
 
 SHAPES = [(1, 3, 256, 256), (1, 3, 512, 512), (1, 3, 1024, 1024), (1, 3, 1024, 2048), (4, 3, 512, 512)]
@@ -70,6 +75,19 @@ def between(profiles: list[Profile], name: str, probes: list[ShapeMap]) -> list[
     return out
 
 
+def side_by_side(engines: dict[str, Engine], shapes: ShapeMap, args: argparse.Namespace) -> dict[str, float]:
+    """Median ms of each engine at ``shapes``, timed in ``args.rounds`` interleaved rounds (the
+    order rotating each round) so that clock and temperature drift falls on all of them alike;
+    the result is the median of the rounds' medians."""
+    names = list(engines)
+    per: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(args.rounds):
+        for n in names[r % len(names):] + names[: r % len(names)]:
+            per[n].append(time_engine(engines[n], shapes, warmup=args.warmup, iters=args.iters,
+                                      budget_s=args.budget / args.rounds).median_ms)
+    return {n: statistics.median(v) for n, v in per.items()}
+
+
 def bench_one(label: str, model: Path, fp16: bool, args: argparse.Namespace, state: Path) -> dict[str, Any]:
     precision = "fp16" if fp16 else "fp32"
     tag = f"{label}-{precision}"
@@ -92,7 +110,7 @@ def bench_one(label: str, model: Path, fp16: bool, args: argparse.Namespace, sta
     )
     start = time.perf_counter()
     progress(f"one-profile engine {rng}")
-    one_ms = measurer.profile_ms(rng, probes)  # first build: the timing cache is still cold
+    measurer.profile_ms(rng, probes)  # built first, so that its build time is the uncached one
     one_build = next((b for b in measurer.builds if b.kind == "candidate" and b.label == str(rng)), None)
     plan = plan_profiles(rng, measurer, probes=probes, target=args.target, max_profiles=args.max_profiles,
                          progress=progress)
@@ -100,24 +118,31 @@ def bench_one(label: str, model: Path, fp16: bool, args: argparse.Namespace, sta
     assert planned is not None
     planned.info.plan = plan
     extra = between(plan.profiles, name, probes)
-    for shapes in extra:  # the two in-between shapes get static engines and the one-profile time too
+    for shapes in extra:  # the two in-between shapes get static engines too
         measurer.static_ms(shapes)
-    extra_one = measurer.profile_ms(rng, extra) if extra else {}
+    progress("timing the static, one-profile and planned engines side by side")
+    one_built = measurer.profile_engine(rng)
     rows = []
-    with Engine(planned.data, planned.info, where="planned engine") as eng:
+    with Engine(planned.data, planned.info, where="planned engine") as eng, \
+            Engine(one_built.data, one_built.info, where="one-profile engine") as one_eng:
         for shapes in probes + extra:
-            key = shape_key(shapes)
-            static = measurer.static_ms(shapes)
-            ms = time_engine(eng, shapes, warmup=args.warmup, iters=args.iters, budget_s=args.budget).median_ms
-            one = one_ms.get(key, extra_one.get(key))
+            engines = {"one": one_eng, "planned": eng}
+            static_built = measurer.static_engine(shapes) if measurer.static_ms(shapes) is not None else None
+            with contextlib.ExitStack() as stack:
+                if static_built is not None:
+                    engines["static"] = stack.enter_context(
+                        Engine(static_built.data, static_built.info, where="static engine"))
+                ms = side_by_side(engines, shapes, args)
+            static, one, dyn = ms.get("static"), ms["one"], ms["planned"]
             rows.append({
                 "shape": format_shape(shapes[name]), "probe": shapes in probes, "static_ms": static,
-                "one_profile_ms": one, "planned_ms": ms, "profile": eng.select_profile(shapes),
-                "one_profile_ratio": one / static if static and one else None,
-                "planned_ratio": ms / static if static else None,
+                "one_profile_ms": one, "planned_ms": dyn, "profile": eng.select_profile(shapes),
+                "one_profile_ratio": one / static if static else None,
+                "planned_ratio": dyn / static if static else None,
             })
     # every build of this (model, precision), earlier interrupted runs of the benchmark included
-    builds = {k: sum(b.seconds for b in measurer.builds if b.kind == k) for k in ("static", "candidate", "final")}
+    builds = {k: sum(b.seconds for b in measurer.builds if b.kind == k)
+              for k in ("static", "candidate", "final", "rebuild")}
     result = {
         "model": label, "precision": precision, "device": planned.info.gpu_name,
         "tensorrt": planned.info.tensorrt_version, "rows": rows,
@@ -125,7 +150,8 @@ def bench_one(label: str, model: Path, fp16: bool, args: argparse.Namespace, sta
         "one_profile_build_s": one_build.seconds if one_build else None,
         "one_profile_size": one_build.size if one_build else None, "timing_cache_warm_at_start": warm,
         "planned_final_build_s": builds["final"], "planned_size": len(planned.data),
-        "search_build_s": sum(builds.values()), "static_build_s": builds["static"],
+        "search_build_s": builds["static"] + builds["candidate"] + builds["final"],
+        "static_build_s": builds["static"], "rebuild_s": builds["rebuild"],
         "candidate_build_s": builds["candidate"], "wall_s": time.perf_counter() - start,
         "plan": plan.to_json(),
     }
@@ -168,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--budget", type=float, default=1.0, help="seconds of timing per shape and engine")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="interleaved rounds when timing the engines side by side for the table")
     ap.add_argument("--state", default="profile-planning-state", help="folder for caches and partial results")
     ap.add_argument("--json", help="also write all results here")
     args = ap.parse_args(argv)

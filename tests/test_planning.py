@@ -239,6 +239,11 @@ def test_planning_on_tensorrt_builds_each_engine_once_and_runs_correctly(tmp_pat
     assert kinds.count("static") == len(probes) and kinds.count("final") == 1
     assert kinds.count("candidate") == len(plan.profiles)
     assert all(p.ratio is not None and p.ratio > 0 for p in plan.probes)
+    # the engines the search timed are kept, for timing side by side later: no build for them
+    n_builds = len(first.builds)
+    assert first.static_engine(probes[0]) is first.static_engine(probes[0])
+    assert first.profile_engine(rng) is first.profile_engine(rng)
+    assert len(first.builds) == n_builds
 
     built = first.final_engine
     built.info.plan = plan
@@ -257,5 +262,7 @@ def test_planning_on_tensorrt_builds_each_engine_once_and_runs_correctly(tmp_pat
     second = measurer()
     again = plan_profiles(rng, second, probes=probes, target=1.0, max_profiles=3)
     assert [b.kind for b in second.builds if not b.cached] == ["final"]
+    second.static_engine(probes[1])  # measured in the first run: rebuilt, and recorded as such
+    assert [b.kind for b in second.builds if not b.cached] == ["final", "rebuild"]
     assert again.profiles == plan.profiles
     assert np.isfinite([p.best_ms for p in again.points]).all()

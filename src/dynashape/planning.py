@@ -115,7 +115,7 @@ class Measured:
 
 @dataclass
 class BuildRecord:
-    kind: str  # "static", "candidate" or "final"
+    kind: str  # "static", "candidate", "final", or "rebuild" (an earlier run's engine, built again to time it)
     label: str
     seconds: float
     size: int = 0
@@ -475,7 +475,7 @@ class TrtMeasurer:
         self._memo: dict[str, Any] = self._load_store()
         self.builds: list[BuildRecord] = []
         self.final_engine: Any = None  # the BuiltEngine of the last ``final`` call
-        self._engines: dict[str, Any] = {}  # candidate BuiltEngines of this run, by key
+        self._engines: dict[str, Any] = {}  # static and candidate BuiltEngines of this run, by key
         self._seen: set[str] = set()
 
     def _load_store(self) -> dict[str, Any]:
@@ -537,6 +537,7 @@ class TrtMeasurer:
             log.warning("static engine at %s: %s", label, exc)
             self._remember(key, {"ms": None, "error": str(exc)})
             return None
+        self._engines[key] = built
         with Engine(built.data, built.info, where=f"static engine {label}") as eng:
             ms = self._time(eng, shapes)
         self._remember(key, {"ms": ms, "build_s": record.seconds, "size": record.size})
@@ -570,6 +571,25 @@ class TrtMeasurer:
             self._reused("candidate", label, entry)
         self._seen.add(key)
         return {shape_key(p): times[shape_key(p)] for p in probes}
+
+    def static_engine(self, shapes: ShapeMap) -> Any:
+        """The static BuiltEngine at ``shapes``: this run's, or rebuilt when its measurement came
+        from an earlier run (quick: its tactics are in the timing cache). For timing engines side
+        by side; a rebuild is recorded as kind "rebuild", not as part of the search."""
+        key = f"static|{self._tag}|{shape_key(shapes)}"
+        if key not in self._engines:
+            prof = Profile()
+            for name, shape in shapes.items():
+                prof.add(name, shape, shape, shape)
+            self._engines[key], _ = self._build([prof], "rebuild", shape_key(shapes))
+        return self._engines[key]
+
+    def profile_engine(self, profile: Profile) -> Any:
+        """The one-profile BuiltEngine of a candidate, like ``static_engine``."""
+        key = f"profile|{self._tag}|{profile_key(profile)}"
+        if key not in self._engines:
+            self._engines[key], _ = self._build([profile], "rebuild", str(profile))
+        return self._engines[key]
 
     def final(self, profiles: Sequence[Profile], points: Sequence[ShapeMap]) -> list[dict[int, float]]:
         from dynashape.engine import Engine
