@@ -208,3 +208,21 @@ def test_gpu_uuid_from_nvidia_smi_or_empty(monkeypatch: pytest.MonkeyPatch, tmp_
     assert trt_compat.gpu_uuid() == "GPU-1234abcd-0000"
     smi.write_text("#!/bin/sh\nexit 9\n")  # a driver that fails says nothing, it does not raise
     assert trt_compat.gpu_uuid() == ""
+
+
+@pytest.mark.parametrize(("visible", "smi_id"), [(None, "0"), ("1", "1"), ("2,0", "2"), ("GPU-ab12", "GPU-ab12"),
+                                                 ("", "0"), ("junk", "0")])
+def test_nvidia_smi_asks_about_the_gpu_cuda_uses(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                 visible: str | None, smi_id: str) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    smi = tmp_path / "nvidia-smi"  # answers with the --id it was given, as name and as UUID
+    smi.write_text('#!/bin/sh\nfor a in "$@"; do case "$a" in --id=*) id="${a#--id=}";; esac; done\n'
+                   'case "$1" in *uuid*) echo "$id";; *) echo "card $id, 9.0";; esac\n')
+    smi.chmod(0o755)
+    assert trt_compat.gpu_uuid() == smi_id
+    assert trt_compat.gpu_identity() == (f"card {smi_id}", "9.0")

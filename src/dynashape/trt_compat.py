@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import subprocess
 import threading
@@ -302,8 +303,15 @@ class RuntimeEnv:
     compute_capability: str
 
 
+def _smi_id() -> str:
+    """nvidia-smi's --id for the GPU this process uses: the first of CUDA_VISIBLE_DEVICES (an index
+    or a UUID), which renumbers the GPUs for CUDA but not for nvidia-smi; else GPU 0."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    return visible if visible and (visible.isdigit() or visible.startswith(("GPU-", "MIG-"))) else "0"
+
+
 def gpu_identity() -> tuple[str, str]:
-    """(name, compute capability) of GPU 0, from torch when present, else nvidia-smi."""
+    """(name, compute capability) of the GPU in use, from torch when present, else nvidia-smi."""
     try:
         import torch
 
@@ -316,7 +324,7 @@ def gpu_identity() -> tuple[str, str]:
     if smi:
         try:
             out = subprocess.run(
-                [smi, "--query-gpu=name,compute_cap", "--format=csv,noheader", "--id=0"],
+                [smi, "--query-gpu=name,compute_cap", "--format=csv,noheader", f"--id={_smi_id()}"],
                 capture_output=True, text=True, timeout=20, check=True,
             ).stdout.strip()
             name, _, cap = out.partition(",")
@@ -328,7 +336,7 @@ def gpu_identity() -> tuple[str, str]:
 
 
 def gpu_uuid() -> str:
-    """The UUID of GPU 0 (one physical card), or "" when it cannot be read. Latencies are only
+    """The UUID of the GPU in use (one physical card), or "" when it cannot be read. Latencies are only
     comparable on one card: two cards of one model can differ by several percent in clocks."""
     try:
         import torch
@@ -343,7 +351,7 @@ def gpu_uuid() -> str:
     if smi:
         try:
             out = subprocess.run(
-                [smi, "--query-gpu=uuid", "--format=csv,noheader", "--id=0"],
+                [smi, "--query-gpu=uuid", "--format=csv,noheader", f"--id={_smi_id()}"],
                 capture_output=True, text=True, timeout=20, check=True,
             ).stdout.strip()
             return out.splitlines()[0].strip() if out else ""
