@@ -379,3 +379,23 @@ def test_end_to_end_fixed_demo(capsys: pytest.CaptureFixture[str], tmp_path: Pat
                              "--warmup", "2", "--iters", "20", "--json")
     assert code == 0, err
     assert json.loads(stdout)["rows"][0]["dynamic"]["median_ms"] > 0
+
+
+def test_plan_table_reports_each_profile_and_the_build_times(capsys: pytest.CaptureFixture[str]) -> None:
+    from dynashape.planning import BuildRecord, Measured, ProfilePlan
+
+    whole = Profile().add("input", (1, 3, 64, 64), (1, 3, 128, 128), (2, 3, 512, 512))
+    cell = Profile().add("input", (1, 3, 362, 362), (1, 3, 512, 512), (2, 3, 512, 512))
+    points = [Measured({"input": (1, 3, 512, 512)}, {0: 1.3, 1: 1.0}, static_ms=1.0),
+              Measured({"input": (1, 3, 400, 400)}, {0: 0.9, 1: 0.8}, is_probe=False)]
+    builds = [BuildRecord("static", "s", 10.0), BuildRecord("candidate", str(whole), 30.0, cached=True),
+              BuildRecord("candidate", str(cell), 20.0), BuildRecord("final", "2 profile(s)", 5.0)]
+    plan = ProfilePlan([whole, cell], points, 1.05, None, "every probe within 1.05x of static", builds=builds)
+    cli_engine._print_plan(plan)
+    out = capsys.readouterr().out
+    assert "(overlap)" in out and "1.00x" in out  # the table (rich wraps it to the terminal)
+    assert f"profile 0: {whole}; built alone in 30.0 s (an earlier run)" in out
+    assert f"profile 1: {cell}; built alone in 20.0 s" in out
+    # this run's builds only: the reused candidate's 30 s were spent in the earlier run
+    assert "static probes 10.0 s, candidates 20.0 s, final engine 5.0 s; total 35.0 s" in out
+    assert "1 measurement(s) reused" in out

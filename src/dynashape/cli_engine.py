@@ -370,6 +370,11 @@ def _print_plan(plan: Any) -> None:
     from rich.console import Console
 
     Console().print(table)
+    for i, prof in enumerate(plan.profiles):
+        built = [b for b in plan.builds if b.kind == "candidate" and b.label == str(prof)]
+        took = (f"built alone in {built[0].seconds:.1f} s" + (" (an earlier run)" if built[0].cached else "")
+                if built else "not built alone")
+        print(f"profile {i}: {prof}; {took}")
     secs = {k: plan.build_seconds(k) for k in ("static", "candidate", "final")}
     reused = sum(1 for b in plan.builds if b.cached)
     print(
