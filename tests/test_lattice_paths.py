@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import models as M
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
 
 from dynashape.check import check_model
 from dynashape.demo import demo_onnx_path
@@ -38,3 +44,34 @@ def test_check_reports_a_default_suggestion() -> None:
     report = check_model(load_model(demo_onnx_path()))
     assert report.suggested_profile is not None
     assert report.suggested_profile.inputs["input"].opt == (1, 3, 512, 512)
+
+
+def _pooled(op: str, **attrs: object) -> onnx.ModelProto:
+    """x -> Conv -> ``op``: a downsampling pool, or a global one."""
+    w = onnx.numpy_helper.from_array(np.ones((8, 3, 3, 3), np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node(op, ["c"], ["y"], **attrs)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 8, "h", "w"])], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_downsampled_output_follows_and_a_global_pool_has_nothing_to_follow() -> None:
+    half = check_model(_pooled("AveragePool", kernel_shape=[2, 2], strides=[2, 2]))
+    assert half.outputs_follow == {"y": {"x[2]": True, "x[3]": True}}
+    assert check_model(_pooled("GlobalAveragePool")).outputs_follow == {}
+
+
+def test_an_output_of_a_fixed_size_does_not_follow(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from dynashape.cli import main
+    from dynashape.model import save_model
+
+    fixed = _pooled("Resize", mode="nearest")  # sizes come in as a constant input below
+    sizes = onnx.numpy_helper.from_array(np.array([1, 8, 32, 32], np.int64), "sizes")
+    fixed.graph.initializer.append(sizes)
+    fixed.graph.node[1].input.extend(["", "", "sizes"])
+    report = check_model(fixed)
+    assert report.outputs_follow["y"] == {"x[2]": False, "x[3]": False}
+    main(["check", str(save_model(fixed, tmp_path / "m.onnx"))])
+    assert "keeps one size on x[2], x[3] whatever the input size" in capsys.readouterr().out

@@ -114,7 +114,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             broken = [a for a, ok in axes.items() if not ok]
             if broken:
                 axes_text = esc(", ".join(broken))
-                console.print(f"[yellow]output {esc(repr(out))} does not follow the input size on {axes_text}[/]")
+                console.print(f"[yellow]output {esc(repr(out))} keeps one size on {axes_text} whatever the "
+                              "input size (a size baked in, or an adaptive pool)[/]")
         if report.suggested_profile:
             console.print(f"suggested profile (on the lattice): {esc(report.suggested_profile.as_options())}")
         for note in report.notes:

@@ -205,18 +205,26 @@ class LatticeScanner:
         )
 
     def following(self) -> dict[str, dict[str, bool]]:
-        """Per output of the input's rank: does its size follow each dynamic spatial input axis?"""
+        """Per output of the input's rank: does its size on each dynamic spatial input axis change
+        when that input axis doubles? False means the output keeps one size whatever the input
+        (a size baked in, or an adaptive pool); an axis of size 1 at both sizes (a global pool)
+        has no size to follow and is left out, and so is a downsampled or upsampled axis that
+        tracks the input."""
         result: dict[str, dict[str, bool]] = {}
         p0 = self.prober.at(self.s0)
         for info in self.inputs:
             for axis in info.dynamic_axes:
                 if axis == 0 and info.rank >= 3:
                     continue
-                follow = self._following_outputs(info.name, axis)
+                p2 = self.prober.at(self._with(info.name, axis, 2 * self.s0[info.name][axis]))
                 for out in self.outputs:
-                    dims = p0.shape(out)
-                    if dims is not None and len(dims) == info.rank:
-                        result.setdefault(out, {})[f"{info.name}[{axis}]"] = (out, axis) in follow
+                    d0, d2 = p0.shape(out), p2.shape(out)
+                    if d0 is None or d2 is None or len(d0) != info.rank or len(d2) != len(d0):
+                        continue
+                    a, b = d0[axis], d2[axis]
+                    if a is None or b is None or a == b == 1:
+                        continue
+                    result.setdefault(out, {})[f"{info.name}[{axis}]"] = a != b
         return result
 
 
