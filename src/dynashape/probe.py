@@ -12,9 +12,11 @@ element counts differ.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import re
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +34,7 @@ _NODE_NAME = re.compile(r"\(op_type:(\w+), node name: ([^)]*)\): (.*)")
 _SMALL = 64  # initializers up to this many elements may be shape constants; keep their values
 _PASS_BUDGET = 24_000  # node-passes per probe: 16 passes up to 1,500 nodes, 3 for Swin-T's 6,285
 _MAX_PATCH_PASSES = 16  # a pass only runs when the last one made new shape values known
+_WINDOW = 256  # graph positions re-inferred together by a feedback pass (see Prober._reinfer)
 
 
 @dataclass
@@ -120,6 +123,39 @@ class Prober:
         # sizes get every pass on small graphs, large graphs a bounded share of them
         nodes = max(1, len(model.graph.node))
         self.max_passes = max(2, min(_MAX_PATCH_PASSES, _PASS_BUDGET // nodes))
+        self._nodes = list(self.skeleton.graph.node)
+        self._producer: dict[str, int] = {o: i for i, n in enumerate(self._nodes) for o in n.output if o}
+        self._consumers: dict[str, list[int]] = defaultdict(list)
+        for i, n in enumerate(self._nodes):
+            for name in dict.fromkeys(n.input):
+                if name:
+                    self._consumers[name].append(i)
+        self._skeleton_inits = {t.name: t for t in self.skeleton.graph.initializer}
+        self._index_by_name = {n.name: i for i, n in enumerate(self._nodes) if n.name}
+        # (node, input, value) where a computed shape value may be fed in place of the input
+        self._swap_sites = [
+            (i, k, name) for i, n in enumerate(self._nodes)
+            if n.op_type not in ("Shape", "Size", "Constant") and n.output
+            for k, name in enumerate(n.input) if name in self._computed
+        ]
+        self._carriers = _data_carriers(self.skeleton, {(i, k) for i, k, _ in self._swap_sites})
+        # a feedback pass re-infers only what its new values reach (see _reinfer); subgraphs read
+        # outer values they do not list as inputs and functions hide theirs, so those graphs
+        # are always inferred whole
+        self._incremental = self.skeleton.ir_version >= 4 and not self.skeleton.functions and not any(
+            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+            for n in self._nodes for a in n.attribute
+        )
+        # shape-subgraph values that no input shape changes: evaluated once, not once a probe
+        independent: set[str] = set(self.constants)
+        self._fixed_values = dict(self.constants)
+        self._probe_shape_nodes: list[onnx.NodeProto] = []
+        for node in self.shape_nodes:
+            if node.op_type not in ("Shape", "Size") and all(not i or i in independent for i in node.input):
+                _evaluate_node(node, None, self._fixed_values)
+                independent.update(node.output)
+            else:
+                self._probe_shape_nodes.append(node)
 
     @property
     def _lifted(self) -> set[str]:
@@ -147,7 +183,8 @@ class Prober:
                 d.Clear()
                 d.dim_value = int(v)
         probe = Probe(dict(shapes))
-        self._infer(self.skeleton, probe)
+        infos = self._infer(self.skeleton, probe)
+        self._evaluate_shape_values(probe, None)
         # (node index, input index) -> computed value fed in place of that input; kept across
         # passes, since each pass starts again from the skeleton
         swaps: dict[tuple[int, int], np.ndarray] = {}
@@ -156,15 +193,22 @@ class Prober:
                 break  # known dims already disagree; knowing more cannot make them agree
             # ONNX data propagation stops at ops it does not evaluate (the legacy exporter's F.pad
             # turns its pads around with Reshape/Transpose): feed it the values computed here
-            patched = self._patched(probe, swaps)
-            if patched is None:
+            swapped = self._new_swaps(probe, swaps)
+            if not swapped:
                 break
-            self._infer(patched, probe)
+            reinferred = self._reinfer(probe, infos, swaps, swapped) if self._incremental else None
+            if reinferred is None:  # the whole patched graph, as a pass is defined
+                infos = self._infer(self._patched(swaps), probe)
+                self._evaluate_shape_values(probe, None)
+            else:
+                infos, changed = reinferred
+                probe.dims = LazyDims(infos, self._initializer_dims)
+                self._evaluate_shape_values(probe, changed)
         if probe.failure is None:
             probe.failure = self._extra_checks(probe)
         return probe
 
-    def _infer(self, skeleton: onnx.ModelProto, probe: Probe) -> None:
+    def _infer(self, skeleton: onnx.ModelProto, probe: Probe) -> dict[str, onnx.ValueInfoProto]:
         try:
             inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=True, data_prop=True)
         except Exception as exc:  # onnx raises InferenceError (and others) for inconsistent graphs
@@ -173,35 +217,172 @@ class Prober:
         g = inferred.graph
         infos = {vi.name: vi for part in (g.input, g.value_info, g.output) for vi in part}
         probe.dims = LazyDims(infos, self._initializer_dims)
-        self._evaluate_shape_values(probe)
+        return infos
 
-    def _patched(self, probe: Probe, swaps: dict[tuple[int, int], np.ndarray]) -> onnx.ModelProto | None:
-        """A copy of the skeleton where shape inputs known here but not to ONNX inference are
-        initializers, or None when no node with unknown output dims has a new such input.
+    def _new_swaps(self, probe: Probe, swaps: dict[tuple[int, int], np.ndarray]) -> set[int]:
+        """Record in ``swaps`` the shape inputs known here but not to ONNX inference, of nodes
+        whose output dims are not all known; return the nodes that got one.
 
         ``swaps`` holds the inputs replaced by earlier passes; they stay replaced (a node whose
         output became known through a swap loses it again if the swap is dropped)."""
-        produced = self._computed
-        added = False
-        for n_idx, node in enumerate(self.skeleton.graph.node):
-            if node.op_type in ("Shape", "Size", "Constant") or not node.output:
+        added: set[int] = set()
+        known: dict[int, bool] = {}
+        for n_idx, i_idx, name in self._swap_sites:
+            if (n_idx, i_idx) in swaps:
                 continue
-            dims = probe.dims.get(node.output[0])
-            if dims is not None and all(d is not None for d in dims):
+            if n_idx not in known:
+                dims = probe.dims.get(self._nodes[n_idx].output[0])
+                known[n_idx] = dims is not None and all(d is not None for d in dims)
+            if known[n_idx]:
                 continue
-            for i_idx, name in enumerate(node.input):
-                if (n_idx, i_idx) in swaps:
+            value = probe.values.get(name)
+            if value is None or np.size(value) > _SMALL:
+                continue
+            arr = np.asarray(value)
+            if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+                continue
+            swaps[(n_idx, i_idx)] = arr
+            added.add(n_idx)
+        return added
+
+    def _reinfer(
+        self, probe: Probe, infos: dict[str, onnx.ValueInfoProto], swaps: dict[tuple[int, int], np.ndarray],
+        swapped: set[int],
+    ) -> tuple[dict[str, onnx.ValueInfoProto], set[str]] | None:
+        """One feedback pass, re-inferring only the nodes its new values can reach.
+
+        The result equals inferring the whole patched graph: ONNX infers node by node from the
+        inputs' types and propagated shape data, so a node none of whose inputs changed keeps its
+        output. Starting at the newly swapped nodes, windows of the graph are inferred as small
+        models (their outside inputs declared with the types the last pass gave them, and the
+        producers of any shape data they read included); a window's outputs that changed, or may
+        carry changed data, send the walk on to their consumers. In swin-type graphs a pass
+        changes a few dozen of thousands of values, so this is most of a probe's saving.
+
+        Returns the new infos and the values whose type changed, or None when the pass must be
+        done whole (a window input with no type, a failure not at a window node)."""
+        nodes = self._nodes
+        infos = dict(infos)
+        changed: set[str] = set()
+        dirty: set[str] = set()  # type changed, or shape data may have
+        pending = sorted(swapped)
+        heapq.heapify(pending)
+        strict = True
+        failure: ProbeFailure | None = None
+        swap_inits: dict[str, np.ndarray] = {}
+        for (n_idx, i_idx), arr in swaps.items():
+            swap_inits.setdefault(f"{nodes[n_idx].input[i_idx]}__probe_value", arr)
+        while pending:
+            start = heapq.heappop(pending)
+            end = start + _WINDOW
+            window = {start}
+            while pending and pending[0] < end:
+                window.add(heapq.heappop(pending))
+            frontier = list(window)
+            while frontier:  # everything downstream of the window's nodes, inside the window
+                for out in nodes[frontier.pop()].output:
+                    for c in self._consumers.get(out, ()):
+                        if c < end and c not in window:
+                            window.add(c)
+                            frontier.append(c)
+            order = sorted(window)
+            result = self._infer_window(order, infos, swaps, swap_inits, strict)
+            if result is None:
+                return None
+            inferred, window_failure = result
+            if window_failure is not None:
+                failure, strict = window_failure, False
+            for i in order:
+                node = nodes[i]
+                touched = i in swapped or any(name in dirty for name in node.input)
+                for out in node.output:
+                    if not out:
+                        continue
+                    new, old = inferred.get(out), infos.get(out)
+                    if _type_key(new) != _type_key(old):
+                        changed.add(out)
+                        dirty.add(out)
+                        if new is None:
+                            infos.pop(out, None)
+                        else:
+                            infos[out] = new
+                    elif touched and out in self._carriers:
+                        dirty.add(out)
+                    if out in dirty:
+                        for c in self._consumers.get(out, ()):
+                            if c >= end:
+                                heapq.heappush(pending, c)
+            # a consumer pushed twice, or already inside a window, is not inferred again
+            while pending and pending[0] < end:
+                heapq.heappop(pending)
+        if failure is not None:
+            probe.failure = failure
+        return infos, changed
+
+    def _infer_window(
+        self, order: list[int], infos: dict[str, onnx.ValueInfoProto], swaps: dict[tuple[int, int], np.ndarray],
+        swap_inits: dict[str, np.ndarray], strict: bool,
+    ) -> tuple[dict[str, onnx.ValueInfoProto], ProbeFailure | None] | None:
+        """ONNX inference of the nodes ``order`` as a model of their own (see ``_reinfer``)."""
+        nodes = self._nodes
+        members = set(order)
+        included = set(order)
+        stack = list(order)
+        while stack:  # producers of the shape data (and constants) the window reads
+            i = stack.pop()
+            for k, name in enumerate(nodes[i].input):
+                if not name or (i, k) in swaps or name in self._skeleton_inits:
                     continue
-                value = probe.values.get(name) if name in produced else None
-                if value is None or np.size(value) > _SMALL:
+                p = self._producer.get(name)
+                if p is None or p in included:
                     continue
-                arr = np.asarray(value)
-                if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+                if name in self._carriers or nodes[p].op_type == "Constant":
+                    included.add(p)
+                    stack.append(p)
+        produced = {out for i in included for out in nodes[i].output}
+        model = onnx.ModelProto()
+        model.ir_version = self.skeleton.ir_version
+        model.opset_import.extend(self.skeleton.opset_import)
+        graph = model.graph
+        declared: set[str] = set()
+        for i in sorted(included):
+            node = graph.node.add()
+            node.CopyFrom(nodes[i])
+            for k, name in enumerate(node.input):
+                if (i, k) in swaps:
+                    name = f"{name}__probe_value"
+                    node.input[k] = name
+                    if name not in declared:
+                        graph.initializer.append(numpy_helper.from_array(swap_inits[name], name))
+                elif not name or name in produced or name in declared:
                     continue
-                swaps[(n_idx, i_idx)] = arr
-                added = True
-        if not added:
-            return None
+                elif name in self._skeleton_inits:
+                    graph.initializer.append(self._skeleton_inits[name])
+                else:
+                    vi = self._inputs[name] if name in self._inputs else infos.get(name)
+                    if vi is None:
+                        return None
+                    graph.input.append(vi)
+                declared.add(name)
+        graph.output.extend(out for out in self.skeleton.graph.output if out.name in produced)
+        failure = None
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=strict, data_prop=True)
+        except Exception as exc:
+            if not strict:
+                return None
+            failure = _parse_failure(str(exc))
+            if failure.node is None or self._index_by_name.get(failure.node) not in members:
+                return None  # not a node's own inconsistency: let the whole graph say it
+            try:
+                inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+            except Exception:
+                return None
+        g = inferred.graph
+        return {vi.name: vi for part in (g.value_info, g.output) for vi in part}, failure
+
+    def _patched(self, swaps: dict[tuple[int, int], np.ndarray]) -> onnx.ModelProto:
+        """A copy of the skeleton with the swapped inputs replaced by initializers."""
         patched = onnx.ModelProto()
         patched.CopyFrom(self.skeleton)
         inits: dict[str, onnx.TensorProto] = {}
@@ -214,36 +395,26 @@ class Prober:
         patched.graph.initializer.extend(inits.values())
         return patched
 
-    def _evaluate_shape_values(self, probe: Probe) -> None:
-        values = dict(self.constants)
-        for node in self.shape_nodes:
-            if node.op_type == "Shape" and node.input[0] in probe.dims:
-                dims = probe.dims[node.input[0]]
-                if any(d is None for d in dims):
-                    continue
-                start = _attr(node, "start", 0)
-                end = _attr(node, "end", None)
-                arr = np.array(dims, dtype=np.int64)
-                values[node.output[0]] = arr[start:end]
+    def _evaluate_shape_values(self, probe: Probe, changed: set[str] | None) -> None:
+        """The shape subgraph's values at this probe; after a feedback pass (``changed``: the
+        values whose type it changed) only the nodes downstream of a change are evaluated again."""
+        if changed is None:
+            values = dict(self._fixed_values)
+            for node in self._probe_shape_nodes:
+                _evaluate_node(node, probe, values)
+            probe.values = values
+            return
+        values = dict(probe.values)
+        moved: set[str] = set()
+        for node in self._probe_shape_nodes:
+            if not any(i in moved for i in node.input) and not (
+                    node.op_type in ("Shape", "Size") and node.input[0] in changed):
                 continue
-            if node.op_type == "Size" and node.input[0] in probe.dims:
-                dims = probe.dims[node.input[0]]
-                if all(d is not None for d in dims):
-                    values[node.output[0]] = np.array(math.prod(d for d in dims if d is not None), np.int64)
-                continue
-            ins = [values.get(i) if i else None for i in node.input]
-            if any(i and v is None for i, v in zip(node.input, ins)):
-                continue
-            try:
-                # a size of 0 at a tiny probe shape divides by zero: the value is then unknown
-                with np.errstate(all="ignore"):
-                    out = _eval_small(node, ins)
-            except Exception:  # a shape op we cannot evaluate leaves its output unknown
-                out = None
-            if out is not None:
-                for name, val in zip(node.output, out):
-                    if val is not None and np.size(val) <= 4096:
-                        values[name] = val
+            before = [values.pop(out, None) for out in node.output]
+            _evaluate_node(node, probe, values)
+            for out, old in zip(node.output, before):
+                if not _same_value(old, values.get(out)):
+                    moved.add(out)
         probe.values = values
 
     def _extra_checks(self, probe: Probe) -> ProbeFailure | None:
@@ -297,6 +468,109 @@ class Prober:
         return None
 
 
+def _evaluate_node(node: onnx.NodeProto, probe: Probe | None, values: dict[str, np.ndarray]) -> None:
+    """Evaluate one shape-subgraph node into ``values`` (nothing when an input is unknown)."""
+    if probe is not None and node.op_type == "Shape" and node.input[0] in probe.dims:
+        dims = probe.dims[node.input[0]]
+        if any(d is None for d in dims):
+            return
+        start = _attr(node, "start", 0)
+        end = _attr(node, "end", None)
+        arr = np.array(dims, dtype=np.int64)
+        values[node.output[0]] = arr[start:end]
+        return
+    if probe is not None and node.op_type == "Size" and node.input[0] in probe.dims:
+        dims = probe.dims[node.input[0]]
+        if all(d is not None for d in dims):
+            values[node.output[0]] = np.array(math.prod(d for d in dims if d is not None), np.int64)
+        return
+    ins = [values.get(i) if i else None for i in node.input]
+    if any(i and v is None for i, v in zip(node.input, ins)):
+        return
+    try:
+        # a size of 0 at a tiny probe shape divides by zero: the value is then unknown
+        with np.errstate(all="ignore"):
+            out = _eval_small(node, ins)
+    except Exception:  # a shape op we cannot evaluate leaves its output unknown
+        out = None
+    if out is not None:
+        for name, val in zip(node.output, out):
+            if val is not None and np.size(val) <= 4096:
+                values[name] = val
+
+
+def _same_value(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    a, b = np.asarray(a), np.asarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a, b))
+
+
+def _type_key(vi: onnx.ValueInfoProto | None) -> object:
+    """A value's inferred type with symbolic dims made anonymous: ONNX names a fresh symbol for
+    every unknown dim it makes, so two inferences that know the same disagree only in names."""
+    if vi is None:
+        return None
+    t = vi.type
+    if t.HasField("tensor_type"):
+        tt = t.tensor_type
+        if not tt.HasField("shape"):
+            return (tt.elem_type, None)
+        return (tt.elem_type, tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim))
+    return t.SerializeToString()
+
+
+# Ops whose ONNX data propagation (the shape values it carries from Shape to e.g. Reshape) needs
+# every input's data, or the first input's; any other op with a propagation function, a function
+# body or no known schema is taken to carry data from any input. Ops of neither kind carry none.
+_DATA_FROM_ALL = {"Add", "Sub", "Mul", "Concat"}
+_DATA_FROM_FIRST = {"Cast", "Gather", "Slice", "Squeeze", "Unsqueeze"}
+
+
+def _data_carriers(skeleton: onnx.ModelProto, swapped: set[tuple[int, int]]) -> set[str]:
+    """Values that may hold ONNX-propagated shape data in some pass (a superset): outputs of
+    Shape, Size and Constant, initializers and swapped inputs, and what data ops make of them."""
+    opset = next((int(o.version) for o in skeleton.opset_import if o.domain in ("", "ai.onnx")), 17)
+    carriers = {t.name for t in skeleton.graph.initializer}
+    rules: dict[tuple[str, str], str] = {}
+    for i, node in enumerate(skeleton.graph.node):
+        outs = [o for o in node.output if o]
+        if node.op_type in ("Shape", "Size", "Constant") and node.domain in ("", "ai.onnx"):
+            carriers.update(outs)
+            continue
+        key = (node.domain, node.op_type)
+        if key not in rules:
+            rules[key] = _data_rule(node.op_type, node.domain, opset)
+        rule = rules[key]
+        if rule == "none":
+            continue
+        has = [bool(name) and (name in carriers or (i, k) in swapped) for k, name in enumerate(node.input)]
+        present = [h for h, name in zip(has, node.input) if name]
+        if rule == "all":
+            carries = bool(present) and all(present)
+        elif rule == "first":
+            carries = bool(has) and has[0]
+        else:
+            carries = any(has)
+        if carries:
+            carriers.update(outs)
+    return carriers
+
+
+def _data_rule(op_type: str, domain: str, opset: int) -> str:
+    if domain not in ("", "ai.onnx"):
+        return "any"
+    try:
+        schema = onnx.defs.get_schema(op_type, opset, "")
+    except Exception:  # not a standard op at this opset
+        return "any"
+    if schema.has_data_propagation_function:
+        return "all" if op_type in _DATA_FROM_ALL else "first" if op_type in _DATA_FROM_FIRST else "any"
+    if not schema.has_type_and_shape_inference_function:
+        return "any"  # inferred through its function body
+    return "none"
+
+
 # ops whose output may legally have a zero-sized axis
 _EMPTY_OK = {"Slice", "Split", "Pad", "Reshape", "ConstantOfShape", "Expand", "Tile"}
 
@@ -338,6 +612,10 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     g = m.graph
     g.name = model.graph.name
     g.node.extend(model.graph.node)
+    for node in g.node:
+        # the legacy exporter's per-node stack traces are most of the bytes every inference
+        # pass would serialize and parse again; inference never reads them
+        node.ClearField("doc_string")
     existing_inputs = {vi.name for vi in model.graph.input}
     for vi in model.graph.input:
         g.input.append(vi)
