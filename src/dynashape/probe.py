@@ -18,7 +18,7 @@ import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
@@ -34,7 +34,7 @@ _NODE_NAME = re.compile(r"\(op_type:(\w+), node name: ([^)]*)\): (.*)")
 _SMALL = 64  # initializers up to this many elements may be shape constants; keep their values
 _PASS_BUDGET = 24_000  # node-passes per probe: 16 passes up to 1,500 nodes, 3 for Swin-T's 6,285
 _MAX_PATCH_PASSES = 16  # a pass only runs when the last one made new shape values known
-_WINDOW = 256  # graph positions re-inferred together by a feedback pass (see Prober._reinfer)
+_WINDOW = 128  # graph positions re-inferred together by a feedback pass (see Prober._reinfer)
 
 
 @dataclass
@@ -62,6 +62,13 @@ class LazyDims:
             self._decoded[name] = _dims_of(vi) if vi is not None else None
         found = self._decoded[name]
         return default if found is None else found
+
+    def updated(self, infos: dict[str, onnx.ValueInfoProto], changed: set[str]) -> LazyDims:
+        """These dims after a pass that changed the types of ``changed`` (what was decoded and did
+        not change is kept)."""
+        new = LazyDims(infos)
+        new._decoded = {k: v for k, v in self._decoded.items() if k not in changed}
+        return new
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
@@ -97,7 +104,8 @@ def _dims_of(vi: onnx.ValueInfoProto) -> Dims | None:
     tt = vi.type.tensor_type
     if not tt.HasField("shape"):
         return None
-    return tuple(int(d.dim_value) if d.HasField("dim_value") else None for d in tt.shape.dim)
+    # dim_value is 0 both when set to 0 and when absent: only then ask which
+    return tuple(d.dim_value or (0 if d.HasField("dim_value") else None) for d in tt.shape.dim)
 
 
 class Prober:
@@ -114,9 +122,11 @@ class Prober:
         # outputs of the shape subgraph (not of Constant nodes: ONNX inference reads those itself)
         self._computed = {o for n in self.shape_nodes if n.op_type != "Constant" for o in n.output}
         self.checked_nodes = [n for n in model.graph.node if n.op_type in _SIZE_CHANGING]
+        self._checked = [(n, n.op_type, tuple(n.output)) for n in self.checked_nodes]
         self._inputs = {vi.name: vi for vi in self.skeleton.graph.input}
         self._initializer_dims: dict[str, Dims] = {
-            t.name: tuple(int(d) for d in t.dims) for t in model.graph.initializer
+            t.name: tuple(int(d) for d in t.dims)
+            for t in (*model.graph.initializer, *self.skeleton.graph.initializer)
         }
         self._cache: dict[tuple[tuple[str, tuple[int, ...]], ...], Probe] = {}
         # each feedback pass re-runs ONNX inference over the whole graph: deep chains of computed
@@ -124,6 +134,8 @@ class Prober:
         nodes = max(1, len(model.graph.node))
         self.max_passes = max(2, min(_MAX_PATCH_PASSES, _PASS_BUDGET // nodes))
         self._nodes = list(self.skeleton.graph.node)
+        self._ins = [tuple(n.input) for n in self._nodes]  # plain tuples: proto access is slow
+        self._outs = [tuple(n.output) for n in self._nodes]
         self._producer: dict[str, int] = {o: i for i, n in enumerate(self._nodes) for o in n.output if o}
         self._consumers: dict[str, list[int]] = defaultdict(list)
         for i, n in enumerate(self._nodes):
@@ -138,6 +150,10 @@ class Prober:
             if n.op_type not in ("Shape", "Size", "Constant") and n.output
             for k, name in enumerate(n.input) if name in self._computed
         ]
+        self._sites_by_name: dict[str, list[int]] = defaultdict(list)
+        for k, (i, _, name) in enumerate(self._swap_sites):
+            self._sites_by_name[self._nodes[i].output[0]].append(k)
+            self._sites_by_name[name].append(k)
         self._carriers = _data_carriers(self.skeleton, {(i, k) for i, k, _ in self._swap_sites})
         # a feedback pass re-infers only what its new values reach (see _reinfer); subgraphs read
         # outer values they do not list as inputs and functions hide theirs, so those graphs
@@ -149,13 +165,23 @@ class Prober:
         # shape-subgraph values that no input shape changes: evaluated once, not once a probe
         independent: set[str] = set(self.constants)
         self._fixed_values = dict(self.constants)
-        self._probe_shape_nodes: list[onnx.NodeProto] = []
-        for node in self.shape_nodes:
-            if node.op_type not in ("Shape", "Size") and all(not i or i in independent for i in node.input):
-                _evaluate_node(node, None, self._fixed_values)
-                independent.update(node.output)
-            else:
-                self._probe_shape_nodes.append(node)
+        self._probe_shape_nodes: list[_ShapeOp] = []
+        with np.errstate(all="ignore"):
+            for node in self.shape_nodes:
+                op = _ShapeOp.of(node)
+                if op.op not in ("Shape", "Size") and all(not i or i in independent for i in op.inputs):
+                    _evaluate_node(op, None, self._fixed_values)
+                    independent.update(op.outputs)
+                else:
+                    self._probe_shape_nodes.append(op)
+        self._shape_readers: dict[str, list[int]] = defaultdict(list)  # Shape/Size by their input
+        self._shape_consumers: dict[str, list[int]] = defaultdict(list)
+        for k, op in enumerate(self._probe_shape_nodes):
+            if op.op in ("Shape", "Size"):
+                self._shape_readers[op.inputs[0]].append(k)
+            for name in dict.fromkeys(op.inputs):
+                if name:
+                    self._shape_consumers[name].append(k)
 
     @property
     def _lifted(self) -> set[str]:
@@ -188,22 +214,24 @@ class Prober:
         # (node index, input index) -> computed value fed in place of that input; kept across
         # passes, since each pass starts again from the skeleton
         swaps: dict[tuple[int, int], np.ndarray] = {}
+        moved: set[str] | None = None  # names whose type or value the last pass changed; None: all
         for _ in range(self.max_passes):
             if probe.failure is not None:
                 break  # known dims already disagree; knowing more cannot make them agree
             # ONNX data propagation stops at ops it does not evaluate (the legacy exporter's F.pad
             # turns its pads around with Reshape/Transpose): feed it the values computed here
-            swapped = self._new_swaps(probe, swaps)
+            swapped = self._new_swaps(probe, swaps, moved)
             if not swapped:
                 break
             reinferred = self._reinfer(probe, infos, swaps, swapped) if self._incremental else None
             if reinferred is None:  # the whole patched graph, as a pass is defined
                 infos = self._infer(self._patched(swaps), probe)
                 self._evaluate_shape_values(probe, None)
+                moved = None
             else:
                 infos, changed = reinferred
-                probe.dims = LazyDims(infos, self._initializer_dims)
-                self._evaluate_shape_values(probe, changed)
+                probe.dims = probe.dims.updated(infos, changed)
+                moved = changed | self._evaluate_shape_values(probe, changed)
         if probe.failure is None:
             probe.failure = self._extra_checks(probe)
         return probe
@@ -219,24 +247,31 @@ class Prober:
         probe.dims = LazyDims(infos, self._initializer_dims)
         return infos
 
-    def _new_swaps(self, probe: Probe, swaps: dict[tuple[int, int], np.ndarray]) -> set[int]:
+    def _new_swaps(self, probe: Probe, swaps: dict[tuple[int, int], np.ndarray], moved: set[str] | None) -> set[int]:
         """Record in ``swaps`` the shape inputs known here but not to ONNX inference, of nodes
         whose output dims are not all known; return the nodes that got one.
 
         ``swaps`` holds the inputs replaced by earlier passes; they stay replaced (a node whose
-        output became known through a swap loses it again if the swap is dropped)."""
+        output became known through a swap loses it again if the swap is dropped). With
+        ``moved``, only sites whose node output type or input value is in it can have changed
+        their answer since the last call."""
         added: set[int] = set()
         known: dict[int, bool] = {}
-        for n_idx, i_idx, name in self._swap_sites:
+        if moved is None:
+            sites = self._swap_sites
+        else:
+            picked = sorted({k for name in moved for k in self._sites_by_name.get(name, ())})
+            sites = [self._swap_sites[k] for k in picked]
+        for n_idx, i_idx, name in sites:
             if (n_idx, i_idx) in swaps:
+                continue
+            value = probe.values.get(name)
+            if value is None or np.size(value) > _SMALL:
                 continue
             if n_idx not in known:
                 dims = probe.dims.get(self._nodes[n_idx].output[0])
                 known[n_idx] = dims is not None and all(d is not None for d in dims)
             if known[n_idx]:
-                continue
-            value = probe.values.get(name)
-            if value is None or np.size(value) > _SMALL:
                 continue
             arr = np.asarray(value)
             if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
@@ -260,7 +295,8 @@ class Prober:
         changes a few dozen of thousands of values, so this is most of a probe's saving.
 
         Returns the new infos and the values whose type changed, or None when the pass must be
-        done whole (a window input with no type, a failure not at a window node)."""
+        done whole (a window input with no type, a failure not at a window node) or would cost
+        more than a whole pass (its windows add up to the graph's size)."""
         nodes = self._nodes
         infos = dict(infos)
         changed: set[str] = set()
@@ -272,6 +308,7 @@ class Prober:
         swap_inits: dict[str, np.ndarray] = {}
         for (n_idx, i_idx), arr in swaps.items():
             swap_inits.setdefault(f"{nodes[n_idx].input[i_idx]}__probe_value", arr)
+        budget = len(nodes)
         while pending:
             start = heapq.heappop(pending)
             end = start + _WINDOW
@@ -280,12 +317,15 @@ class Prober:
                 window.add(heapq.heappop(pending))
             frontier = list(window)
             while frontier:  # everything downstream of the window's nodes, inside the window
-                for out in nodes[frontier.pop()].output:
+                for out in self._outs[frontier.pop()]:
                     for c in self._consumers.get(out, ()):
                         if c < end and c not in window:
                             window.add(c)
                             frontier.append(c)
             order = sorted(window)
+            budget -= len(order)
+            if budget < 0:
+                return None
             result = self._infer_window(order, infos, swaps, swap_inits, strict)
             if result is None:
                 return None
@@ -293,20 +333,20 @@ class Prober:
             if window_failure is not None:
                 failure, strict = window_failure, False
             for i in order:
-                node = nodes[i]
-                touched = i in swapped or any(name in dirty for name in node.input)
-                for out in node.output:
+                if i not in swapped and not any(name in dirty for name in self._ins[i]):
+                    continue  # the same inputs as last pass: the same outputs
+                for out in self._outs[i]:
                     if not out:
                         continue
                     new, old = inferred.get(out), infos.get(out)
-                    if _type_key(new) != _type_key(old):
+                    if not _same_type(new, old):
                         changed.add(out)
                         dirty.add(out)
                         if new is None:
                             infos.pop(out, None)
                         else:
                             infos[out] = new
-                    elif touched and out in self._carriers:
+                    elif out in self._carriers:
                         dirty.add(out)
                     if out in dirty:
                         for c in self._consumers.get(out, ()):
@@ -330,7 +370,7 @@ class Prober:
         stack = list(order)
         while stack:  # producers of the shape data (and constants) the window reads
             i = stack.pop()
-            for k, name in enumerate(nodes[i].input):
+            for k, name in enumerate(self._ins[i]):
                 if not name or (i, k) in swaps or name in self._skeleton_inits:
                     continue
                 p = self._producer.get(name)
@@ -339,31 +379,35 @@ class Prober:
                 if name in self._carriers or nodes[p].op_type == "Constant":
                     included.add(p)
                     stack.append(p)
-        produced = {out for i in included for out in nodes[i].output}
+        produced = {out for i in included for out in self._outs[i]}
         model = onnx.ModelProto()
         model.ir_version = self.skeleton.ir_version
         model.opset_import.extend(self.skeleton.opset_import)
         graph = model.graph
         declared: set[str] = set()
-        for i in sorted(included):
-            node = graph.node.add()
-            node.CopyFrom(nodes[i])
-            for k, name in enumerate(node.input):
+        ordered = sorted(included)
+        graph.node.extend(nodes[i] for i in ordered)
+        inits: list[onnx.TensorProto] = []
+        inputs: list[onnx.ValueInfoProto] = []
+        for pos, i in enumerate(ordered):
+            for k, name in enumerate(self._ins[i]):
                 if (i, k) in swaps:
                     name = f"{name}__probe_value"
-                    node.input[k] = name
+                    graph.node[pos].input[k] = name
                     if name not in declared:
-                        graph.initializer.append(numpy_helper.from_array(swap_inits[name], name))
+                        inits.append(numpy_helper.from_array(swap_inits[name], name))
                 elif not name or name in produced or name in declared:
                     continue
                 elif name in self._skeleton_inits:
-                    graph.initializer.append(self._skeleton_inits[name])
+                    inits.append(self._skeleton_inits[name])
                 else:
                     vi = self._inputs[name] if name in self._inputs else infos.get(name)
                     if vi is None:
                         return None
-                    graph.input.append(vi)
+                    inputs.append(vi)
                 declared.add(name)
+        graph.initializer.extend(inits)
+        graph.input.extend(inputs)
         graph.output.extend(out for out in self.skeleton.graph.output if out.name in produced)
         failure = None
         try:
@@ -395,35 +439,48 @@ class Prober:
         patched.graph.initializer.extend(inits.values())
         return patched
 
-    def _evaluate_shape_values(self, probe: Probe, changed: set[str] | None) -> None:
+    def _evaluate_shape_values(self, probe: Probe, changed: set[str] | None) -> set[str]:
         """The shape subgraph's values at this probe; after a feedback pass (``changed``: the
-        values whose type it changed) only the nodes downstream of a change are evaluated again."""
-        if changed is None:
-            values = dict(self._fixed_values)
-            for node in self._probe_shape_nodes:
-                _evaluate_node(node, probe, values)
-            probe.values = values
-            return
-        values = dict(probe.values)
+        values whose type it changed) only the nodes downstream of a change are evaluated again.
+        Returns the values that changed (after a feedback pass)."""
         moved: set[str] = set()
-        for node in self._probe_shape_nodes:
-            if not any(i in moved for i in node.input) and not (
-                    node.op_type in ("Shape", "Size") and node.input[0] in changed):
-                continue
-            before = [values.pop(out, None) for out in node.output]
-            _evaluate_node(node, probe, values)
-            for out, old in zip(node.output, before):
-                if not _same_value(old, values.get(out)):
-                    moved.add(out)
+        # a size of 0 at a tiny probe shape divides by zero: the value is then unknown
+        with np.errstate(all="ignore"):
+            if changed is None:
+                values = dict(self._fixed_values)
+                for op in self._probe_shape_nodes:
+                    _evaluate_node(op, probe, values)
+                probe.values = values
+                return moved
+            values = dict(probe.values)
+            # positions of the nodes to evaluate again, in graph order: Shape/Size of a value whose
+            # type changed, and then every consumer of a value that changed
+            pending = [k for name in changed for k in self._shape_readers.get(name, ())]
+            heapq.heapify(pending)
+            done = -1
+            while pending:
+                k = heapq.heappop(pending)
+                if k <= done:
+                    continue
+                done = k
+                op = self._probe_shape_nodes[k]
+                before = [values.pop(out, None) for out in op.outputs]
+                _evaluate_node(op, probe, values)
+                for out, old in zip(op.outputs, before):
+                    if not _same_value(old, values.get(out)):
+                        moved.add(out)
+                        for c in self._shape_consumers.get(out, ()):
+                            heapq.heappush(pending, c)
         probe.values = values
+        return moved
 
     def _extra_checks(self, probe: Probe) -> ProbeFailure | None:
         """Inconsistencies ONNX shape inference lets through."""
-        for node in self.checked_nodes:
+        for node, op_type, outputs in self._checked:
             # an empty result is legal for data movement (slicing a shape vector past its end
             # gives []), a kernel op with nothing to slide over is not; negative is never legal
-            smallest = 0 if node.op_type in _EMPTY_OK else 1
-            for out in node.output:
+            smallest = 0 if op_type in _EMPTY_OK else 1
+            for out in outputs:
                 dims = probe.dims.get(out)
                 if dims and any(d is not None and d < smallest for d in dims):
                     in_dims = probe.dims.get(node.input[0]) if node.input else None
@@ -431,7 +488,9 @@ class Prober:
                         node.name, node.op_type,
                         f"output {out!r} would have shape {list(dims)} (input {list(in_dims or [])})",
                     )
-            if node.op_type in ("AveragePool", "MaxPool", "LpPool"):
+            if op_type not in _CHECKED_FURTHER:
+                continue
+            if op_type in ("AveragePool", "MaxPool", "LpPool"):
                 kernel = _attr(node, "kernel_shape", None)
                 dims = probe.dims.get(node.input[0])
                 if kernel and dims and len(dims) == len(kernel) + 2:
@@ -468,33 +527,46 @@ class Prober:
         return None
 
 
-def _evaluate_node(node: onnx.NodeProto, probe: Probe | None, values: dict[str, np.ndarray]) -> None:
+class _ShapeOp(NamedTuple):
+    """A shape-subgraph node with what evaluating it reads, taken out of the proto once."""
+
+    node: onnx.NodeProto
+    op: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attrs: dict[str, Any]
+
+    @classmethod
+    def of(cls, node: onnx.NodeProto) -> _ShapeOp:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        return cls(node, node.op_type, tuple(node.input), tuple(node.output), attrs)
+
+
+def _evaluate_node(op: _ShapeOp, probe: Probe | None, values: dict[str, np.ndarray]) -> None:
     """Evaluate one shape-subgraph node into ``values`` (nothing when an input is unknown)."""
-    if probe is not None and node.op_type == "Shape" and node.input[0] in probe.dims:
-        dims = probe.dims[node.input[0]]
+    if probe is not None and op.op == "Shape" and op.inputs[0] in probe.dims:
+        dims = probe.dims[op.inputs[0]]
         if any(d is None for d in dims):
             return
-        start = _attr(node, "start", 0)
-        end = _attr(node, "end", None)
+        start = op.attrs.get("start", 0)
+        end = op.attrs.get("end", None)
         arr = np.array(dims, dtype=np.int64)
-        values[node.output[0]] = arr[start:end]
+        values[op.outputs[0]] = arr[start:end]
         return
-    if probe is not None and node.op_type == "Size" and node.input[0] in probe.dims:
-        dims = probe.dims[node.input[0]]
+    if probe is not None and op.op == "Size" and op.inputs[0] in probe.dims:
+        dims = probe.dims[op.inputs[0]]
         if all(d is not None for d in dims):
-            values[node.output[0]] = np.array(math.prod(d for d in dims if d is not None), np.int64)
+            values[op.outputs[0]] = np.array(math.prod(d for d in dims if d is not None), np.int64)
         return
-    ins = [values.get(i) if i else None for i in node.input]
-    if any(i and v is None for i, v in zip(node.input, ins)):
+    ins = [values.get(i) if i else None for i in op.inputs]
+    if any(i and v is None for i, v in zip(op.inputs, ins)):
         return
     try:
-        # a size of 0 at a tiny probe shape divides by zero: the value is then unknown
-        with np.errstate(all="ignore"):
-            out = _eval_small(node, ins)
+        out = _eval_small(op.node, ins, op.attrs)  # under np.errstate(all="ignore"): see the caller
     except Exception:  # a shape op we cannot evaluate leaves its output unknown
         out = None
     if out is not None:
-        for name, val in zip(node.output, out):
+        for name, val in zip(op.outputs, out):
             if val is not None and np.size(val) <= 4096:
                 values[name] = val
 
@@ -504,6 +576,12 @@ def _same_value(a: np.ndarray | None, b: np.ndarray | None) -> bool:
         return a is b
     a, b = np.asarray(a), np.asarray(b)
     return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a, b))
+
+
+def _same_type(a: onnx.ValueInfoProto | None, b: onnx.ValueInfoProto | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.type == b.type or _type_key(a) == _type_key(b)
 
 
 def _type_key(vi: onnx.ValueInfoProto | None) -> object:
@@ -571,6 +649,8 @@ def _data_rule(op_type: str, domain: str, opset: int) -> str:
     return "none"
 
 
+_CHECKED_FURTHER = {"AveragePool", "MaxPool", "LpPool", "Reshape"}
+
 # ops whose output may legally have a zero-sized axis
 _EMPTY_OK = {"Slice", "Split", "Pad", "Reshape", "ConstantOfShape", "Expand", "Tile"}
 
@@ -611,12 +691,22 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     m.functions.extend(model.functions)
     g = m.graph
     g.name = model.graph.name
-    g.node.extend(model.graph.node)
-    for node in g.node:
+    existing_inputs = {vi.name for vi in model.graph.input}
+    outputs = {out.name for out in model.graph.output}
+    for node in model.graph.node:
+        # a Constant's tensor is data to ONNX inference exactly as an initializer is, and an
+        # initializer costs it nothing per pass (the legacy exporter makes 40% of nodes Constants)
+        tensor = _constant_tensor(node)
+        if tensor is not None and node.output[0] not in outputs and node.output[0] not in existing_inputs:
+            init = g.initializer.add()
+            init.CopyFrom(tensor)
+            init.name = node.output[0]
+            continue
+        copy = g.node.add()
+        copy.CopyFrom(node)
         # the legacy exporter's per-node stack traces are most of the bytes every inference
         # pass would serialize and parse again; inference never reads them
-        node.ClearField("doc_string")
-    existing_inputs = {vi.name for vi in model.graph.input}
+        copy.ClearField("doc_string")
     for vi in model.graph.input:
         g.input.append(vi)
     for init in model.graph.initializer:
@@ -630,6 +720,15 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
         vi.type.tensor_type.elem_type = out.type.tensor_type.elem_type
         g.output.append(vi)
     return m
+
+
+def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    """The tensor of a ``Constant`` node given as ``value`` (its usual form), else None."""
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+        return None
+    if len(node.attribute) != 1 or node.attribute[0].name != "value" or not node.attribute[0].HasField("t"):
+        return None
+    return node.attribute[0].t
 
 
 def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -670,7 +769,7 @@ def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
     return default
 
 
-def _eval_small(node: onnx.NodeProto, ins: list[Any]) -> list[Any] | None:
+def _eval_small(node: onnx.NodeProto, ins: list[Any], attrs: dict[str, Any]) -> list[Any] | None:
     """numpy semantics of the ops that shape subgraphs are made of."""
     op = node.op_type
     a: Any = ins[0] if ins else None
@@ -679,13 +778,13 @@ def _eval_small(node: onnx.NodeProto, ins: list[Any]) -> list[Any] | None:
     if op == "Identity":
         return [a]
     if op == "Cast":
-        to = onnx.helper.tensor_dtype_to_np_dtype(int(_attr(node, "to", 7)))
+        to = onnx.helper.tensor_dtype_to_np_dtype(int(attrs.get("to", 7)))
         return [np.asarray(a).astype(to)]
     if op == "Gather":
-        axis = int(_attr(node, "axis", 0))
+        axis = int(attrs.get("axis", 0))
         return [np.take(a, np.asarray(ins[1]).astype(np.int64), axis=axis)]
     if op == "Unsqueeze":
-        axes = _attr(node, "axes", None)
+        axes = attrs.get("axes")
         if axes is None:
             axes = [int(v) for v in np.atleast_1d(ins[1])]
         out = np.asarray(a)
@@ -693,12 +792,12 @@ def _eval_small(node: onnx.NodeProto, ins: list[Any]) -> list[Any] | None:
             out = np.expand_dims(out, ax if ax >= 0 else ax + out.ndim + 1)
         return [out]
     if op == "Squeeze":
-        axes = _attr(node, "axes", None)
+        axes = attrs.get("axes")
         if axes is None and len(ins) > 1 and ins[1] is not None:
             axes = [int(v) for v in np.atleast_1d(ins[1])]
         return [np.squeeze(a, axis=tuple(axes) if axes else None)]
     if op == "Concat":
-        axis = int(_attr(node, "axis", 0))
+        axis = int(attrs.get("axis", 0))
         return [np.concatenate([np.atleast_1d(x) for x in ins if x is not None], axis=axis)]
     if op == "Slice":
         data = np.asarray(a)
@@ -707,9 +806,9 @@ def _eval_small(node: onnx.NodeProto, ins: list[Any]) -> list[Any] | None:
             axes = np.atleast_1d(ins[3]) if len(ins) > 3 and ins[3] is not None else np.arange(len(starts))
             steps = np.atleast_1d(ins[4]) if len(ins) > 4 and ins[4] is not None else np.ones(len(starts), np.int64)
         else:
-            starts = np.array(_attr(node, "starts", []))
-            ends = np.array(_attr(node, "ends", []))
-            axes = np.array(_attr(node, "axes", list(range(len(starts)))))
+            starts = np.array(attrs.get("starts", []))
+            ends = np.array(attrs.get("ends", []))
+            axes = np.array(attrs.get("axes", list(range(len(starts)))))
             steps = np.ones(len(starts), np.int64)
         index = [slice(None)] * data.ndim
         for s, e, ax, st in zip(starts, ends, axes, steps):
@@ -728,13 +827,13 @@ def _eval_small(node: onnx.NodeProto, ins: list[Any]) -> list[Any] | None:
             return [np.asarray(np.trunc(x / y).astype(x.dtype))]
         return [np.asarray(x / y)]
     if op == "Mod":
-        return [np.asarray(np.fmod(a, ins[1]) if _attr(node, "fmod", 0) else np.mod(a, ins[1]))]
+        return [np.asarray(np.fmod(a, ins[1]) if attrs.get("fmod", 0) else np.mod(a, ins[1]))]
     unary: dict[str, Any] = {"Floor": np.floor, "Ceil": np.ceil, "Neg": np.negative, "Abs": np.abs, "Sqrt": np.sqrt,
              "Not": np.logical_not, "Round": np.round}
     if op in unary:
         return [np.asarray(unary[op](a))]
     if op == "ReduceProd":
-        keep = bool(_attr(node, "keepdims", 1))
+        keep = bool(attrs.get("keepdims", 1))
         return [np.asarray(np.prod(a, keepdims=keep))]
     if op == "Where":
         return [np.where(np.asarray(a), ins[1], ins[2])]
@@ -744,13 +843,13 @@ def _eval_small(node: onnx.NodeProto, ins: list[Any]) -> list[Any] | None:
         shape = [int(v) for v in np.atleast_1d(a)]
         if math.prod(shape) > 4096:
             return None
-        val = _attr(node, "value", None)
+        val = attrs.get("value")
         fill = numpy_helper.to_array(val) if val is not None else np.zeros(1, np.float32)
         return [np.full(shape, fill.reshape(-1)[0], dtype=fill.dtype)]
     if op == "Reshape":
         return [np.reshape(a, [int(v) for v in np.atleast_1d(ins[1])])]
     if op == "Transpose":  # the legacy exporter's F.pad turns its pads list around with one
-        perm = _attr(node, "perm", None)
+        perm = attrs.get("perm")
         return [np.transpose(a, perm)]
     if op == "Expand":
         return [np.asarray(a) * np.ones([int(v) for v in np.atleast_1d(ins[1])], dtype=np.asarray(a).dtype)]
