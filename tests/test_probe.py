@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import models as M
 import numpy as np
+import onnx
+import pytest
 from onnx import TensorProto, helper
 
 from dynashape.probe import Prober
@@ -208,3 +210,56 @@ def test_an_empty_slice_is_not_a_failure() -> None:
     model.graph.initializer[0].dims[:] = [2, 4, 3, 3]
     bad = Prober(model).at({"x": (1, 4, 2, 8)})
     assert bad.failure is not None and bad.failure.node == M.Y
+
+
+def _passes_model() -> tuple[onnx.ModelProto, str]:
+    """Sizes known only pass by pass (see the test above), then an ``Add`` of the last level with
+    a tensor whose height is ``h // 16``: equal at h = 64, not at h = 72 (found after the passes)."""
+    g = M.GraphBuilder()
+    shape = g.op("Shape", [M.X], "shape")
+    n = g.op("Gather", [shape, g.i64("zero", [0])], "n", axis=0)
+    c = g.op("Gather", [shape, g.i64("one", [1])], "c", axis=0)
+    h = g.op("Gather", [shape, g.i64("two", [2])], "h", axis=0)
+    half = g.op("Div", [h, g.i64("two_", [2])], "half")
+    folded = g.op("Reshape", [M.X, g.op("Concat", [n, c, half, g.i64("rest", [-1])], "target", axis=0)], "folded")
+    level = folded
+    for k in range(3):
+        level = _halving_slice(g, level, f"slice{k}")
+    sixteenth = g.op("Div", [h, g.i64("sixteen", [16])], "sixteenth")
+    other = g.op("Reshape", [M.X, g.op("Concat", [n, c, sixteenth, g.i64("rest2", [-1])], "target2", axis=0)],
+                 "other")
+    tail = g.op("Add", [level, g.op("Slice", [other, g.i64("s0", [0]), g.i64("s1", [16]), g.i64("ax3", [3])],
+                                    "other_w")], "join")
+    for k in range(4):
+        tail = g.op("Relu", [tail], f"tail{k}")
+    g.op("Identity", [tail], M.Y)
+    return g.model([M.Y]), "join"
+
+
+def test_a_feedback_pass_reinferring_only_what_changed_equals_a_whole_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A feedback pass infers only the windows of the graph its new values reach (a few dozen
+    # nodes of Swin-T's thousands); with windows of 2 nodes every step goes through that path,
+    # and every dim, value and failure must be what inferring the whole patched graph gives
+    import dynashape.probe as probe_module
+
+    model, join = _passes_model()
+    monkeypatch.setattr(probe_module, "_WINDOW", 2)
+    windowed = Prober(model)
+    whole = Prober(model)
+    whole._incremental = False
+    calls = []
+    original = Prober._infer_window
+    monkeypatch.setattr(Prober, "_infer_window", lambda self, *a: calls.append(1) or original(self, *a))
+    names = [o for n in model.graph.node for o in n.output]
+    for shape in [(1, 4, 64, 8), (1, 4, 72, 8), (2, 4, 48, 8)]:
+        a, b = windowed.at({"x": shape}), whole.at({"x": shape})
+        assert str(a.failure) == str(b.failure)
+        assert {n: a.shape(n) for n in names} == {n: b.shape(n) for n in names}
+        assert a.values.keys() == b.values.keys()
+        for k in a.values:
+            np.testing.assert_array_equal(a.values[k], b.values[k])
+    assert len(calls) > 3
+    assert windowed.at({"x": (1, 4, 64, 8)}).failure is None
+    assert windowed.at({"x": (1, 4, 64, 8)}).shape(M.Y) == (1, 4, 4, 16)
+    failed = windowed.at({"x": (1, 4, 72, 8)}).failure
+    assert failed is not None and failed.node == join

@@ -12,11 +12,13 @@ element counts differ.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import re
+from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
@@ -32,6 +34,7 @@ _NODE_NAME = re.compile(r"\(op_type:(\w+), node name: ([^)]*)\): (.*)")
 _SMALL = 64  # initializers up to this many elements may be shape constants; keep their values
 _PASS_BUDGET = 24_000  # node-passes per probe: 16 passes up to 1,500 nodes, 3 for Swin-T's 6,285
 _MAX_PATCH_PASSES = 16  # a pass only runs when the last one made new shape values known
+_WINDOW = 128  # graph positions re-inferred together by a feedback pass (see Prober._reinfer)
 
 
 @dataclass
@@ -59,6 +62,13 @@ class LazyDims:
             self._decoded[name] = _dims_of(vi) if vi is not None else None
         found = self._decoded[name]
         return default if found is None else found
+
+    def updated(self, infos: dict[str, onnx.ValueInfoProto], changed: set[str]) -> LazyDims:
+        """These dims after a pass that changed the types of ``changed`` (what was decoded and did
+        not change is kept)."""
+        new = LazyDims(infos)
+        new._decoded = {k: v for k, v in self._decoded.items() if k not in changed}
+        return new
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
@@ -94,7 +104,8 @@ def _dims_of(vi: onnx.ValueInfoProto) -> Dims | None:
     tt = vi.type.tensor_type
     if not tt.HasField("shape"):
         return None
-    return tuple(int(d.dim_value) if d.HasField("dim_value") else None for d in tt.shape.dim)
+    # dim_value is 0 both when set to 0 and when absent: only then ask which
+    return tuple(d.dim_value or (0 if d.HasField("dim_value") else None) for d in tt.shape.dim)
 
 
 class Prober:
@@ -111,15 +122,66 @@ class Prober:
         # outputs of the shape subgraph (not of Constant nodes: ONNX inference reads those itself)
         self._computed = {o for n in self.shape_nodes if n.op_type != "Constant" for o in n.output}
         self.checked_nodes = [n for n in model.graph.node if n.op_type in _SIZE_CHANGING]
+        self._checked = [(n, n.op_type, tuple(n.output)) for n in self.checked_nodes]
         self._inputs = {vi.name: vi for vi in self.skeleton.graph.input}
         self._initializer_dims: dict[str, Dims] = {
-            t.name: tuple(int(d) for d in t.dims) for t in model.graph.initializer
+            t.name: tuple(int(d) for d in t.dims)
+            for t in (*model.graph.initializer, *self.skeleton.graph.initializer)
         }
         self._cache: dict[tuple[tuple[str, tuple[int, ...]], ...], Probe] = {}
         # each feedback pass re-runs ONNX inference over the whole graph: deep chains of computed
         # sizes get every pass on small graphs, large graphs a bounded share of them
         nodes = max(1, len(model.graph.node))
         self.max_passes = max(2, min(_MAX_PATCH_PASSES, _PASS_BUDGET // nodes))
+        self._nodes = list(self.skeleton.graph.node)
+        self._ins = [tuple(n.input) for n in self._nodes]  # plain tuples: proto access is slow
+        self._outs = [tuple(n.output) for n in self._nodes]
+        self._producer: dict[str, int] = {o: i for i, n in enumerate(self._nodes) for o in n.output if o}
+        self._consumers: dict[str, list[int]] = defaultdict(list)
+        for i, n in enumerate(self._nodes):
+            for name in dict.fromkeys(n.input):
+                if name:
+                    self._consumers[name].append(i)
+        self._skeleton_inits = {t.name: t for t in self.skeleton.graph.initializer}
+        self._index_by_name = {n.name: i for i, n in enumerate(self._nodes) if n.name}
+        # (node, input, value) where a computed shape value may be fed in place of the input
+        self._swap_sites = [
+            (i, k, name) for i, n in enumerate(self._nodes)
+            if n.op_type not in ("Shape", "Size", "Constant") and n.output
+            for k, name in enumerate(n.input) if name in self._computed
+        ]
+        self._sites_by_name: dict[str, list[int]] = defaultdict(list)
+        for k, (i, _, name) in enumerate(self._swap_sites):
+            self._sites_by_name[self._nodes[i].output[0]].append(k)
+            self._sites_by_name[name].append(k)
+        self._carriers = _data_carriers(self.skeleton, {(i, k) for i, k, _ in self._swap_sites})
+        # a feedback pass re-infers only what its new values reach (see _reinfer); subgraphs read
+        # outer values they do not list as inputs and functions hide theirs, so those graphs
+        # are always inferred whole
+        self._incremental = self.skeleton.ir_version >= 4 and not self.skeleton.functions and not any(
+            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+            for n in self._nodes for a in n.attribute
+        )
+        # shape-subgraph values that no input shape changes: evaluated once, not once a probe
+        independent: set[str] = set(self.constants)
+        self._fixed_values = dict(self.constants)
+        self._probe_shape_nodes: list[_ShapeOp] = []
+        with np.errstate(all="ignore"):
+            for node in self.shape_nodes:
+                op = _ShapeOp.of(node)
+                if op.op not in ("Shape", "Size") and all(not i or i in independent for i in op.inputs):
+                    _evaluate_node(op, None, self._fixed_values)
+                    independent.update(op.outputs)
+                else:
+                    self._probe_shape_nodes.append(op)
+        self._shape_readers: dict[str, list[int]] = defaultdict(list)  # Shape/Size by their input
+        self._shape_consumers: dict[str, list[int]] = defaultdict(list)
+        for k, op in enumerate(self._probe_shape_nodes):
+            if op.op in ("Shape", "Size"):
+                self._shape_readers[op.inputs[0]].append(k)
+            for name in dict.fromkeys(op.inputs):
+                if name:
+                    self._shape_consumers[name].append(k)
 
     @property
     def _lifted(self) -> set[str]:
@@ -147,24 +209,34 @@ class Prober:
                 d.Clear()
                 d.dim_value = int(v)
         probe = Probe(dict(shapes))
-        self._infer(self.skeleton, probe)
+        infos = self._infer(self.skeleton, probe)
+        self._evaluate_shape_values(probe, None)
         # (node index, input index) -> computed value fed in place of that input; kept across
         # passes, since each pass starts again from the skeleton
         swaps: dict[tuple[int, int], np.ndarray] = {}
+        moved: set[str] | None = None  # names whose type or value the last pass changed; None: all
         for _ in range(self.max_passes):
             if probe.failure is not None:
                 break  # known dims already disagree; knowing more cannot make them agree
             # ONNX data propagation stops at ops it does not evaluate (the legacy exporter's F.pad
             # turns its pads around with Reshape/Transpose): feed it the values computed here
-            patched = self._patched(probe, swaps)
-            if patched is None:
+            swapped = self._new_swaps(probe, swaps, moved)
+            if not swapped:
                 break
-            self._infer(patched, probe)
+            reinferred = self._reinfer(probe, infos, swaps, swapped) if self._incremental else None
+            if reinferred is None:  # the whole patched graph, as a pass is defined
+                infos = self._infer(self._patched(swaps), probe)
+                self._evaluate_shape_values(probe, None)
+                moved = None
+            else:
+                infos, changed = reinferred
+                probe.dims = probe.dims.updated(infos, changed)
+                moved = changed | self._evaluate_shape_values(probe, changed)
         if probe.failure is None:
             probe.failure = self._extra_checks(probe)
         return probe
 
-    def _infer(self, skeleton: onnx.ModelProto, probe: Probe) -> None:
+    def _infer(self, skeleton: onnx.ModelProto, probe: Probe) -> dict[str, onnx.ValueInfoProto]:
         try:
             inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=True, data_prop=True)
         except Exception as exc:  # onnx raises InferenceError (and others) for inconsistent graphs
@@ -173,35 +245,188 @@ class Prober:
         g = inferred.graph
         infos = {vi.name: vi for part in (g.input, g.value_info, g.output) for vi in part}
         probe.dims = LazyDims(infos, self._initializer_dims)
-        self._evaluate_shape_values(probe)
+        return infos
 
-    def _patched(self, probe: Probe, swaps: dict[tuple[int, int], np.ndarray]) -> onnx.ModelProto | None:
-        """A copy of the skeleton where shape inputs known here but not to ONNX inference are
-        initializers, or None when no node with unknown output dims has a new such input.
+    def _new_swaps(self, probe: Probe, swaps: dict[tuple[int, int], np.ndarray], moved: set[str] | None) -> set[int]:
+        """Record in ``swaps`` the shape inputs known here but not to ONNX inference, of nodes
+        whose output dims are not all known; return the nodes that got one.
 
         ``swaps`` holds the inputs replaced by earlier passes; they stay replaced (a node whose
-        output became known through a swap loses it again if the swap is dropped)."""
-        produced = self._computed
-        added = False
-        for n_idx, node in enumerate(self.skeleton.graph.node):
-            if node.op_type in ("Shape", "Size", "Constant") or not node.output:
+        output became known through a swap loses it again if the swap is dropped). With
+        ``moved``, only sites whose node output type or input value is in it can have changed
+        their answer since the last call."""
+        added: set[int] = set()
+        known: dict[int, bool] = {}
+        if moved is None:
+            sites = self._swap_sites
+        else:
+            picked = sorted({k for name in moved for k in self._sites_by_name.get(name, ())})
+            sites = [self._swap_sites[k] for k in picked]
+        for n_idx, i_idx, name in sites:
+            if (n_idx, i_idx) in swaps:
                 continue
-            dims = probe.dims.get(node.output[0])
-            if dims is not None and all(d is not None for d in dims):
+            value = probe.values.get(name)
+            if value is None or np.size(value) > _SMALL:
                 continue
-            for i_idx, name in enumerate(node.input):
-                if (n_idx, i_idx) in swaps:
+            if n_idx not in known:
+                dims = probe.dims.get(self._nodes[n_idx].output[0])
+                known[n_idx] = dims is not None and all(d is not None for d in dims)
+            if known[n_idx]:
+                continue
+            arr = np.asarray(value)
+            if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+                continue
+            swaps[(n_idx, i_idx)] = arr
+            added.add(n_idx)
+        return added
+
+    def _reinfer(
+        self, probe: Probe, infos: dict[str, onnx.ValueInfoProto], swaps: dict[tuple[int, int], np.ndarray],
+        swapped: set[int],
+    ) -> tuple[dict[str, onnx.ValueInfoProto], set[str]] | None:
+        """One feedback pass, re-inferring only the nodes its new values can reach.
+
+        The result equals inferring the whole patched graph: ONNX infers node by node from the
+        inputs' types and propagated shape data, so a node none of whose inputs changed keeps its
+        output. Starting at the newly swapped nodes, windows of the graph are inferred as small
+        models (their outside inputs declared with the types the last pass gave them, and the
+        producers of any shape data they read included); a window's outputs that changed, or may
+        carry changed data, send the walk on to their consumers. In swin-type graphs a pass
+        changes a few dozen of thousands of values, so this is most of a probe's saving.
+
+        Returns the new infos and the values whose type changed, or None when the pass must be
+        done whole (a window input with no type, a failure not at a window node) or would cost
+        more than a whole pass (its windows add up to the graph's size)."""
+        nodes = self._nodes
+        infos = dict(infos)
+        changed: set[str] = set()
+        dirty: set[str] = set()  # type changed, or shape data may have
+        pending = sorted(swapped)
+        heapq.heapify(pending)
+        strict = True
+        failure: ProbeFailure | None = None
+        swap_inits: dict[str, np.ndarray] = {}
+        for (n_idx, i_idx), arr in swaps.items():
+            swap_inits.setdefault(f"{nodes[n_idx].input[i_idx]}__probe_value", arr)
+        budget = len(nodes)
+        while pending:
+            start = heapq.heappop(pending)
+            end = start + _WINDOW
+            window = {start}
+            while pending and pending[0] < end:
+                window.add(heapq.heappop(pending))
+            frontier = list(window)
+            while frontier:  # everything downstream of the window's nodes, inside the window
+                for out in self._outs[frontier.pop()]:
+                    for c in self._consumers.get(out, ()):
+                        if c < end and c not in window:
+                            window.add(c)
+                            frontier.append(c)
+            order = sorted(window)
+            budget -= len(order)
+            if budget < 0:
+                return None
+            result = self._infer_window(order, infos, swaps, swap_inits, strict)
+            if result is None:
+                return None
+            inferred, window_failure = result
+            if window_failure is not None:
+                failure, strict = window_failure, False
+            for i in order:
+                if i not in swapped and not any(name in dirty for name in self._ins[i]):
+                    continue  # the same inputs as last pass: the same outputs
+                for out in self._outs[i]:
+                    if not out:
+                        continue
+                    new, old = inferred.get(out), infos.get(out)
+                    if not _same_type(new, old):
+                        changed.add(out)
+                        dirty.add(out)
+                        if new is None:
+                            infos.pop(out, None)
+                        else:
+                            infos[out] = new
+                    elif out in self._carriers:
+                        dirty.add(out)
+                    if out in dirty:
+                        for c in self._consumers.get(out, ()):
+                            if c >= end:
+                                heapq.heappush(pending, c)
+            # a consumer pushed twice, or already inside a window, is not inferred again
+            while pending and pending[0] < end:
+                heapq.heappop(pending)
+        if failure is not None:
+            probe.failure = failure
+        return infos, changed
+
+    def _infer_window(
+        self, order: list[int], infos: dict[str, onnx.ValueInfoProto], swaps: dict[tuple[int, int], np.ndarray],
+        swap_inits: dict[str, np.ndarray], strict: bool,
+    ) -> tuple[dict[str, onnx.ValueInfoProto], ProbeFailure | None] | None:
+        """ONNX inference of the nodes ``order`` as a model of their own (see ``_reinfer``)."""
+        nodes = self._nodes
+        members = set(order)
+        included = set(order)
+        stack = list(order)
+        while stack:  # producers of the shape data (and constants) the window reads
+            i = stack.pop()
+            for k, name in enumerate(self._ins[i]):
+                if not name or (i, k) in swaps or name in self._skeleton_inits:
                     continue
-                value = probe.values.get(name) if name in produced else None
-                if value is None or np.size(value) > _SMALL:
+                p = self._producer.get(name)
+                if p is None or p in included:
                     continue
-                arr = np.asarray(value)
-                if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+                if name in self._carriers or nodes[p].op_type == "Constant":
+                    included.add(p)
+                    stack.append(p)
+        produced = {out for i in included for out in self._outs[i]}
+        model = onnx.ModelProto()
+        model.ir_version = self.skeleton.ir_version
+        model.opset_import.extend(self.skeleton.opset_import)
+        graph = model.graph
+        declared: set[str] = set()
+        ordered = sorted(included)
+        graph.node.extend(nodes[i] for i in ordered)
+        inits: list[onnx.TensorProto] = []
+        inputs: list[onnx.ValueInfoProto] = []
+        for pos, i in enumerate(ordered):
+            for k, name in enumerate(self._ins[i]):
+                if (i, k) in swaps:
+                    name = f"{name}__probe_value"
+                    graph.node[pos].input[k] = name
+                    if name not in declared:
+                        inits.append(numpy_helper.from_array(swap_inits[name], name))
+                elif not name or name in produced or name in declared:
                     continue
-                swaps[(n_idx, i_idx)] = arr
-                added = True
-        if not added:
-            return None
+                elif name in self._skeleton_inits:
+                    inits.append(self._skeleton_inits[name])
+                else:
+                    vi = self._inputs[name] if name in self._inputs else infos.get(name)
+                    if vi is None:
+                        return None
+                    inputs.append(vi)
+                declared.add(name)
+        graph.initializer.extend(inits)
+        graph.input.extend(inputs)
+        graph.output.extend(out for out in self.skeleton.graph.output if out.name in produced)
+        failure = None
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=strict, data_prop=True)
+        except Exception as exc:
+            if not strict:
+                return None
+            failure = _parse_failure(str(exc))
+            if failure.node is None or self._index_by_name.get(failure.node) not in members:
+                return None  # not a node's own inconsistency: let the whole graph say it
+            try:
+                inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+            except Exception:
+                return None
+        g = inferred.graph
+        return {vi.name: vi for part in (g.value_info, g.output) for vi in part}, failure
+
+    def _patched(self, swaps: dict[tuple[int, int], np.ndarray]) -> onnx.ModelProto:
+        """A copy of the skeleton with the swapped inputs replaced by initializers."""
         patched = onnx.ModelProto()
         patched.CopyFrom(self.skeleton)
         inits: dict[str, onnx.TensorProto] = {}
@@ -214,45 +439,48 @@ class Prober:
         patched.graph.initializer.extend(inits.values())
         return patched
 
-    def _evaluate_shape_values(self, probe: Probe) -> None:
-        values = dict(self.constants)
-        for node in self.shape_nodes:
-            if node.op_type == "Shape" and node.input[0] in probe.dims:
-                dims = probe.dims[node.input[0]]
-                if any(d is None for d in dims):
+    def _evaluate_shape_values(self, probe: Probe, changed: set[str] | None) -> set[str]:
+        """The shape subgraph's values at this probe; after a feedback pass (``changed``: the
+        values whose type it changed) only the nodes downstream of a change are evaluated again.
+        Returns the values that changed (after a feedback pass)."""
+        moved: set[str] = set()
+        # a size of 0 at a tiny probe shape divides by zero: the value is then unknown
+        with np.errstate(all="ignore"):
+            if changed is None:
+                values = dict(self._fixed_values)
+                for op in self._probe_shape_nodes:
+                    _evaluate_node(op, probe, values)
+                probe.values = values
+                return moved
+            values = dict(probe.values)
+            # positions of the nodes to evaluate again, in graph order: Shape/Size of a value whose
+            # type changed, and then every consumer of a value that changed
+            pending = [k for name in changed for k in self._shape_readers.get(name, ())]
+            heapq.heapify(pending)
+            done = -1
+            while pending:
+                k = heapq.heappop(pending)
+                if k <= done:
                     continue
-                start = _attr(node, "start", 0)
-                end = _attr(node, "end", None)
-                arr = np.array(dims, dtype=np.int64)
-                values[node.output[0]] = arr[start:end]
-                continue
-            if node.op_type == "Size" and node.input[0] in probe.dims:
-                dims = probe.dims[node.input[0]]
-                if all(d is not None for d in dims):
-                    values[node.output[0]] = np.array(math.prod(d for d in dims if d is not None), np.int64)
-                continue
-            ins = [values.get(i) if i else None for i in node.input]
-            if any(i and v is None for i, v in zip(node.input, ins)):
-                continue
-            try:
-                # a size of 0 at a tiny probe shape divides by zero: the value is then unknown
-                with np.errstate(all="ignore"):
-                    out = _eval_small(node, ins)
-            except Exception:  # a shape op we cannot evaluate leaves its output unknown
-                out = None
-            if out is not None:
-                for name, val in zip(node.output, out):
-                    if val is not None and np.size(val) <= 4096:
-                        values[name] = val
+                done = k
+                op = self._probe_shape_nodes[k]
+                before = [values.pop(out, None) for out in op.outputs]
+                _evaluate_node(op, probe, values)
+                for out, old in zip(op.outputs, before):
+                    if not _same_value(old, values.get(out)):
+                        moved.add(out)
+                        for c in self._shape_consumers.get(out, ()):
+                            heapq.heappush(pending, c)
         probe.values = values
+        return moved
 
     def _extra_checks(self, probe: Probe) -> ProbeFailure | None:
         """Inconsistencies ONNX shape inference lets through."""
-        for node in self.checked_nodes:
+        for node, op_type, outputs in self._checked:
             # an empty result is legal for data movement (slicing a shape vector past its end
             # gives []), a kernel op with nothing to slide over is not; negative is never legal
-            smallest = 0 if node.op_type in _EMPTY_OK else 1
-            for out in node.output:
+            smallest = 0 if op_type in _EMPTY_OK else 1
+            for out in outputs:
                 dims = probe.dims.get(out)
                 if dims and any(d is not None and d < smallest for d in dims):
                     in_dims = probe.dims.get(node.input[0]) if node.input else None
@@ -260,7 +488,9 @@ class Prober:
                         node.name, node.op_type,
                         f"output {out!r} would have shape {list(dims)} (input {list(in_dims or [])})",
                     )
-            if node.op_type in ("AveragePool", "MaxPool", "LpPool"):
+            if op_type not in _CHECKED_FURTHER:
+                continue
+            if op_type in ("AveragePool", "MaxPool", "LpPool"):
                 kernel = _attr(node, "kernel_shape", None)
                 dims = probe.dims.get(node.input[0])
                 if kernel and dims and len(dims) == len(kernel) + 2:
@@ -296,6 +526,130 @@ class Prober:
                             )
         return None
 
+
+class _ShapeOp(NamedTuple):
+    """A shape-subgraph node with what evaluating it reads, taken out of the proto once."""
+
+    node: onnx.NodeProto
+    op: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attrs: dict[str, Any]
+
+    @classmethod
+    def of(cls, node: onnx.NodeProto) -> _ShapeOp:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        return cls(node, node.op_type, tuple(node.input), tuple(node.output), attrs)
+
+
+def _evaluate_node(op: _ShapeOp, probe: Probe | None, values: dict[str, np.ndarray]) -> None:
+    """Evaluate one shape-subgraph node into ``values`` (nothing when an input is unknown)."""
+    if probe is not None and op.op == "Shape" and op.inputs[0] in probe.dims:
+        dims = probe.dims[op.inputs[0]]
+        if any(d is None for d in dims):
+            return
+        start = op.attrs.get("start", 0)
+        end = op.attrs.get("end", None)
+        arr = np.array(dims, dtype=np.int64)
+        values[op.outputs[0]] = arr[start:end]
+        return
+    if probe is not None and op.op == "Size" and op.inputs[0] in probe.dims:
+        dims = probe.dims[op.inputs[0]]
+        if all(d is not None for d in dims):
+            values[op.outputs[0]] = np.array(math.prod(d for d in dims if d is not None), np.int64)
+        return
+    ins = [values.get(i) if i else None for i in op.inputs]
+    if any(i and v is None for i, v in zip(op.inputs, ins)):
+        return
+    try:
+        out = _eval_small(op.node, ins, op.attrs)  # under np.errstate(all="ignore"): see the caller
+    except Exception:  # a shape op we cannot evaluate leaves its output unknown
+        out = None
+    if out is not None:
+        for name, val in zip(op.outputs, out):
+            if val is not None and np.size(val) <= 4096:
+                values[name] = val
+
+
+def _same_value(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    a, b = np.asarray(a), np.asarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a, b))
+
+
+def _same_type(a: onnx.ValueInfoProto | None, b: onnx.ValueInfoProto | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.type == b.type or _type_key(a) == _type_key(b)
+
+
+def _type_key(vi: onnx.ValueInfoProto | None) -> object:
+    """A value's inferred type with symbolic dims made anonymous: ONNX names a fresh symbol for
+    every unknown dim it makes, so two inferences that know the same disagree only in names."""
+    if vi is None:
+        return None
+    t = vi.type
+    if t.HasField("tensor_type"):
+        tt = t.tensor_type
+        if not tt.HasField("shape"):
+            return (tt.elem_type, None)
+        return (tt.elem_type, tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim))
+    return t.SerializeToString()
+
+
+# Ops whose ONNX data propagation (the shape values it carries from Shape to e.g. Reshape) needs
+# every input's data, or the first input's; any other op with a propagation function, a function
+# body or no known schema is taken to carry data from any input. Ops of neither kind carry none.
+_DATA_FROM_ALL = {"Add", "Sub", "Mul", "Concat"}
+_DATA_FROM_FIRST = {"Cast", "Gather", "Slice", "Squeeze", "Unsqueeze"}
+
+
+def _data_carriers(skeleton: onnx.ModelProto, swapped: set[tuple[int, int]]) -> set[str]:
+    """Values that may hold ONNX-propagated shape data in some pass (a superset): outputs of
+    Shape, Size and Constant, initializers and swapped inputs, and what data ops make of them."""
+    opset = next((int(o.version) for o in skeleton.opset_import if o.domain in ("", "ai.onnx")), 17)
+    carriers = {t.name for t in skeleton.graph.initializer}
+    rules: dict[tuple[str, str], str] = {}
+    for i, node in enumerate(skeleton.graph.node):
+        outs = [o for o in node.output if o]
+        if node.op_type in ("Shape", "Size", "Constant") and node.domain in ("", "ai.onnx"):
+            carriers.update(outs)
+            continue
+        key = (node.domain, node.op_type)
+        if key not in rules:
+            rules[key] = _data_rule(node.op_type, node.domain, opset)
+        rule = rules[key]
+        if rule == "none":
+            continue
+        has = [bool(name) and (name in carriers or (i, k) in swapped) for k, name in enumerate(node.input)]
+        present = [h for h, name in zip(has, node.input) if name]
+        if rule == "all":
+            carries = bool(present) and all(present)
+        elif rule == "first":
+            carries = bool(has) and has[0]
+        else:
+            carries = any(has)
+        if carries:
+            carriers.update(outs)
+    return carriers
+
+
+def _data_rule(op_type: str, domain: str, opset: int) -> str:
+    if domain not in ("", "ai.onnx"):
+        return "any"
+    try:
+        schema = onnx.defs.get_schema(op_type, opset, "")
+    except Exception:  # not a standard op at this opset
+        return "any"
+    if schema.has_data_propagation_function:
+        return "all" if op_type in _DATA_FROM_ALL else "first" if op_type in _DATA_FROM_FIRST else "any"
+    if not schema.has_type_and_shape_inference_function:
+        return "any"  # inferred through its function body
+    return "none"
+
+
+_CHECKED_FURTHER = {"AveragePool", "MaxPool", "LpPool", "Reshape"}
 
 # ops whose output may legally have a zero-sized axis
 _EMPTY_OK = {"Slice", "Split", "Pad", "Reshape", "ConstantOfShape", "Expand", "Tile"}
@@ -337,8 +691,22 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     m.functions.extend(model.functions)
     g = m.graph
     g.name = model.graph.name
-    g.node.extend(model.graph.node)
     existing_inputs = {vi.name for vi in model.graph.input}
+    outputs = {out.name for out in model.graph.output}
+    for node in model.graph.node:
+        # a Constant's tensor is data to ONNX inference exactly as an initializer is, and an
+        # initializer costs it nothing per pass (the legacy exporter makes 40% of nodes Constants)
+        tensor = _constant_tensor(node)
+        if tensor is not None and node.output[0] not in outputs and node.output[0] not in existing_inputs:
+            init = g.initializer.add()
+            init.CopyFrom(tensor)
+            init.name = node.output[0]
+            continue
+        copy = g.node.add()
+        copy.CopyFrom(node)
+        # the legacy exporter's per-node stack traces are most of the bytes every inference
+        # pass would serialize and parse again; inference never reads them
+        copy.ClearField("doc_string")
     for vi in model.graph.input:
         g.input.append(vi)
     for init in model.graph.initializer:
@@ -352,6 +720,15 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
         vi.type.tensor_type.elem_type = out.type.tensor_type.elem_type
         g.output.append(vi)
     return m
+
+
+def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    """The tensor of a ``Constant`` node given as ``value`` (its usual form), else None."""
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+        return None
+    if len(node.attribute) != 1 or node.attribute[0].name != "value" or not node.attribute[0].HasField("t"):
+        return None
+    return node.attribute[0].t
 
 
 def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -392,7 +769,7 @@ def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
     return default
 
 
-def _eval_small(node: onnx.NodeProto, ins: list[Any]) -> list[Any] | None:
+def _eval_small(node: onnx.NodeProto, ins: list[Any], attrs: dict[str, Any]) -> list[Any] | None:
     """numpy semantics of the ops that shape subgraphs are made of."""
     op = node.op_type
     a: Any = ins[0] if ins else None
@@ -401,13 +778,13 @@ def _eval_small(node: onnx.NodeProto, ins: list[Any]) -> list[Any] | None:
     if op == "Identity":
         return [a]
     if op == "Cast":
-        to = onnx.helper.tensor_dtype_to_np_dtype(int(_attr(node, "to", 7)))
+        to = onnx.helper.tensor_dtype_to_np_dtype(int(attrs.get("to", 7)))
         return [np.asarray(a).astype(to)]
     if op == "Gather":
-        axis = int(_attr(node, "axis", 0))
+        axis = int(attrs.get("axis", 0))
         return [np.take(a, np.asarray(ins[1]).astype(np.int64), axis=axis)]
     if op == "Unsqueeze":
-        axes = _attr(node, "axes", None)
+        axes = attrs.get("axes")
         if axes is None:
             axes = [int(v) for v in np.atleast_1d(ins[1])]
         out = np.asarray(a)
@@ -415,12 +792,12 @@ def _eval_small(node: onnx.NodeProto, ins: list[Any]) -> list[Any] | None:
             out = np.expand_dims(out, ax if ax >= 0 else ax + out.ndim + 1)
         return [out]
     if op == "Squeeze":
-        axes = _attr(node, "axes", None)
+        axes = attrs.get("axes")
         if axes is None and len(ins) > 1 and ins[1] is not None:
             axes = [int(v) for v in np.atleast_1d(ins[1])]
         return [np.squeeze(a, axis=tuple(axes) if axes else None)]
     if op == "Concat":
-        axis = int(_attr(node, "axis", 0))
+        axis = int(attrs.get("axis", 0))
         return [np.concatenate([np.atleast_1d(x) for x in ins if x is not None], axis=axis)]
     if op == "Slice":
         data = np.asarray(a)
@@ -429,9 +806,9 @@ def _eval_small(node: onnx.NodeProto, ins: list[Any]) -> list[Any] | None:
             axes = np.atleast_1d(ins[3]) if len(ins) > 3 and ins[3] is not None else np.arange(len(starts))
             steps = np.atleast_1d(ins[4]) if len(ins) > 4 and ins[4] is not None else np.ones(len(starts), np.int64)
         else:
-            starts = np.array(_attr(node, "starts", []))
-            ends = np.array(_attr(node, "ends", []))
-            axes = np.array(_attr(node, "axes", list(range(len(starts)))))
+            starts = np.array(attrs.get("starts", []))
+            ends = np.array(attrs.get("ends", []))
+            axes = np.array(attrs.get("axes", list(range(len(starts)))))
             steps = np.ones(len(starts), np.int64)
         index = [slice(None)] * data.ndim
         for s, e, ax, st in zip(starts, ends, axes, steps):
@@ -450,13 +827,13 @@ def _eval_small(node: onnx.NodeProto, ins: list[Any]) -> list[Any] | None:
             return [np.asarray(np.trunc(x / y).astype(x.dtype))]
         return [np.asarray(x / y)]
     if op == "Mod":
-        return [np.asarray(np.fmod(a, ins[1]) if _attr(node, "fmod", 0) else np.mod(a, ins[1]))]
+        return [np.asarray(np.fmod(a, ins[1]) if attrs.get("fmod", 0) else np.mod(a, ins[1]))]
     unary: dict[str, Any] = {"Floor": np.floor, "Ceil": np.ceil, "Neg": np.negative, "Abs": np.abs, "Sqrt": np.sqrt,
              "Not": np.logical_not, "Round": np.round}
     if op in unary:
         return [np.asarray(unary[op](a))]
     if op == "ReduceProd":
-        keep = bool(_attr(node, "keepdims", 1))
+        keep = bool(attrs.get("keepdims", 1))
         return [np.asarray(np.prod(a, keepdims=keep))]
     if op == "Where":
         return [np.where(np.asarray(a), ins[1], ins[2])]
@@ -466,13 +843,13 @@ def _eval_small(node: onnx.NodeProto, ins: list[Any]) -> list[Any] | None:
         shape = [int(v) for v in np.atleast_1d(a)]
         if math.prod(shape) > 4096:
             return None
-        val = _attr(node, "value", None)
+        val = attrs.get("value")
         fill = numpy_helper.to_array(val) if val is not None else np.zeros(1, np.float32)
         return [np.full(shape, fill.reshape(-1)[0], dtype=fill.dtype)]
     if op == "Reshape":
         return [np.reshape(a, [int(v) for v in np.atleast_1d(ins[1])])]
     if op == "Transpose":  # the legacy exporter's F.pad turns its pads list around with one
-        perm = _attr(node, "perm", None)
+        perm = attrs.get("perm")
         return [np.transpose(a, perm)]
     if op == "Expand":
         return [np.asarray(a) * np.ones([int(v) for v in np.atleast_1d(ins[1])], dtype=np.asarray(a).dtype)]
