@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,7 +199,7 @@ BY_NAME = {m.name: m for m in MODELS}
 QUICK = ["demo", "resnet18", "lraspp_mobilenet_v3_large", "bisenet_v1", "coordatt_net", "yolo_detect"]
 
 
-def fmt_shape(shape: Shape | list[int]) -> str:
+def fmt_shape(shape: Sequence[int]) -> str:
     return "x".join(str(d) for d in shape)
 
 
@@ -471,7 +471,7 @@ def control_flow(module: Any, proto: Any, s0: Shape, exporter: str) -> dict[str,
     from dynashape.errors import DynashapeError
     from dynashape.export import export_module
 
-    s0_map = {"input": s0}
+    s0_map: dict[str, tuple[int, ...]] = {"input": s0}
     s1 = choose_s1(s0_map, {"input": [0, 2, 3]})
     try:
         other = export_module(module, s1, dynamic={"input": [0, 2, 3]}, exporter=exporter)

@@ -211,6 +211,7 @@ class Detect(nn.Module):
 
     stride = torch.tensor([8.0, 16.0, 32.0])
     dynamic = False
+    anchors: torch.Tensor  # a buffer, registered in __init__
 
     def __init__(self, nc: int = 3, anchors: tuple[tuple[int, ...], ...] = (), ch: tuple[int, ...] = ()) -> None:
         super().__init__()
@@ -314,6 +315,9 @@ class SwinBlock(nn.Module):
     (pads computed in Python from ``self.H, self.W``), cyclic shift, crop back only ``if pad_r > 0 or
     pad_b > 0``."""
 
+    H: int  # set by the caller before each forward, as in the original
+    W: int
+
     def __init__(self, dim: int, num_heads: int, window_size: int = 7, shift_size: int = 0) -> None:
         super().__init__()
         self.window_size = window_size
@@ -390,6 +394,7 @@ class SwinPadNet(nn.Module):
         attn_mask = mask_windows.unsqueeze(1) - mask_windows.unsqueeze(2)
         attn_mask = attn_mask.masked_fill(attn_mask != 0, (-100.0)).masked_fill(attn_mask == 0, 0.0)
         for blk in self.blocks:
+            assert isinstance(blk, SwinBlock)  # for mypy: a ModuleList yields Modules
             blk.H, blk.W = H, W
             x = blk(x, attn_mask)
         return self.head(self.norm(x).mean(1))
@@ -473,6 +478,7 @@ class UNet(nn.Module):
 def _perturb_bn(net: nn.Module) -> nn.Module:
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
+            assert m.running_mean is not None and m.running_var is not None  # track_running_stats
             nn.init.uniform_(m.running_mean, -0.1, 0.1)
             nn.init.uniform_(m.running_var, 0.5, 1.5)
     return net.eval()
