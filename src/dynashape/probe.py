@@ -12,6 +12,7 @@ element counts differ.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import logging
 import math
@@ -48,6 +49,9 @@ class ProbeFailure:
         return f"{where}{self.message}"
 
 
+_UNDECODED = object()
+
+
 class LazyDims:
     """Value name -> dims, decoded from the inferred ValueInfoProtos only when asked for."""
 
@@ -57,11 +61,11 @@ class LazyDims:
         self._decoded: dict[str, Dims | None] = dict(fixed or {})
 
     def get(self, name: str, default: Dims | None = None) -> Dims | None:
-        if name not in self._decoded:
+        found = self._decoded.get(name, _UNDECODED)
+        if found is _UNDECODED:
             vi = self._infos.get(name)
-            self._decoded[name] = _dims_of(vi) if vi is not None else None
-        found = self._decoded[name]
-        return default if found is None else found
+            found = self._decoded[name] = _dims_of(vi) if vi is not None else None
+        return default if found is None else found  # type: ignore[return-value]
 
     def updated(self, infos: dict[str, onnx.ValueInfoProto], changed: set[str]) -> LazyDims:
         """These dims after a pass that changed the types of ``changed`` (what was decoded and did
@@ -105,14 +109,16 @@ def _dims_of(vi: onnx.ValueInfoProto) -> Dims | None:
     if not tt.HasField("shape"):
         return None
     # dim_value is 0 both when set to 0 and when absent: only then ask which
-    return tuple(d.dim_value or (0 if d.HasField("dim_value") else None) for d in tt.shape.dim)
+    return tuple([d.dim_value or (0 if d.HasField("dim_value") else None) for d in tt.shape.dim])
 
 
 class Prober:
     """Probes one model at many input shapes. Build once per model (it keeps a light skeleton)."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, inference_cache: InferenceCache | None = None) -> None:
+        """``inference_cache``: another prober's, to share (see ``InferenceCache``)."""
         self.model = model
+        self.inference_cache = inference_cache if inference_cache is not None else InferenceCache()
         self.skeleton = _skeleton(model)
         self.input_names = [
             vi.name for vi in self.skeleton.graph.input if vi.name not in self._lifted
@@ -344,7 +350,7 @@ class Prober:
             if window_failure is not None:
                 failure, strict = window_failure, False
             for i in order:
-                if i not in swapped and not any(name in dirty for name in self._ins[i]):
+                if i not in swapped and dirty.isdisjoint(self._ins[i]):
                     continue  # the same inputs as last pass: the same outputs
                 for out in self._outs[i]:
                     if not out:
@@ -423,21 +429,20 @@ class Prober:
         graph.initializer.extend(inits)
         graph.input.extend(inputs)
         graph.output.extend(out for name, out in self._skeleton_outputs if name in produced)
+        data = model.SerializeToString()
         failure = None
-        try:
-            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=strict, data_prop=True)
-        except Exception as exc:
+        inferred, error = self.inference_cache.infer(data, strict)
+        if error is not None:
             if not strict:
                 return None
-            failure = _parse_failure(str(exc))
+            failure = _parse_failure(error)
             if failure.node is None or self._index_by_name.get(failure.node) not in members:
                 return None  # not a node's own inconsistency: let the whole graph say it
-            try:
-                inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-            except Exception:
+            inferred, error = self.inference_cache.infer(data, False)
+            if error is not None:
                 return None
-        g = inferred.graph
-        return {vi.name: vi for part in (g.value_info, g.output) for vi in part}, failure
+        assert inferred is not None
+        return inferred, failure
 
     def _patched(self, swaps: dict[tuple[int, int], np.ndarray]) -> onnx.ModelProto:
         """A copy of the skeleton with the swapped inputs replaced by initializers."""
@@ -550,6 +555,32 @@ class Prober:
                                 node.name, op_type, f"cannot reshape {list(dims)} to {t}"
                             )
         return None
+
+
+class InferenceCache:
+    """ONNX inference of window models (see ``Prober._reinfer``) by their serialized bytes.
+
+    Probes at neighbouring sizes, and probes of a graph before and after a rewrite elsewhere,
+    infer many identical windows; inference is a function of the bytes (and the mode), so a
+    window seen before is not inferred again. Share one between the probers of one check."""
+
+    def __init__(self) -> None:
+        self._results: dict[tuple[bytes, bool], tuple[dict[str, onnx.ValueInfoProto] | None, str | None]] = {}
+
+    def infer(self, data: bytes, strict: bool) -> tuple[dict[str, onnx.ValueInfoProto] | None, str | None]:
+        """(value infos of the inferred values and outputs, None) or (None, the error message)."""
+        key = (hashlib.blake2b(data, digest_size=20).digest(), strict)
+        found = self._results.get(key)
+        if found is None:
+            try:
+                inferred = onnx.shape_inference.infer_shapes(data, strict_mode=strict, data_prop=True)
+            except Exception as exc:  # onnx raises InferenceError (and others) for inconsistent graphs
+                found = (None, str(exc))
+            else:
+                g = inferred.graph
+                found = ({vi.name: vi for part in (g.value_info, g.output) for vi in part}, None)
+            self._results[key] = found
+        return found
 
 
 class _CheckedNode(NamedTuple):
