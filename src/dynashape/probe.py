@@ -71,7 +71,9 @@ class LazyDims:
         """These dims after a pass that changed the types of ``changed`` (what was decoded and did
         not change is kept)."""
         new = LazyDims(infos)
-        new._decoded = {k: v for k, v in self._decoded.items() if k not in changed}
+        new._decoded = dict(self._decoded)
+        for name in changed:
+            new._decoded.pop(name, None)
         return new
 
     def __contains__(self, name: object) -> bool:
