@@ -327,6 +327,9 @@ class Prober:
         for (n_idx, i_idx), arr in swaps.items():
             swap_inits.setdefault(f"{self._ins[n_idx][i_idx]}__probe_value", arr)
         swap_tensors: dict[str, onnx.TensorProto] = {}  # swap_inits as initializers, made once a pass
+        swapped_at: dict[int, set[int]] = defaultdict(set)  # node -> its swapped inputs
+        for n_idx, i_idx in swaps:
+            swapped_at[n_idx].add(i_idx)
         budget = len(nodes)
         while pending:
             start = heapq.heappop(pending)
@@ -345,7 +348,7 @@ class Prober:
             budget -= len(order)
             if budget < 0:
                 return None
-            result = self._infer_window(order, infos, swaps, swap_inits, swap_tensors, strict)
+            result = self._infer_window(order, infos, swapped_at, swap_inits, swap_tensors, strict)
             if result is None:
                 return None
             inferred, window_failure = result
@@ -379,7 +382,7 @@ class Prober:
         return infos, changed
 
     def _infer_window(
-        self, order: list[int], infos: dict[str, onnx.ValueInfoProto], swaps: dict[tuple[int, int], np.ndarray],
+        self, order: list[int], infos: dict[str, onnx.ValueInfoProto], swapped_at: dict[int, set[int]],
         swap_inits: dict[str, np.ndarray], swap_tensors: dict[str, onnx.TensorProto], strict: bool,
     ) -> tuple[dict[str, onnx.ValueInfoProto], ProbeFailure | None] | None:
         """ONNX inference of the nodes ``order`` as a model of their own (see ``_reinfer``)."""
@@ -389,8 +392,9 @@ class Prober:
         stack = list(order)
         while stack:  # producers of the shape data (and constants) the window reads
             i = stack.pop()
+            swapped_here = swapped_at.get(i, ())
             for k, name in enumerate(self._ins[i]):
-                if not name or (i, k) in swaps or name in self._skeleton_inits:
+                if not name or name in self._skeleton_inits or k in swapped_here:
                     continue
                 p = self._producer.get(name)
                 if p is None or p in included:
@@ -409,8 +413,9 @@ class Prober:
         inits: list[onnx.TensorProto] = []
         inputs: list[onnx.ValueInfoProto] = []
         for pos, i in enumerate(ordered):
+            swapped_here = swapped_at.get(i, ())
             for k, name in enumerate(self._ins[i]):
-                if (i, k) in swaps:
+                if k in swapped_here:
                     name = f"{name}__probe_value"
                     graph.node[pos].input[k] = name
                     if name not in declared:
