@@ -66,7 +66,7 @@ class Context:
     def refresh(self) -> None:
         self.model.graph.sort()
         self.proto = ir.serde.serialize_model(self.model)
-        self.prober = Prober(self.proto)
+        self.prober = Prober(self.proto, self.prober.inference_cache)  # windows away from the rewrite recur
 
     @property
     def p0(self) -> Probe:

@@ -95,16 +95,20 @@ def fix_model(
     export_proof = None
     others: list[ProofRun] = []
     if prove and (report.applied or multiple):
-        export_proof = prove_at_export(model, fixed, report.export_shape)
-        if export_proof.status != "ok":
-            raise DynashapeError(
-                f"the rewritten model does not match the original at the export shape "
-                f"{format_shapes(report.export_shape)} ({export_proof.message}); nothing was written. "
-                "This is a dynashape bug: please report it with the model"
-            )
-        lattice = report.lattice if multiple is None else {}
-        for shapes in proof_shapes(model, report.export_shape, lattice):
-            others.append(run_fixed(fixed, model, shapes))
+        session = FixedSession(fixed)  # one session for every proof: making one costs more than a run
+        try:
+            export_proof = prove_at_export(model, fixed, report.export_shape, session)
+            if export_proof.status != "ok":
+                raise DynashapeError(
+                    f"the rewritten model does not match the original at the export shape "
+                    f"{format_shapes(report.export_shape)} ({export_proof.message}); nothing was written. "
+                    "This is a dynashape bug: please report it with the model"
+                )
+            lattice = report.lattice if multiple is None else {}
+            for shapes in proof_shapes(model, report.export_shape, lattice):
+                others.append(run_fixed(fixed, model, shapes, session))
+        finally:
+            session.close()
     return FixResult(report, fixed, list(report.applied), unfixed, export_proof, others, multiple)
 
 
@@ -129,7 +133,38 @@ def _pad_multiple(pad_to: int | str | None, lattice: Lattice) -> int | None:
     return pad_to if pad_to > 1 else None
 
 
-def prove_at_export(original: onnx.ModelProto, fixed: onnx.ModelProto, s0: ShapeMap) -> ProofRun:
+class FixedSession:
+    """An ONNX Runtime session of the fixed model, made at its first run and kept for the next."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self._runner = OrtRunner(model)
+        self._active = False
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self._active:
+            self._runner.activate()  # a RunError here is raised again by the next run, as a new session would
+            self._active = True
+        return self._runner.infer(feeds)
+
+    def close(self) -> None:
+        if self._active:
+            self._runner.deactivate()
+            self._active = False
+
+
+def _run_fixed_model(
+    fixed: onnx.ModelProto, feeds: dict[str, np.ndarray], session: FixedSession | None
+) -> dict[str, np.ndarray]:
+    if session is not None:
+        return session.infer(feeds)
+    with OrtRunner(fixed) as r:
+        return r.infer(feeds)
+
+
+def prove_at_export(
+    original: onnx.ModelProto, fixed: onnx.ModelProto, s0: ShapeMap, session: FixedSession | None = None
+) -> ProofRun:
+    """``session``: of ``fixed``, shared with the other proofs (else one is made here)."""
     feeds = random_feeds(original, s0, seed=1)
     try:
         with OrtRunner(original) as r:
@@ -137,8 +172,7 @@ def prove_at_export(original: onnx.ModelProto, fixed: onnx.ModelProto, s0: Shape
     except RunError as exc:
         return ProofRun(s0, "error", message=f"the original model fails at its export shape: {exc}")
     try:
-        with OrtRunner(fixed) as r:
-            out = r.infer(feeds)
+        out = _run_fixed_model(fixed, feeds, session)
     except RunError as exc:
         return ProofRun(s0, "error", message=f"the rewritten model fails: {exc}")
     err = max_abs_error(ref, out)
@@ -169,11 +203,12 @@ def proof_shapes(model: onnx.ModelProto, s0: ShapeMap, lattice: Lattice) -> list
     return shapes
 
 
-def run_fixed(fixed: onnx.ModelProto, original: onnx.ModelProto, shapes: ShapeMap) -> ProofRun:
+def run_fixed(
+    fixed: onnx.ModelProto, original: onnx.ModelProto, shapes: ShapeMap, session: FixedSession | None = None
+) -> ProofRun:
     feeds = random_feeds(original, shapes, seed=2)
     try:
-        with OrtRunner(fixed) as r:
-            out = r.infer(feeds)
+        out = _run_fixed_model(fixed, feeds, session)
     except RunError as exc:
         where = f" at node {exc.node}" if exc.node else ""
         return ProofRun(shapes, "error", message=f"{exc}{where}")

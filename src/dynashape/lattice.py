@@ -46,13 +46,16 @@ def axis_label(info: InputInfo, axis: int) -> str:
 class LatticeScanner:
     """Probes one model along each dynamic axis of its inputs."""
 
-    def __init__(self, model: onnx.ModelProto, s0: ShapeMap, prober: Prober | None = None) -> None:
+    def __init__(
+        self, model: onnx.ModelProto, s0: ShapeMap, prober: Prober | None = None, ir_model: ir.Model | None = None
+    ) -> None:
+        """``ir_model``: ``model`` already deserialized (check has it), else done when needed."""
         self.model = model
         self.s0 = s0
         self.prober = prober or Prober(model)
         self.inputs = graph_inputs(model)
         self.outputs = [o.name for o in model.graph.output]
-        self._ir: ir.Model | None = None
+        self._ir: ir.Model | None = ir_model
 
     def _with(self, name: str, axis: int, size: int) -> ShapeMap:
         shapes = dict(self.s0)

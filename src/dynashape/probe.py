@@ -12,6 +12,7 @@ element counts differ.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import logging
 import math
@@ -48,6 +49,9 @@ class ProbeFailure:
         return f"{where}{self.message}"
 
 
+_UNDECODED = object()
+
+
 class LazyDims:
     """Value name -> dims, decoded from the inferred ValueInfoProtos only when asked for."""
 
@@ -57,17 +61,19 @@ class LazyDims:
         self._decoded: dict[str, Dims | None] = dict(fixed or {})
 
     def get(self, name: str, default: Dims | None = None) -> Dims | None:
-        if name not in self._decoded:
+        found = self._decoded.get(name, _UNDECODED)
+        if found is _UNDECODED:
             vi = self._infos.get(name)
-            self._decoded[name] = _dims_of(vi) if vi is not None else None
-        found = self._decoded[name]
-        return default if found is None else found
+            found = self._decoded[name] = _dims_of(vi) if vi is not None else None
+        return default if found is None else found  # type: ignore[return-value]
 
     def updated(self, infos: dict[str, onnx.ValueInfoProto], changed: set[str]) -> LazyDims:
         """These dims after a pass that changed the types of ``changed`` (what was decoded and did
         not change is kept)."""
         new = LazyDims(infos)
-        new._decoded = {k: v for k, v in self._decoded.items() if k not in changed}
+        new._decoded = dict(self._decoded)
+        for name in changed:
+            new._decoded.pop(name, None)
         return new
 
     def __contains__(self, name: object) -> bool:
@@ -105,14 +111,16 @@ def _dims_of(vi: onnx.ValueInfoProto) -> Dims | None:
     if not tt.HasField("shape"):
         return None
     # dim_value is 0 both when set to 0 and when absent: only then ask which
-    return tuple(d.dim_value or (0 if d.HasField("dim_value") else None) for d in tt.shape.dim)
+    return tuple([d.dim_value or (0 if d.HasField("dim_value") else None) for d in tt.shape.dim])
 
 
 class Prober:
     """Probes one model at many input shapes. Build once per model (it keeps a light skeleton)."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, inference_cache: InferenceCache | None = None) -> None:
+        """``inference_cache``: another prober's, to share (see ``InferenceCache``)."""
         self.model = model
+        self.inference_cache = inference_cache if inference_cache is not None else InferenceCache()
         self.skeleton = _skeleton(model)
         self.input_names = [
             vi.name for vi in self.skeleton.graph.input if vi.name not in self._lifted
@@ -122,7 +130,7 @@ class Prober:
         # outputs of the shape subgraph (not of Constant nodes: ONNX inference reads those itself)
         self._computed = {o for n in self.shape_nodes if n.op_type != "Constant" for o in n.output}
         self.checked_nodes = [n for n in model.graph.node if n.op_type in _SIZE_CHANGING]
-        self._checked = [(n, n.op_type, tuple(n.output)) for n in self.checked_nodes]
+        self._checked = [_CheckedNode.of(n) for n in self.checked_nodes]
         self._inputs = {vi.name: vi for vi in self.skeleton.graph.input}
         self._initializer_dims: dict[str, Dims] = {
             t.name: tuple(int(d) for d in t.dims)
@@ -136,6 +144,7 @@ class Prober:
         self._nodes = list(self.skeleton.graph.node)
         self._ins = [tuple(n.input) for n in self._nodes]  # plain tuples: proto access is slow
         self._outs = [tuple(n.output) for n in self._nodes]
+        self._op_types = [n.op_type for n in self._nodes]
         self._producer: dict[str, int] = {o: i for i, n in enumerate(self._nodes) for o in n.output if o}
         self._consumers: dict[str, list[int]] = defaultdict(list)
         for i, n in enumerate(self._nodes):
@@ -143,6 +152,7 @@ class Prober:
                 if name:
                     self._consumers[name].append(i)
         self._skeleton_inits = {t.name: t for t in self.skeleton.graph.initializer}
+        self._skeleton_outputs = [(out.name, out) for out in self.skeleton.graph.output]
         self._index_by_name = {n.name: i for i, n in enumerate(self._nodes) if n.name}
         # (node, input, value) where a computed shape value may be fed in place of the input
         self._swap_sites = [
@@ -150,6 +160,8 @@ class Prober:
             if n.op_type not in ("Shape", "Size", "Constant") and n.output
             for k, name in enumerate(n.input) if name in self._computed
         ]
+        # per site: its key in a probe's swaps, node, value and the node's first output
+        self._site_keys = [((i, k), i, name, self._outs[i][0]) for i, k, name in self._swap_sites]
         self._sites_by_name: dict[str, list[int]] = defaultdict(list)
         for k, (i, _, name) in enumerate(self._swap_sites):
             self._sites_by_name[self._nodes[i].output[0]].append(k)
@@ -182,6 +194,9 @@ class Prober:
             for name in dict.fromkeys(op.inputs):
                 if name:
                     self._shape_consumers[name].append(k)
+        # the first full evaluation's dims and values: a later one re-evaluates only what is
+        # downstream of a Shape/Size whose input's dims differ from it (see _evaluate_shape_values)
+        self._reference: tuple[LazyDims, dict[str, np.ndarray]] | None = None
 
     @property
     def _lifted(self) -> set[str]:
@@ -258,25 +273,28 @@ class Prober:
         added: set[int] = set()
         known: dict[int, bool] = {}
         if moved is None:
-            sites = self._swap_sites
+            sites = self._site_keys
         else:
             picked = sorted({k for name in moved for k in self._sites_by_name.get(name, ())})
-            sites = [self._swap_sites[k] for k in picked]
-        for n_idx, i_idx, name in sites:
-            if (n_idx, i_idx) in swaps:
+            sites = [self._site_keys[k] for k in picked]
+        values = probe.values
+        dims_of = probe.dims.get
+        for key, n_idx, name, out in sites:
+            if key in swaps:
                 continue
-            value = probe.values.get(name)
+            value = values.get(name)
             if value is None or np.size(value) > _SMALL:
                 continue
-            if n_idx not in known:
-                dims = probe.dims.get(self._nodes[n_idx].output[0])
-                known[n_idx] = dims is not None and all(d is not None for d in dims)
-            if known[n_idx]:
+            output_known = known.get(n_idx)
+            if output_known is None:
+                dims = dims_of(out)
+                output_known = known[n_idx] = dims is not None and None not in dims
+            if output_known:
                 continue
             arr = np.asarray(value)
             if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
                 continue
-            swaps[(n_idx, i_idx)] = arr
+            swaps[key] = arr
             added.add(n_idx)
         return added
 
@@ -307,7 +325,11 @@ class Prober:
         failure: ProbeFailure | None = None
         swap_inits: dict[str, np.ndarray] = {}
         for (n_idx, i_idx), arr in swaps.items():
-            swap_inits.setdefault(f"{nodes[n_idx].input[i_idx]}__probe_value", arr)
+            swap_inits.setdefault(f"{self._ins[n_idx][i_idx]}__probe_value", arr)
+        swap_tensors: dict[str, onnx.TensorProto] = {}  # swap_inits as initializers, made once a pass
+        swapped_at: dict[int, set[int]] = defaultdict(set)  # node -> its swapped inputs
+        for n_idx, i_idx in swaps:
+            swapped_at[n_idx].add(i_idx)
         budget = len(nodes)
         while pending:
             start = heapq.heappop(pending)
@@ -326,14 +348,14 @@ class Prober:
             budget -= len(order)
             if budget < 0:
                 return None
-            result = self._infer_window(order, infos, swaps, swap_inits, strict)
+            result = self._infer_window(order, infos, swapped_at, swap_inits, swap_tensors, strict)
             if result is None:
                 return None
             inferred, window_failure = result
             if window_failure is not None:
                 failure, strict = window_failure, False
             for i in order:
-                if i not in swapped and not any(name in dirty for name in self._ins[i]):
+                if i not in swapped and dirty.isdisjoint(self._ins[i]):
                     continue  # the same inputs as last pass: the same outputs
                 for out in self._outs[i]:
                     if not out:
@@ -360,8 +382,8 @@ class Prober:
         return infos, changed
 
     def _infer_window(
-        self, order: list[int], infos: dict[str, onnx.ValueInfoProto], swaps: dict[tuple[int, int], np.ndarray],
-        swap_inits: dict[str, np.ndarray], strict: bool,
+        self, order: list[int], infos: dict[str, onnx.ValueInfoProto], swapped_at: dict[int, set[int]],
+        swap_inits: dict[str, np.ndarray], swap_tensors: dict[str, onnx.TensorProto], strict: bool,
     ) -> tuple[dict[str, onnx.ValueInfoProto], ProbeFailure | None] | None:
         """ONNX inference of the nodes ``order`` as a model of their own (see ``_reinfer``)."""
         nodes = self._nodes
@@ -370,13 +392,14 @@ class Prober:
         stack = list(order)
         while stack:  # producers of the shape data (and constants) the window reads
             i = stack.pop()
+            swapped_here = swapped_at.get(i, ())
             for k, name in enumerate(self._ins[i]):
-                if not name or (i, k) in swaps or name in self._skeleton_inits:
+                if not name or name in self._skeleton_inits or k in swapped_here:
                     continue
                 p = self._producer.get(name)
                 if p is None or p in included:
                     continue
-                if name in self._carriers or nodes[p].op_type == "Constant":
+                if name in self._carriers or self._op_types[p] == "Constant":
                     included.add(p)
                     stack.append(p)
         produced = {out for i in included for out in self._outs[i]}
@@ -390,12 +413,16 @@ class Prober:
         inits: list[onnx.TensorProto] = []
         inputs: list[onnx.ValueInfoProto] = []
         for pos, i in enumerate(ordered):
+            swapped_here = swapped_at.get(i, ())
             for k, name in enumerate(self._ins[i]):
-                if (i, k) in swaps:
+                if k in swapped_here:
                     name = f"{name}__probe_value"
                     graph.node[pos].input[k] = name
                     if name not in declared:
-                        inits.append(numpy_helper.from_array(swap_inits[name], name))
+                        tensor = swap_tensors.get(name)
+                        if tensor is None:
+                            tensor = swap_tensors[name] = numpy_helper.from_array(swap_inits[name], name)
+                        inits.append(tensor)
                 elif not name or name in produced or name in declared:
                     continue
                 elif name in self._skeleton_inits:
@@ -408,22 +435,21 @@ class Prober:
                 declared.add(name)
         graph.initializer.extend(inits)
         graph.input.extend(inputs)
-        graph.output.extend(out for out in self.skeleton.graph.output if out.name in produced)
+        graph.output.extend(out for name, out in self._skeleton_outputs if name in produced)
+        data = model.SerializeToString()
         failure = None
-        try:
-            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=strict, data_prop=True)
-        except Exception as exc:
+        inferred, error = self.inference_cache.infer(data, strict)
+        if error is not None:
             if not strict:
                 return None
-            failure = _parse_failure(str(exc))
+            failure = _parse_failure(error)
             if failure.node is None or self._index_by_name.get(failure.node) not in members:
                 return None  # not a node's own inconsistency: let the whole graph say it
-            try:
-                inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-            except Exception:
+            inferred, error = self.inference_cache.infer(data, False)
+            if error is not None:
                 return None
-        g = inferred.graph
-        return {vi.name: vi for part in (g.value_info, g.output) for vi in part}, failure
+        assert inferred is not None
+        return inferred, failure
 
     def _patched(self, swaps: dict[tuple[int, int], np.ndarray]) -> onnx.ModelProto:
         """A copy of the skeleton with the swapped inputs replaced by initializers."""
@@ -446,11 +472,22 @@ class Prober:
         moved: set[str] = set()
         # a size of 0 at a tiny probe shape divides by zero: the value is then unknown
         with np.errstate(all="ignore"):
+            if changed is None and self._reference is not None:
+                # a full evaluation equals the reference's values with everything downstream of
+                # a Shape/Size that reads other dims evaluated again (values are a function of
+                # those dims and the constants alone); worth it when few of them do
+                ref_dims, ref_values = self._reference
+                differ = {name for name in self._shape_readers if probe.dims.get(name) != ref_dims.get(name)}
+                if 2 * len(differ) <= len(self._shape_readers):
+                    changed = differ
+                    probe.values = dict(ref_values)
             if changed is None:
                 values = dict(self._fixed_values)
                 for op in self._probe_shape_nodes:
                     _evaluate_node(op, probe, values)
                 probe.values = values
+                if self._reference is None:
+                    self._reference = (probe.dims, dict(values))
                 return moved
             values = dict(probe.values)
             # positions of the nodes to evaluate again, in graph order: Shape/Size of a value whose
@@ -476,38 +513,38 @@ class Prober:
 
     def _extra_checks(self, probe: Probe) -> ProbeFailure | None:
         """Inconsistencies ONNX shape inference lets through."""
-        for node, op_type, outputs in self._checked:
+        dims_of = probe.dims.get
+        for node, op_type, outputs, first, second, kernel, pads, allowzero in self._checked:
             # an empty result is legal for data movement (slicing a shape vector past its end
             # gives []), a kernel op with nothing to slide over is not; negative is never legal
             smallest = 0 if op_type in _EMPTY_OK else 1
             for out in outputs:
-                dims = probe.dims.get(out)
+                dims = dims_of(out)
                 if dims and any(d is not None and d < smallest for d in dims):
-                    in_dims = probe.dims.get(node.input[0]) if node.input else None
+                    in_dims = dims_of(first) if first else None
                     return ProbeFailure(
-                        node.name, node.op_type,
+                        node.name, op_type,
                         f"output {out!r} would have shape {list(dims)} (input {list(in_dims or [])})",
                     )
             if op_type not in _CHECKED_FURTHER:
                 continue
             if op_type in ("AveragePool", "MaxPool", "LpPool"):
-                kernel = _attr(node, "kernel_shape", None)
-                dims = probe.dims.get(node.input[0])
+                dims = dims_of(first)
                 if kernel and dims and len(dims) == len(kernel) + 2:
-                    pads = _attr(node, "pads", [0] * (2 * len(kernel)))
+                    if pads is None:
+                        pads = [0] * (2 * len(kernel))
                     for i, k in enumerate(kernel):
                         size = dims[2 + i]
                         if size is not None and size + pads[i] + pads[i + len(kernel)] < k:
                             return ProbeFailure(
-                                node.name, node.op_type,
+                                node.name, op_type,
                                 f"kernel {list(kernel)} is larger than its input {list(dims[2:])}",
                             )
-            if node.op_type == "Reshape":
-                dims = probe.dims.get(node.input[0])
-                target = probe.values.get(node.input[1])
+            if op_type == "Reshape":
+                dims = dims_of(first)
+                target = probe.values.get(second)
                 if dims and target is not None and all(d is not None for d in dims):
                     t = [int(v) for v in np.atleast_1d(target)]
-                    allowzero = _attr(node, "allowzero", 0)
                     resolved: list[int] = [
                         (int(dims[i] or 0) if (v == 0 and not allowzero and i < len(dims)) else v)
                         for i, v in enumerate(t)
@@ -515,16 +552,64 @@ class Prober:
                     total = math.prod(int(d) for d in dims if d is not None)
                     if -1 not in resolved and math.prod(resolved) != total:
                         return ProbeFailure(
-                            node.name, node.op_type,
+                            node.name, op_type,
                             f"cannot reshape {list(dims)} ({total} elements) to {t}",
                         )
                     if -1 in resolved:
                         rest = math.prod(v for v in resolved if v != -1)
                         if rest == 0 or total % rest:
                             return ProbeFailure(
-                                node.name, node.op_type, f"cannot reshape {list(dims)} to {t}"
+                                node.name, op_type, f"cannot reshape {list(dims)} to {t}"
                             )
         return None
+
+
+class InferenceCache:
+    """ONNX inference of window models (see ``Prober._reinfer``) by their serialized bytes.
+
+    Probes at neighbouring sizes, and probes of a graph before and after a rewrite elsewhere,
+    infer many identical windows; inference is a function of the bytes (and the mode), so a
+    window seen before is not inferred again. Share one between the probers of one check."""
+
+    def __init__(self) -> None:
+        self._results: dict[tuple[bytes, bool], tuple[dict[str, onnx.ValueInfoProto] | None, str | None]] = {}
+
+    def infer(self, data: bytes, strict: bool) -> tuple[dict[str, onnx.ValueInfoProto] | None, str | None]:
+        """(value infos of the inferred values and outputs, None) or (None, the error message)."""
+        key = (hashlib.blake2b(data, digest_size=20).digest(), strict)
+        found = self._results.get(key)
+        if found is None:
+            try:
+                inferred = onnx.shape_inference.infer_shapes(data, strict_mode=strict, data_prop=True)
+            except Exception as exc:  # onnx raises InferenceError (and others) for inconsistent graphs
+                found = (None, str(exc))
+            else:
+                g = inferred.graph
+                found = ({vi.name: vi for part in (g.value_info, g.output) for vi in part}, None)
+            self._results[key] = found
+        return found
+
+
+class _CheckedNode(NamedTuple):
+    """A node ``_extra_checks`` looks at, with what it reads taken out of the proto once."""
+
+    node: onnx.NodeProto
+    op: str
+    outputs: tuple[str, ...]
+    first: str  # input 0 ("" when absent)
+    second: str  # input 1 ("" when absent)
+    kernel: Any  # pools: kernel_shape and pads attributes (None when absent)
+    pads: Any
+    allowzero: Any  # Reshape
+
+    @classmethod
+    def of(cls, node: onnx.NodeProto) -> _CheckedNode:
+        inputs = tuple(node.input)
+        return cls(
+            node, node.op_type, tuple(node.output), inputs[0] if inputs else "",
+            inputs[1] if len(inputs) > 1 else "", _attr(node, "kernel_shape", None), _attr(node, "pads", None),
+            _attr(node, "allowzero", 0),
+        )
 
 
 class _ShapeOp(NamedTuple):
@@ -544,20 +629,17 @@ class _ShapeOp(NamedTuple):
 
 def _evaluate_node(op: _ShapeOp, probe: Probe | None, values: dict[str, np.ndarray]) -> None:
     """Evaluate one shape-subgraph node into ``values`` (nothing when an input is unknown)."""
-    if probe is not None and op.op == "Shape" and op.inputs[0] in probe.dims:
-        dims = probe.dims[op.inputs[0]]
-        if any(d is None for d in dims):
+    if probe is not None and (op.op == "Shape" or op.op == "Size"):
+        dims = probe.dims.get(op.inputs[0])
+        if dims is not None:
+            if None in dims:
+                return
+            if op.op == "Shape":
+                arr = np.array(dims, dtype=np.int64)
+                values[op.outputs[0]] = arr[op.attrs.get("start", 0):op.attrs.get("end", None)]
+            else:
+                values[op.outputs[0]] = np.array(math.prod(d for d in dims if d is not None), np.int64)
             return
-        start = op.attrs.get("start", 0)
-        end = op.attrs.get("end", None)
-        arr = np.array(dims, dtype=np.int64)
-        values[op.outputs[0]] = arr[start:end]
-        return
-    if probe is not None and op.op == "Size" and op.inputs[0] in probe.dims:
-        dims = probe.dims[op.inputs[0]]
-        if all(d is not None for d in dims):
-            values[op.outputs[0]] = np.array(math.prod(d for d in dims if d is not None), np.int64)
-        return
     ins = [values.get(i) if i else None for i in op.inputs]
     if any(i and v is None for i, v in zip(op.inputs, ins)):
         return
@@ -769,6 +851,16 @@ def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
     return default
 
 
+_BINARY: dict[str, Any] = {
+    "Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Max": np.maximum, "Min": np.minimum,
+    "Equal": np.equal, "Less": np.less, "Greater": np.greater, "Pow": np.power,
+}
+_UNARY: dict[str, Any] = {
+    "Floor": np.floor, "Ceil": np.ceil, "Neg": np.negative, "Abs": np.abs, "Sqrt": np.sqrt,
+    "Not": np.logical_not, "Round": np.round,
+}
+
+
 def _eval_small(node: onnx.NodeProto, ins: list[Any], attrs: dict[str, Any]) -> list[Any] | None:
     """numpy semantics of the ops that shape subgraphs are made of."""
     op = node.op_type
@@ -815,12 +907,9 @@ def _eval_small(node: onnx.NodeProto, ins: list[Any], attrs: dict[str, Any]) -> 
             e = int(min(max(int(e), -(2**62)), 2**62))
             index[int(ax)] = slice(int(s), e, int(st))
         return [data[tuple(index)]]
-    binary: dict[str, Any] = {
-        "Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Max": np.maximum, "Min": np.minimum,
-        "Equal": np.equal, "Less": np.less, "Greater": np.greater, "Pow": np.power,
-    }
-    if op in binary and len(ins) == 2:
-        return [np.asarray(binary[op](a, ins[1]))]
+    binary = _BINARY.get(op)
+    if binary is not None and len(ins) == 2:
+        return [np.asarray(binary(a, ins[1]))]
     if op == "Div":
         x, y = np.asarray(a), np.asarray(ins[1])
         if np.issubdtype(x.dtype, np.integer) and np.issubdtype(y.dtype, np.integer):
@@ -828,10 +917,9 @@ def _eval_small(node: onnx.NodeProto, ins: list[Any], attrs: dict[str, Any]) -> 
         return [np.asarray(x / y)]
     if op == "Mod":
         return [np.asarray(np.fmod(a, ins[1]) if attrs.get("fmod", 0) else np.mod(a, ins[1]))]
-    unary: dict[str, Any] = {"Floor": np.floor, "Ceil": np.ceil, "Neg": np.negative, "Abs": np.abs, "Sqrt": np.sqrt,
-             "Not": np.logical_not, "Round": np.round}
-    if op in unary:
-        return [np.asarray(unary[op](a))]
+    unary = _UNARY.get(op)
+    if unary is not None:
+        return [np.asarray(unary(a))]
     if op == "ReduceProd":
         keep = bool(attrs.get("keepdims", 1))
         return [np.asarray(np.prod(a, keepdims=keep))]
