@@ -13,7 +13,7 @@ so the plan is measured, never guessed:
    opt at the probe, reaching halfway to the neighbouring probe sizes). Profiles are only ever
    added, so the range stays covered by the first one and no probe gets slower than before.
    ``max_profiles`` is no cap by default: the search ends anyway once every slow probe has a
-   profile of its own, so there are at most one more profiles than probes;
+   profile of its own, so there is at most one profile more than there are probes;
 4. the final engine holds every profile; each probe, and the centre of every overlap, is timed
    in every profile that contains it. That table goes into the sidecar, and at run time a shape
    that fits several profiles runs in the one measured fastest at the nearest measured point.

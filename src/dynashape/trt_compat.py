@@ -310,6 +310,21 @@ def _smi_id() -> str:
     return visible if visible and (visible.isdigit() or visible.startswith(("GPU-", "MIG-"))) else "0"
 
 
+def _smi_query(fields: str) -> str:
+    """nvidia-smi's answer (first line) for ``fields`` of the GPU in use; "" without an answer."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return ""
+    try:
+        out = subprocess.run(
+            [smi, f"--query-gpu={fields}", "--format=csv,noheader", f"--id={_smi_id()}"],
+            capture_output=True, text=True, timeout=20, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.splitlines()[0] if out else ""
+
+
 def gpu_identity() -> tuple[str, str]:
     """(name, compute capability) of the GPU in use, from torch when present, else nvidia-smi."""
     try:
@@ -320,18 +335,9 @@ def gpu_identity() -> tuple[str, str]:
             return torch.cuda.get_device_name(0), f"{major}.{minor}"
     except Exception:  # no torch, or a CPU build of it
         pass
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        try:
-            out = subprocess.run(
-                [smi, "--query-gpu=name,compute_cap", "--format=csv,noheader", f"--id={_smi_id()}"],
-                capture_output=True, text=True, timeout=20, check=True,
-            ).stdout.strip()
-            name, _, cap = out.partition(",")
-            if name:
-                return name.strip(), cap.strip() or "unknown"
-        except (OSError, subprocess.SubprocessError):
-            pass
+    name, _, cap = _smi_query("name,compute_cap").partition(",")
+    if name.strip():
+        return name.strip(), cap.strip() or "unknown"
     return "unknown", "unknown"
 
 
@@ -347,17 +353,7 @@ def gpu_uuid() -> str:
                 return f"GPU-{uuid}"
     except Exception:  # no torch, or a CPU build of it
         pass
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        try:
-            out = subprocess.run(
-                [smi, "--query-gpu=uuid", "--format=csv,noheader", f"--id={_smi_id()}"],
-                capture_output=True, text=True, timeout=20, check=True,
-            ).stdout.strip()
-            return out.splitlines()[0].strip() if out else ""
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return ""
+    return _smi_query("uuid").strip()
 
 
 def runtime_env() -> RuntimeEnv:
