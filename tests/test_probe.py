@@ -172,16 +172,21 @@ def _halving_slice(g: M.GraphBuilder, x: str, name: str) -> str:
     return g.op("Slice", [x, start, g.i64(f"{name}_end", [2**62]), g.i64(f"{name}_axes", [2])], name)
 
 
+def _nch(g: M.GraphBuilder) -> tuple[str, str, str]:
+    """N, C and H of the graph input, as scalars gathered from its Shape."""
+    shape = g.op("Shape", [M.X], "shape")
+    n, c, h = (g.op("Gather", [shape, g.i64(idx, [k])], name, axis=0)
+               for k, (idx, name) in enumerate([("zero", "n"), ("one", "c"), ("two", "h")]))
+    return n, c, h
+
+
 def test_values_fed_back_stay_fed_back_over_several_passes() -> None:
     # The dynamo exporter computes sizes as scalar Div/Mod chains, and torch.roll slices at a
     # start taken from the Shape of the previous slice: each level becomes known one pass after
     # the one before it. A value fed back in one pass must stay fed back in the next (else the
     # level it made known is lost again), and it takes more than two passes to get to the end.
     g = M.GraphBuilder()
-    shape = g.op("Shape", [M.X], "shape")
-    n = g.op("Gather", [shape, g.i64("zero", [0])], "n", axis=0)
-    c = g.op("Gather", [shape, g.i64("one", [1])], "c", axis=0)
-    h = g.op("Gather", [shape, g.i64("two", [2])], "h", axis=0)
+    n, c, h = _nch(g)
     half = g.op("Div", [h, g.i64("two_", [2])], "half")
     target = g.op("Concat", [n, c, half, g.i64("rest", [-1])], "target", axis=0)
     folded = g.op("Reshape", [M.X, target], "folded")  # (n, c, h/2, 2w): known after one pass
@@ -216,10 +221,7 @@ def _passes_model() -> tuple[onnx.ModelProto, str]:
     """Sizes known only pass by pass (see the test above), then an ``Add`` of the last level with
     a tensor whose height is ``h // 16``: equal at h = 64, not at h = 72 (found after the passes)."""
     g = M.GraphBuilder()
-    shape = g.op("Shape", [M.X], "shape")
-    n = g.op("Gather", [shape, g.i64("zero", [0])], "n", axis=0)
-    c = g.op("Gather", [shape, g.i64("one", [1])], "c", axis=0)
-    h = g.op("Gather", [shape, g.i64("two", [2])], "h", axis=0)
+    n, c, h = _nch(g)
     half = g.op("Div", [h, g.i64("two_", [2])], "half")
     folded = g.op("Reshape", [M.X, g.op("Concat", [n, c, half, g.i64("rest", [-1])], "target", axis=0)], "folded")
     level = folded
