@@ -273,6 +273,18 @@ def unet(depth: int = 5, *, down: str = "maxpool", opset: int = 17) -> onnx.Mode
     return g.model([Y])
 
 
+def deepest_join(depth: int = 5, opset: int = 17) -> onnx.ModelProto:
+    """``depth`` 3x3/2 pad-1 convs (they round up), then only the deepest level is upsampled x2 and
+    joined (``Add``, node ``join``) with the level above it, as in YOLO-style necks."""
+    g = GraphBuilder(opset)
+    levels = [g.op("Relu", [g.conv(X, C, 4, "stem")], "stem_relu")]
+    for i in range(1, depth + 1):
+        levels.append(g.conv(levels[-1], 4, 4, f"down{i}", k=3, stride=2, pad=1))
+    up = g.resize(levels[-1], "up", scales=g.f32("x2", [1, 1, 2, 2]))
+    g.conv(g.op("Add", [levels[-2], up], "join"), 4, 2, Y, k=1)
+    return g.model([Y])
+
+
 def stride_then_upsample(stride_log2: int = 4, opset: int = 17) -> onnx.ModelProto:
     """``stride_log2`` MaxPool 2x2/2 stages then one ``x 2**stride_log2`` Resize to the output:
     no join, but the output should have the input's size."""

@@ -53,6 +53,20 @@ def test_unet_strided_conv_reports_the_deepest_join() -> None:
     assert _ds003(report)[2].node == "join4"
 
 
+def test_a_band_of_valid_residues_is_not_taken_for_a_multiple() -> None:
+    # Only the stride-16 level is joined with up(stride-32): ceil(H/16) == 2*ceil(H/32) holds for
+    # H mod 32 in {0, 17..31}. From 224, a step of 31 walks down that band (255, 286, 317, 348
+    # are valid), so four steps alone took 31 (then 29) for the multiple and claimed sizes such
+    # as 79 that fail; every multiple of 32 is valid.
+    model = M.deepest_join()
+    prober = Prober(model)
+    valid = {h for h in range(200, 260) if prober.at({"x": (1, 4, h, 224)}).ok}
+    assert valid == set(range(209, 225)) | set(range(241, 257))
+    report = check_model(model, export_shape={"x": (1, 4, 224, 224)})
+    assert _lat(report, 2) == (32, 32) and _lat(report, 3) == (32, 32)
+    assert all(prober.at({"x": (1, 4, h, 224)}).ok for h in range(32, 1025, 32))
+
+
 @pytest.mark.parametrize("export_shape", [S0, None])
 def test_output_follows_input_after_stride_16(export_shape: dict | None) -> None:
     # Four MaxPool /2 then one x16 resize: the output has 16 * floor(H / 16) rows, equal to H

@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 
 MAX_MULTIPLE = 256
 PROGRESSION_STEPS = 4  # valid sizes base + j*m checked for j = 1..4 before m is taken as the multiple
+# ... and for these j too: when only deep levels are joined, the valid sizes are a band of residues
+# (H mod 32 in {0, 17..31} for one join at stride 16), and a step of 31 walks down that band
+# (31, 30, 29, 28 are all valid) for as many steps as it is wide
+FAR_STEPS = (8, 16, 32)
 AXIS_NAMES = {0: "batch", 2: "height", 3: "width"}
 
 
@@ -125,7 +129,8 @@ class LatticeScanner:
         for d in range(1, limit + 1):
             # d is the multiple only if base + j*d stays valid for a few steps: with floor-mode
             # pooling the valid sizes can be {4k, 4k+1}, where base + 1 is valid but base + 2 is not
-            for size in range(base + d, base + PROGRESSION_STEPS * d + 1, d):
+            for j in (*range(1, PROGRESSION_STEPS + 1), *FAR_STEPS):
+                size = base + j * d
                 v = self.validity(name, axis, size, follow)
                 if not v.ok:
                     break
