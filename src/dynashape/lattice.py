@@ -25,10 +25,12 @@ log = logging.getLogger(__name__)
 
 MAX_MULTIPLE = 256
 PROGRESSION_STEPS = 4  # valid sizes base + j*m checked for j = 1..4 before m is taken as the multiple
-# ... and for these j too: when only deep levels are joined, the valid sizes are a band of residues
-# (H mod 32 in {0, 17..31} for one join at stride 16), and a step of 31 walks down that band
-# (31, 30, 29, 28 are all valid) for as many steps as it is wide
-FAR_STEPS = (8, 16, 32)
+# ... and, for m > 1, for these j too: when only deep levels are joined, the valid sizes are a band
+# of residues (H mod 32 in {0, 17..31} for one join at stride 16), and a step of 31 walks down that
+# band (31, 30, 29, 28 are all valid) for as many steps as it is wide. m = 1, the usual answer, is
+# not checked that far (it would cost 2 probes an axis on every model): it is only wrong when S0
+# itself lies inside such a band, not at its edge (S0 a multiple of the stride is at the edge).
+FAR_STEPS = (8, 16)
 AXIS_NAMES = {0: "batch", 2: "height", 3: "width"}
 
 
@@ -129,7 +131,7 @@ class LatticeScanner:
         for d in range(1, limit + 1):
             # d is the multiple only if base + j*d stays valid for a few steps: with floor-mode
             # pooling the valid sizes can be {4k, 4k+1}, where base + 1 is valid but base + 2 is not
-            for j in (*range(1, PROGRESSION_STEPS + 1), *FAR_STEPS):
+            for j in (*range(1, PROGRESSION_STEPS + 1), *(FAR_STEPS if d > 1 else ())):
                 size = base + j * d
                 v = self.validity(name, axis, size, follow)
                 if not v.ok:
