@@ -254,7 +254,7 @@ def compare_static(
     ``timing_cache`` is None), so later builds reuse the tactics timed by earlier ones.
     """
     from dynashape import trt_compat
-    from dynashape.engine import Engine, build_engine
+    from dynashape.engine import Engine, build_engine, profile_from_shapes
 
     tactics = tactic_sources if tactic_sources is not None else trt_compat.DEFAULT_TACTIC_SOURCES
     results: list[tuple[LatencyStats | None, float | None, str | None]] = []
@@ -264,9 +264,7 @@ def compare_static(
             label = format_shapes(shapes)
             if progress:
                 progress(f"static engine at {label}")
-            prof = Profile()
-            for name, shape in shapes.items():
-                prof.add(name, shape, shape, shape)
+            prof = profile_from_shapes([shapes])  # min = opt = max
             t0 = time.perf_counter()
             try:
                 built = build_engine(

@@ -526,11 +526,9 @@ class TrtMeasurer:
         if isinstance(entry, dict):
             self._reused("static", label, entry)
             return None if entry.get("ms") is None else float(entry["ms"])
-        from dynashape.engine import Engine
+        from dynashape.engine import Engine, profile_from_shapes
 
-        prof = Profile()
-        for name, shape in shapes.items():
-            prof.add(name, shape, shape, shape)
+        prof = profile_from_shapes([shapes])  # min = opt = max
         try:
             built, record = self._build([prof], "static", label)
         except DynashapeError as exc:
@@ -578,10 +576,9 @@ class TrtMeasurer:
         by side; a rebuild is recorded as kind "rebuild", not as part of the search."""
         key = f"static|{self._tag}|{shape_key(shapes)}"
         if key not in self._engines:
-            prof = Profile()
-            for name, shape in shapes.items():
-                prof.add(name, shape, shape, shape)
-            self._engines[key], _ = self._build([prof], "rebuild", shape_key(shapes))
+            from dynashape.engine import profile_from_shapes
+
+            self._engines[key], _ = self._build([profile_from_shapes([shapes])], "rebuild", shape_key(shapes))
         return self._engines[key]
 
     def profile_engine(self, profile: Profile) -> Any:
