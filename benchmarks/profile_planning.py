@@ -20,6 +20,11 @@ search) and the engine sizes. The search's own measurements, which chose the pro
 the JSON (``plan``). Without --model it runs the fixed demo. Static and candidate
 measurements are kept in --state, so an interrupted run continues where it stopped. Needs
 TensorRT and a GPU; every number comes from this one run on one machine.
+
+Cold TensorRT 8.5 builds are slow: on an H100, lraspp_mobilenet_v3_large's one-profile engine
+took 238 s (fp16) and 102 s (fp32), a static engine 72-234 s (fp16) and 29-47 s (fp32), so a
+cold fp16 run spends about 28 minutes building. Its timing cache (in --state) makes a second
+run's builds 8-21 s each.
 """
 
 from __future__ import annotations

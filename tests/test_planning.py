@@ -108,6 +108,25 @@ def test_the_search_stops_when_every_slow_probe_has_a_profile() -> None:
         assert ProfilePlan.from_json(plan.to_json()).max_profiles == cap
 
 
+def test_a_final_engine_slower_than_its_candidates_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    class Unlucky(FakeGpu):  # the engine with every profile got slower kernels at 256x256
+        def final(self, profiles: Sequence[Profile], points: Sequence[ShapeMap]) -> list[dict[int, float]]:
+            out = super().final(profiles, points)
+            return [{i: ms * (1.2 if pt == BENCH[0] else 1.0) for i, ms in row.items()}
+                    for pt, row in zip(points, out, strict=True)]
+
+    flat = {"width_cost": 0.0, "distance_cost": 0.0}
+    plan = plan_profiles(RANGE, Unlucky(**flat), probes=BENCH, multiples=MULTIPLES)
+    assert plan.stopped == ("every probe within 1.05x of static; "
+                            "but the final engine measured above 1.05x at input:1x3x256x256 1.20x")
+    assert "TensorRT picks kernels anew in each build" in caplog.text
+    assert plan_profiles(RANGE, FakeGpu(**flat), probes=BENCH, multiples=MULTIPLES).stopped == (
+        "every probe within 1.05x of static")
+    # a probe the search already knew to be slow is in the stop reason already, not listed again
+    capped = plan_profiles(RANGE, Unlucky(), probes=BENCH, max_profiles=1, multiples=MULTIPLES)
+    assert capped.stopped.startswith("reached 1 profile(s)") and "final engine" not in capped.stopped
+
+
 def test_overlaps_are_timed_in_both_profiles() -> None:
     plan = plan_profiles(RANGE, FakeGpu(), probes=BENCH, max_profiles=3, target=1.0, multiples=MULTIPLES)
     extra = [p for p in plan.points if not p.is_probe]
