@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import models as M
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 
 from dynashape.backends.ort import run_model
 from dynashape.demo import demo_onnx_path
 from dynashape.errors import DynashapeError
-from dynashape.fix import fix_model, pad_wrap, write_fixed
+from dynashape.analysis import Context, const_i64
+from dynashape.findings import Finding, Refusal
+from dynashape.fix import fix_model, pad_wrap, proof_shapes, write_fixed
 from dynashape.model import load_model
+from dynashape.rules import DEFAULT_RULES
+from dynashape.rules.base import Rule
+from dynashape.shapes import ShapeMap, parse_ranges
 from dynashape.testing import assert_models_equivalent, random_feeds
 
 
@@ -73,3 +80,98 @@ def test_pad_wrap_interior_matches_reference(demo: onnx.ModelProto) -> None:
     a = run_model(fixed, feeds)["output"]
     b = run_model(wrapped, feeds)["output"]
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ monotone fix
+
+
+class FreezeShapeInput(Rule):
+    """A deliberately wrong rule: it freezes a computed shape input (a Reshape target, a Resize
+    size) at its export-time value, which breaks the model at every other shape."""
+
+    id = "DSBAD"
+    title = "test only: freezes a computed shape input"
+    ops = ("Reshape", "Resize")
+
+    def check(self, ctx: Context, node: ir.Node) -> Finding | Refusal:
+        slot = 1 if node.op_type == "Reshape" else 3
+        value = node.inputs[slot] if len(node.inputs) > slot else None
+        if value is None or value.const_value is not None or ctx.value(value, ctx.p0) is None:
+            return self.refuse(node, "no computed shape input")
+        return self.finding(node, severity="error", message="computed shape input", fixable=True,
+                            fix="freeze it", details={"slot": slot})
+
+    def rewrite(self, ctx: Context, node: ir.Node, finding: Finding) -> str:
+        slot = finding.details["slot"]
+        frozen = ctx.value(node.inputs[slot], ctx.p0)
+        assert frozen is not None
+        node.replace_input_with(slot, const_i64(ctx.model.graph, f"{node.name}_frozen", frozen.tolist()))
+        return f"{node.name}: froze input {slot}"
+
+
+def test_a_rewrite_that_breaks_a_working_shape_is_rolled_back() -> None:
+    model = M.reshape_from_shape()
+    s0 = {"x": (1, M.C, 16, 16)}
+    result = fix_model(model, export_shape=s0, rules=[FreezeShapeInput()])
+    assert [(r.rule, r.node) for r in result.rolled_back] == [("DSBAD", "y")]
+    # batch 2 has a reference without one given: the original item by item at S0
+    assert result.rolled_back[0].shapes == {"x": (2, M.C, 16, 16)}
+    assert "where the original was right" in result.rolled_back[0].reason
+    assert result.applied == []
+    (finding,) = result.unfixed
+    assert not finding.fixable and "rolled back" in finding.fix
+    assert all(p.verdict != "worse" for p in [result.export_proof, *result.other_proofs] if p is not None)
+    for shape in [(2, M.C, 16, 16), (1, M.C, 24, 8)]:
+        assert_models_equivalent(model, result.fixed, {"x": shape})
+
+
+def test_only_the_breaking_rewrite_is_rolled_back(demo: onnx.ModelProto) -> None:
+    # the demo's three real rewrites run first; the bad rule then freezes the fixed Resize's size
+    result = fix_model(demo, rules=[*DEFAULT_RULES, FreezeShapeInput()])
+    assert [r.rule for r in result.rolled_back] == ["DSBAD"]
+    assert len(result.applied) == 3
+    assert all(p.verdict in ("same", "runs") for p in result.other_proofs)
+    assert [p.verdict for p in result.other_proofs if p.shapes["input"][0] == 2] == ["same"]
+
+
+def test_a_correct_fix_rolls_nothing_back(demo: onnx.ModelProto) -> None:
+    result = fix_model(demo)
+    assert result.rolled_back == []
+    # batch 2 is among the proofs: the original runs there, and the fixed model equals it
+    assert any(p.shapes["input"][0] == 2 and p.verdict == "same" for p in result.other_proofs)
+
+
+class _OriginalAsReference:
+    """A reference that says the original model is right everywhere it runs."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+
+    def outputs(self, shapes: ShapeMap, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        return run_model(self.model, feeds)
+
+
+def test_with_a_reference_a_changed_value_is_worse() -> None:
+    # a strip pool fixed to ReduceMean changes the output where the original ran (larger input:
+    # H-k+1 rows); without a reference that is unproven, with one that calls the original right
+    # it is worse and rolled back
+    model = M.strip_pool(16, 16, axes="h")
+    s0 = {"x": (1, M.C, 16, 16)}
+    plain = fix_model(model, export_shape=s0)
+    assert plain.rolled_back == [] and plain.applied
+    assert "changed" in {p.verdict for p in plain.other_proofs}  # 24x24: one 16-row window, then one row
+    judged = fix_model(model, export_shape=s0, reference=_OriginalAsReference(model), reference_label="original")
+    assert judged.rolled_back and judged.applied == []
+
+
+def test_proof_shapes_follow_the_range_and_include_a_batch() -> None:
+    model = M.reshape_from_shape()
+    s0 = {"x": (1, M.C, 64, 64)}
+    ranges = parse_ranges(f"x:[1..2]x{M.C}x[32..96]x[32..96]", ["x"])
+    shapes = proof_shapes(model, s0, {}, ranges)
+    assert {"x": (2, M.C, 64, 64)} in shapes
+    assert {"x": (1, M.C, 32, 32)} in shapes and {"x": (2, M.C, 96, 96)} in shapes
+    assert all(ranges["x"].contains(s["x"]) for s in shapes)
+    # the range's far end is skipped when it holds more than 8x the export shape's elements
+    wide = parse_ranges(f"x:[1..4]x{M.C}x[32..1024]x[32..1024]", ["x"])
+    assert {"x": (4, M.C, 1024, 1024)} not in proof_shapes(model, s0, {}, wide)

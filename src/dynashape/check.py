@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,8 +75,12 @@ def check_model(
     rules: list[Rule] | None = None,
     path: str | None = None,
     scan_lattice: bool = True,
+    exclude: Mapping[tuple[str, str], str] | None = None,
 ) -> CheckReport:
-    """Run every rule and the lattice scan; never modifies ``model``."""
+    """Run every rule and the lattice scan; never modifies ``model``.
+
+    ``exclude``: (rule id, node name) -> why that finding must not be rewritten (``fix`` rolls
+    back a rewrite that made some shape worse this way); the finding stays, not fixable."""
     # check makes and drops millions of small protos, tuples and dicts, all freed by reference
     # counting; the cycle collector ran hundreds of times over them (a tenth of check's time on a
     # 5,000-node graph) for little. The few cycles made here (onnx_ir graphs) wait until it is on.
@@ -83,7 +88,8 @@ def check_model(
     gc.disable()
     try:
         return _check_model(
-            model, export_shape=export_shape, ranges=ranges, rules=rules, path=path, scan_lattice=scan_lattice
+            model, export_shape=export_shape, ranges=ranges, rules=rules, path=path, scan_lattice=scan_lattice,
+            exclude=exclude or {},
         )
     finally:
         if collecting:
@@ -98,6 +104,7 @@ def _check_model(
     rules: list[Rule] | None,
     path: str | None,
     scan_lattice: bool,
+    exclude: Mapping[tuple[str, str], str],
 ) -> CheckReport:
     start = time.perf_counter()
     require_dynamic(model, path or "model")
@@ -116,7 +123,7 @@ def _check_model(
     refusals: list[Refusal] = []
     applied: list[str] = []
     for rule in rules if rules is not None else DEFAULT_RULES:
-        found, refused, rewrites = _run_rule(ctx, rule, es.source == "default")
+        found, refused, rewrites = _run_rule(ctx, rule, es.source == "default", exclude)
         findings.extend(found)
         refusals.extend(refused)
         applied.extend(rewrites)
@@ -145,7 +152,9 @@ def _check_model(
     )
 
 
-def _run_rule(ctx: Context, rule: Rule, export_shape_guessed: bool) -> tuple[list[Finding], list[Refusal], list[str]]:
+def _run_rule(
+    ctx: Context, rule: Rule, export_shape_guessed: bool, exclude: Mapping[tuple[str, str], str]
+) -> tuple[list[Finding], list[Refusal], list[str]]:
     """One rule over the graph, rewriting what it can fix, in rounds.
 
     A rewrite can make the next hazard visible (a reshape that mixed the batch into the
@@ -181,6 +190,9 @@ def _run_rule(ctx: Context, rule: Rule, export_shape_guessed: bool) -> tuple[lis
                     "not rewritten: the export shape is unknown (no baked constant points at it) and "
                     f"this fix depends on it; give the export shape (e.g. --input). It would {result.fix}"
                 )
+            if result.fixable and (rule.id, result.node) in exclude:
+                result.fixable = False
+                result.fix = f"not rewritten: {exclude[(rule.id, result.node)]}. It would {result.fix}"
             verdicts[key] = result
             refused.pop(key, None)
             if result.fixable:

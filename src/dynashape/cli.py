@@ -149,32 +149,59 @@ def cmd_fix(args: argparse.Namespace) -> int:
             raise DynashapeError("fix needs -o OUT.onnx (or --dry-run)")
         check_output_path(args.output, [args.model])
     model = _load(args.model)
-    result = fix_model(model, export_shape=_export_shape(args, model), pad_to=args.pad_to)
+    reference = None
+    if args.reference:
+        from dynashape.verify import make_reference
+
+        reference = make_reference(args.reference, model)
+    try:
+        result = fix_model(model, export_shape=_export_shape(args, model), ranges=_ranges(args, model),
+                           pad_to=args.pad_to, reference=reference, reference_label=args.reference)
+    finally:
+        if reference is not None:
+            reference.close()
     if not args.dry_run:
         write_fixed(result, args.output)
+    errors_left = result.errors_left
     if args.json:
         print(json.dumps(result.to_json(), indent=2, default=str))
-    else:
-        for line in result.applied:
-            console.print(f"[green]fixed[/]   {esc(line)}")
-        if result.pad_to:
-            console.print(f"[green]padded[/]  inputs up to a multiple of {result.pad_to}, outputs cropped back "
-                          "(not bit-exact near the bottom/right border)")
-        for f in result.unfixed:
+        return 1 if errors_left else 0
+    for line in result.applied:
+        console.print(f"[green]fixed[/]   {esc(line)}")
+    if result.pad_to:
+        console.print(f"[green]padded[/]  inputs up to a multiple of {result.pad_to}, outputs cropped back "
+                      "(not bit-exact near the bottom/right border)")
+    for rb in result.rolled_back:
+        console.print(f"[red]rolled back[/] {rb.rule} {esc(rb.node)}: {esc(rb.reason)}")
+    rolled = {(rb.rule, rb.node) for rb in result.rolled_back}
+    for f in result.unfixed:
+        if (f.rule, f.node) not in rolled:
             console.print(f"[yellow]not fixed[/] {f.rule} {esc(f.node)}: {esc(f.fix or f.message)}")
-        if result.export_proof:
-            p = result.export_proof
-            console.print(f"proof: matches the original at the export shape (max abs error {p.max_abs_error:.2e})")
-        for p in result.other_proofs:
-            style = "green" if p.status == "ok" else "red"
-            outs = "; ".join("x".join(map(str, v)) for v in p.output_shapes.values())
-            console.print(f"proof: [{style}]{p.status}[/] at {esc(_fmt(p.shapes))} -> {esc(outs or p.message)}")
-        if not result.applied and not result.pad_to:
-            console.print("nothing to rewrite")
-        if args.dry_run:
-            console.print("dry run: nothing written")
-        else:
-            console.print(f"wrote {esc(args.output)}")
+    if result.export_proof:
+        p = result.export_proof
+        console.print(f"proof: matches the original at the export shape (max abs error {p.max_abs_error:.2e})")
+    against = f"the original and {args.reference}" if result.reference else "the original"
+    for p in result.other_proofs:
+        style = {"same": "green", "repaired": "green", "worse": "red", "both fail": "red",
+                 "both wrong": "red"}.get(p.verdict, "yellow")
+        outs = "; ".join("x".join(map(str, v)) for v in p.output_shapes.values())
+        console.print(f"proof: [{style}]{p.verdict}[/] at {esc(_fmt(p.shapes))} (original {p.original}, fixed "
+                      f"{p.status}) -> {esc(outs or p.message)}")
+    if result.other_proofs:
+        console.print(f"proof: compared with {esc(against)} at {len(result.other_proofs) + 1} shapes")
+        if not result.reference:
+            console.print("proof: values unproven off the export shape; use --reference torch:FILE.py:FACTORY")
+    if not result.applied and not result.pad_to:
+        console.print("nothing to rewrite")
+    if args.dry_run:
+        console.print("dry run: nothing written")
+    else:
+        console.print(f"wrote {esc(args.output)}")
+    if errors_left:
+        rules = ", ".join(sorted({f.rule for f in errors_left}))
+        console.print(f"[red]the {'fixed model' if not args.dry_run else 'model'} still has {len(errors_left)} "
+                      f"error finding(s) ({rules}): it is not correct at every shape; see 'not fixed' above[/]")
+        return 1
     return 0
 
 
@@ -354,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pad-to", metavar="N|auto",
                    help="also pad inputs up to a multiple of N (auto: the lattice's) and crop outputs back; "
                         "padded borders are NOT bit-exact")
+    p.add_argument("--range", help=_RANGE_HELP + " (the proofs run at its ends too)")
+    p.add_argument("--reference", metavar="REF",
+                   help="prove the rewrites against torch:FILE.py:FACTORY or onnx:PATH, not only the original")
     p.add_argument("--dry-run", action="store_true", help="report and prove, write nothing")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_fix)

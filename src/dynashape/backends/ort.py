@@ -62,9 +62,9 @@ class OrtRunner(Runner):
     def activate(self) -> None:
         import onnxruntime as ort
 
-        ort.set_default_logger_severity(3)
+        ort.set_default_logger_severity(4)  # errors come back as exceptions; its own log would leak
         opts = ort.SessionOptions()
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4
         if self._threads:
             opts.intra_op_num_threads = self._threads
         try:
