@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import models as M
+import models_resize as MR
 import numpy as np
 import onnx
 import pytest
@@ -115,7 +116,7 @@ def test_resize_without_evidence_of_the_export_shape_is_reported_not_rewritten()
     # guess (512) would "prove" a 1/4 scale at 512 and be wrong at the true 64x64.
     model = M.resize_by_factor(64, 64)
     report = check_model(model)
-    assert report.export_shape_source == "default"
+    assert report.export_shape_source == "unknown"  # no silent default (issue 11)
     (finding,) = _ds002(report)
     assert finding.node == M.Y and not finding.fixable
     assert "the export shape is unknown" in finding.fix
@@ -142,3 +143,250 @@ def test_resize_with_sizes_from_shape_is_not_flagged(export_shape: dict | None) 
         ("up", "its output size follows the input size")
     ]
     assert report.applied == []
+
+
+# ------------------------------------------------------------------------------------------------
+# The forms third-party code writes (HAZARDS.md, "As third-party code writes them"): PyTorch
+# modules exported as users export them, checked against eager PyTorch at other shapes.
+# ------------------------------------------------------------------------------------------------
+
+torch_only = pytest.mark.torch
+# batch 2, odd and non-square sizes, not multiples of the patch (14) or of 4
+EAGER_SHAPES = [(2, 3, 70, 98), (1, 3, 61, 87), (1, 3, 100, 43)]
+
+
+def _modules() -> dict[str, type]:
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    nn = torch.nn
+
+    class _Seeded(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+
+    class OwnTimesTwo(_Seeded):
+        """``F.interpolate(f, size=(int(f.shape[2]) * 2, int(f.shape[3]) * 2))``: k x its own input."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            f = self.conv(x)
+            return F.interpolate(f, size=(int(f.shape[2]) * 2, int(f.shape[3]) * 2), mode="bilinear",
+                                 align_corners=False)
+
+    class OwnPlusFive(OwnTimesTwo):
+        """``size=(h + 5, w + 5)``: no tensor's size, multiple or rounding explains it."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            f = self.conv(x)
+            return F.interpolate(f, size=(int(f.shape[2]) + 5, int(f.shape[3]) + 5), mode="bilinear",
+                                 align_corners=False)
+
+    class PatchDepthHead(_Seeded):
+        """Depth Anything (transformers ``DepthAnythingDepthEstimationHead``): ``patch_height = height
+        // patch_size`` and ``F.interpolate(f, (int(patch_height * patch_size), ...))``."""
+
+        patch = 14
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Conv2d(3, 8, self.patch, stride=self.patch)
+            self.conv = nn.Conv2d(8, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            patch_height, patch_width = x.shape[2] // self.patch, x.shape[3] // self.patch
+            # the neck upsamples the grid 4x: 14 / 4 is no integer scale of the head's input
+            f = F.interpolate(self.embed(x), scale_factor=4, mode="bilinear", align_corners=True)
+            f = self.conv(f)
+            return F.interpolate(f, (int(patch_height * self.patch), int(patch_width * self.patch)),
+                                 mode="bilinear", align_corners=True)
+
+    class RoundDownNoGrid(_Seeded):
+        """``(H // 7) * 7`` with nothing in the graph of size ``H // 7``: at 64 it is 63, which
+        ``(H // 3) * 3``, ``(H // 9) * 9`` and ``(H // 21) * 21`` give too."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h, w = x.shape[2], x.shape[3]
+            return F.interpolate(self.conv(x), (int(h // 7 * 7), int(w // 7 * 7)), mode="bilinear")
+
+    class SlicedSkip(_Seeded):
+        """An FPN step joined through a channel slice: ``up[:, :4] + skip`` (or ``torch.cat``). A
+        second tensor, ``side`` (3x3 stride 2: ceil(H / 2)), has the skip's (floor(H / 2)) export
+        size and is nearer to the resize: only the join says which one the size is."""
+
+        def __init__(self, cat: bool = False) -> None:
+            super().__init__()
+            self.cat = cat
+            self.enc = nn.Conv2d(3, 4, 3, padding=1)
+            self.side = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.down = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+            self.head = nn.Conv2d(8 if cat else 4, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            skip = F.max_pool2d(torch.relu(self.enc(x)), 2)
+            deep = self.down(torch.relu(self.side(x)))
+            up = F.interpolate(deep, size=(int(skip.shape[2]), int(skip.shape[3])), mode="bilinear",
+                               align_corners=False)
+            y = torch.cat([up[:, :4], skip], dim=1) if self.cat else up[:, :4] + skip
+            return self.head(y)
+
+    return {c.__name__: c for c in (OwnTimesTwo, OwnPlusFive, PatchDepthHead, RoundDownNoGrid, SlicedSkip)}
+
+
+def _export(module: object, shape: tuple[int, ...]) -> onnx.ModelProto:
+    """As users export: legacy exporter, opset 17, dynamic batch, H and W (no S0 in the metadata)."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(module, (torch.randn(*shape),), buf, dynamo=False, opset_version=17,  # type: ignore[arg-type]
+                          input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "y": {0: "n"}})
+    return onnx.load_from_string(buf.getvalue())
+
+
+def _assert_matches_eager(model: onnx.ModelProto, module: object, shapes: list[tuple[int, ...]]) -> None:
+    import torch
+
+    from dynashape.backends.ort import run_model
+
+    for shape in shapes:
+        x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+        with torch.no_grad():
+            want = module(torch.from_numpy(x)).numpy()  # type: ignore[operator]
+        got = run_model(model, {"x": x})["y"]
+        assert got.shape == want.shape, f"at {shape}: {got.shape}, eager {want.shape}"
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0, err_msg=f"at {shape}")
+
+
+@torch_only
+def test_torch_resize_to_k_times_its_own_input_becomes_scales() -> None:
+    net = _modules()["OwnTimesTwo"]().eval()
+    s0 = (1, 3, 64, 96)
+    model = _export(net, s0)
+    report = check_model(model, export_shape={"x": s0})
+    (finding,) = _ds002(report)
+    assert finding.fixable and finding.baked_value == {"2": 128, "3": 192}
+    assert finding.details["plan"] == {"kind": "scales", "factor": 2.0, "axes": [2, 3]}
+    assert_models_equivalent(model, report.fixed_model, {"x": s0})
+    _assert_matches_eager(report.fixed_model, net, EAGER_SHAPES)
+    with pytest.raises(AssertionError, match="eager"):  # as exported: 128x192 at every size
+        _assert_matches_eager(model, net, EAGER_SHAPES[:1])
+
+
+@torch_only
+@pytest.mark.xfail(strict=False, reason="needs the export shape recovered from the graph (exportshape.py)")
+def test_torch_resize_to_k_times_its_own_input_without_the_export_shape() -> None:
+    net = _modules()["OwnTimesTwo"]().eval()
+    model = _export(net, (1, 3, 64, 96))
+    report = check_model(model)
+    assert [f.fixable for f in _ds002(report)] == [True]
+    _assert_matches_eager(report.fixed_model, net, EAGER_SHAPES)
+
+
+@torch_only
+def test_torch_resize_to_an_unexplained_size_is_reported_not_rewritten() -> None:
+    net = _modules()["OwnPlusFive"]().eval()
+    s0 = (1, 3, 64, 96)
+    report = check_model(_export(net, s0), export_shape={"x": s0})
+    (finding,) = _ds002(report)
+    assert not finding.fixable and finding.baked_value == {"2": 69, "3": 101}
+    assert "matches no tensor's export-time size, no integer multiple" in finding.fix
+    assert report.applied == []
+
+
+@torch_only
+@pytest.mark.parametrize("s0", [(1, 3, 64, 96), (1, 3, 56, 84)], ids=["off-patch", "multiple-of-patch"])
+def test_torch_vit_patch_rounding_is_rebuilt_from_shape(s0: tuple[int, ...]) -> None:
+    # at 64x96 the size is 56x84 and only (H // 14) * 14 explains it with the patch grid; at
+    # 56x84 it equals the input size too, and the patch embedding says which one the source means
+    net = _modules()["PatchDepthHead"]().eval()
+    model = _export(net, s0)
+    report = check_model(model, export_shape={"x": s0})
+    (finding,) = _ds002(report)
+    assert finding.fixable
+    plan = finding.details["plan"]
+    assert plan["kind"] == "arith"
+    assert plan["axes"] == {str(a): {"ref": "x", "axis": a, "div": 14, "mul": 14} for a in (2, 3)}
+    assert report.applied == [f"{finding.node}: sizes 1x4x56x84 -> (x.shape[2] // 14) * 14, (x.shape[3] // 14) * 14"]
+    assert_models_equivalent(model, report.fixed_model, {"x": s0})
+    _assert_matches_eager(report.fixed_model, net, EAGER_SHAPES)
+    with pytest.raises(AssertionError, match="eager"):
+        _assert_matches_eager(model, net, EAGER_SHAPES[:1])
+
+
+@torch_only
+def test_torch_rounding_without_a_grid_that_corroborates_it_is_ambiguous() -> None:
+    net = _modules()["RoundDownNoGrid"]().eval()
+    s0 = (1, 3, 64, 64)
+    report = check_model(_export(net, s0), export_shape={"x": s0})
+    (finding,) = _ds002(report)
+    assert not finding.fixable and finding.baked_value == {"2": 63, "3": 63}
+    assert "ambiguous" in finding.fix and "(x.shape[2] // 7) * 7" in finding.fix
+    assert report.applied == []
+
+
+@torch_only
+@pytest.mark.parametrize("cat", [False, True], ids=["add", "concat"])
+def test_torch_join_through_a_channel_slice_names_the_skip(cat: bool) -> None:
+    net = _modules()["SlicedSkip"](cat).eval()
+    s0 = (1, 3, 64, 96)
+    model = _export(net, s0)
+    skip = next(n.output[0] for n in model.graph.node if n.op_type == "MaxPool")
+    report = check_model(model, export_shape={"x": s0})
+    (finding,) = _ds002(report)
+    assert finding.fixable and finding.details["plan"] == {"kind": "shape", "ref": skip}
+    assert f"the join with {skip!r} fails" in finding.message
+    assert_models_equivalent(model, report.fixed_model, {"x": s0})
+    # odd sizes: the skip is floor(H / 2), the nearer tensor of the same export size ceil(H / 2)
+    _assert_matches_eager(report.fixed_model, net, EAGER_SHAPES)
+    with pytest.raises(RunError):
+        M.run(model, EAGER_SHAPES[0])
+
+
+@pytest.mark.parametrize("slice_axis", [1, 2], ids=["channel-slice", "spatial-crop"])
+def test_join_partners_through_slices_that_keep_the_frozen_axes(slice_axis: int) -> None:
+    import onnx_ir as ir
+
+    from dynashape.analysis import join_partners
+
+    model = ir.serde.deserialize_model(MR.sliced_join(64, 96, slice_axis=slice_axis))
+    up = next(n for n in model.graph if n.name == "up").outputs[0]
+    assert join_partners(up) == []  # the default does not look through slices
+    assert [p.name for p in join_partners(up, through_slices=True)] == ["skip"]
+    kept = [p.name for p in join_partners(up, through_slices=True, keep_axes=[2, 3])]
+    assert kept == (["skip"] if slice_axis == 1 else [])
+
+
+def test_channel_sliced_join_is_fixed_from_the_skip() -> None:
+    model = MR.sliced_join(64, 96)
+    report = check_model(model, export_shape=S0)
+    (finding,) = _ds002(report)
+    assert finding.details["plan"] == {"kind": "shape", "ref": "skip"}
+    assert "the join with 'skip' fails" in finding.message
+    assert_models_equivalent(model, report.fixed_model, S0)
+    for shape in OTHER_SHAPES:
+        out = M.run(report.fixed_model, shape)[M.Y]
+        assert out.shape == (shape[0], 4, shape[2] // 2, shape[3] // 2)
+
+
+@pytest.mark.parametrize("s0", [(1, 4, 64, 96), (1, 4, 56, 84)])
+def test_patch_rounding_onnx(s0: tuple[int, ...]) -> None:
+    model = MR.patch_head(*s0[2:])
+    report = check_model(model, export_shape={"x": s0})
+    (finding,) = _ds002(report)
+    assert finding.details["plan"]["axes"]["2"] == {"ref": "x", "axis": 2, "div": 14, "mul": 14}
+    assert_models_equivalent(model, report.fixed_model, {"x": s0})
+    reference = MR.patch_head(*s0[2:], reference=True)
+    for shape in [(2, 4, 70, 98), (1, 4, 61, 87), (1, 4, 100, 43)]:
+        M.assert_same_outputs(report.fixed_model, reference, shape,
+                              expected_shape=(shape[0], 8, shape[2] // 14 * 14, shape[3] // 14 * 14))

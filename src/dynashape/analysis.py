@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,9 +142,13 @@ def traced_dims(value: ir.Value, probe: Probe) -> Dims | None:
     return None
 
 
-def join_partners(value: ir.Value, *, through_slices: bool = False) -> list[ir.Value]:
+def join_partners(
+    value: ir.Value, *, through_slices: bool = False, keep_axes: Collection[int] | None = None
+) -> list[ir.Value]:
     """Tensors this value is joined with (Add/Concat/Mul ...), following same-size unary ops
-    (and, with ``through_slices``, further slices of it: ``x[:, :, :h]`` then ``[..., :w]``)."""
+    (and, with ``through_slices``, further slices of it: ``x[:, :, :h]`` then ``[..., :w]``).
+    ``keep_axes`` (with ``through_slices``): follow only slices whose constant ``axes`` leave
+    these axes whole, as a channel slice ``up[:, :16]`` leaves the spatial axes."""
     partners: list[ir.Value] = []
     frontier = [value]
     visited: set[int] = set()
@@ -155,13 +159,48 @@ def join_partners(value: ir.Value, *, through_slices: bool = False) -> list[ir.V
         visited.add(id(v))
         for use in v.uses():
             node = use.node
-            if node.op_type in SAME_SIZE_UNARY or (through_slices and node.op_type == "Slice" and use.idx == 0):
+            if node.op_type in SAME_SIZE_UNARY or (
+                    through_slices and node.op_type == "Slice" and use.idx == 0
+                    and (keep_axes is None or _slices_only_other_axes(node, keep_axes))):
                 frontier.extend(o for o in node.outputs[:1] if o is not None)
             elif node.op_type in JOINS:
                 for i, other in enumerate(node.inputs):
                     if i != use.idx and other is not None and other.const_value is None:
                         partners.append(other)
     return partners
+
+
+def _slices_only_other_axes(node: ir.Node, keep: Collection[int]) -> bool:
+    """Does this ``Slice`` provably cut none of the ``keep`` axes (constant ``axes``, known rank)?"""
+    data = node.inputs[0]
+    rank = data.shape.rank() if data is not None and data.shape is not None else None
+    if len(node.inputs) < 3:
+        return False
+    if len(node.inputs) > 3 and node.inputs[3] is not None:
+        axes = constant_ints(node.inputs[3])
+    else:  # no axes input: the first len(starts) axes
+        starts = constant_ints(node.inputs[1])
+        axes = list(range(len(starts))) if starts is not None else None
+    if axes is None or (rank is None and any(a < 0 for a in [*axes, *keep])):
+        return False  # a negative axis needs the rank to say which it is
+    return not {a % rank if rank else a for a in axes} & {a % rank if rank else a for a in keep}
+
+
+def constant_ints(value: ir.Value | None) -> list[int] | None:
+    """The integers of an initializer or ``Constant`` output; None if it is computed."""
+    if value is None:
+        return None
+    tensor = value.const_value
+    producer = value.producer()
+    if tensor is None and producer is not None and producer.op_type == "Constant":
+        attr = producer.attributes.get("value")
+        tensor = attr.as_tensor() if attr is not None else None
+    if tensor is None:
+        return None
+    try:
+        return [int(v) for v in np.atleast_1d(tensor.numpy()).reshape(-1)]
+    except Exception:  # external or odd tensors: unknown
+        return None
 
 
 def is_descendant(value: ir.Value, of: ir.Node, limit: int = 100_000) -> bool:
