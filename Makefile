@@ -4,7 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # torchvision from PyPI is the CUDA build; its models are pure Python and work beside the CPU
 # torch once its two missing op schemas are declared (see dynashape.testing.import_torchvision).
-TEST_EXTRAS := torchvision==0.28.0
+# The third-party zoo (benchmarks/zoo_thirdparty.py, tests/test_zoo_thirdparty.py) builds its models
+# from these libraries' configs; scipy is what transformers' Mask2Former/MaskFormer import. All pinned
+# exactly, in the same pip call as torch==2.13.0, so none of them can pull another torch.
+TEST_EXTRAS := torchvision==0.28.0 transformers==5.23.0 segmentation-models-pytorch==0.6.0 ultralytics==8.4.190 \
+	timm==1.0.31 scipy==1.16.3
 
 .PHONY: demo test lint setup clean
 

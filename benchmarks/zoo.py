@@ -491,10 +491,16 @@ def control_flow(module: Any, proto: Any, s0: Shape, exporter: str) -> dict[str,
 
 def run_in_subprocess(name: str, exporter: str, timeout: float, threads: int) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--one", name, exporter]
+    base = {"model": name, "exporter": exporter, "family": BY_NAME[name].family}
+    return run_json_subprocess(cmd, base, timeout, threads)
+
+
+def run_json_subprocess(cmd: list[str], base: dict[str, Any], timeout: float, threads: int) -> dict[str, Any]:
+    """Run ``cmd`` (which prints its result as the last JSON line of stdout) with a timeout; a
+    timeout or a crash is reported as ``base`` with ``status`` timeout / crash."""
     env = dict(os.environ, ZOO_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                PYTHONWARNINGS="ignore", TORCH_CPP_LOG_LEVEL="ERROR")
     start = time.perf_counter()
-    base = {"model": name, "exporter": exporter, "family": BY_NAME[name].family}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
@@ -512,7 +518,7 @@ def run_in_subprocess(name: str, exporter: str, timeout: float, threads: int) ->
 def classify(r: dict[str, Any]) -> dict[str, int]:
     """Counts over the (model, shape) pairs where eager works."""
     c = {"eager_ok": 0, "naive_ok": 0, "fixed_ok": 0, "remaining": 0, "explained": 0,
-         "unexplained_error": 0, "silent_unexplained": 0, "export_failed": 0}
+         "unexplained_error": 0, "silent_unexplained": 0, "export_failed": 0, "broken_by_fix": 0}
     if r.get("status") != "done":
         return c
     for key, e in r["eager"].items():
@@ -521,6 +527,7 @@ def classify(r: dict[str, Any]) -> dict[str, int]:
         c["eager_ok"] += 1
         c["naive_ok"] += r["naive"][key]["status"] == "ok"
         fixed = r["fixed"][key]["status"]
+        c["broken_by_fix"] += r["naive"][key]["status"] == "ok" and fixed != "ok"
         if fixed == "ok":
             c["fixed_ok"] += 1
             continue
@@ -545,6 +552,7 @@ TOTAL_LABELS = [
     ("export_failed", "  of which the export itself failed (loud)"),
     ("unexplained_error", "  of which runtime errors, unexplained (loud)"),
     ("silent_unexplained", "silently wrong after fix and unexplained (must be 0)"),
+    ("broken_by_fix", "correct as exported, not after fix (must be 0)"),
 ]
 
 
