@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import models as M
+import numpy as np
+import onnx
 import pytest
+from onnx import numpy_helper
 
 from dynashape.check import check_model
 from dynashape.findings import AxisLattice
@@ -113,16 +116,66 @@ def test_the_lattice_is_that_of_the_fixed_model() -> None:
     assert _ds003(report) == {}
 
 
-def test_scanner_directly_and_offset_lattice() -> None:
-    # export at 129 rows with a MaxPool /2 -> x2 join to the input: valid iff H is even. The
-    # export size itself is invalid, so the axis is reported as working only there.
+def test_scanner_directly() -> None:
+    # a MaxPool /2 -> x2 join to the input: valid iff H is even
     model = M.unet(depth=1)
-    lattice, findings = LatticeScanner(model, {"x": (1, 4, 128, 64)}).scan()
+    lattice, _ = LatticeScanner(model, {"x": (1, 4, 128, 64)}).scan()
     assert (lattice["x"][2].min, lattice["x"][2].multiple) == (2, 2)
     assert lattice["x"][2].contains(130) and not lattice["x"][2].contains(131)
-    lattice, findings = LatticeScanner(model, {"x": (1, 4, 129, 64)}).scan()
-    assert lattice["x"][2].irregular == [129]
-    assert any("works only at its export size 129" in f.message for f in findings)
+
+
+def test_a_lattice_never_excludes_the_export_shape(caplog: pytest.LogCaptureFixture) -> None:
+    # "exported" at 129 rows, where this graph is not consistent: the export shape is wrong (or a
+    # rewrite broke the graph there). The model is correct at its true export shape by
+    # construction, so no lattice is claimed for that axis ("works only at 129" was reported
+    # before, a lattice that excludes the export shape) and the problem is logged as a bug
+    model = M.unet(depth=1)
+    scanner = LatticeScanner(model, {"x": (1, 4, 129, 64)})
+    with caplog.at_level("WARNING", logger="dynashape.lattice"):
+        lattice, findings = scanner.scan()
+    assert lattice == {} and findings == []
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "bug: the graph is not consistent at the export shape x:1x4x129x64 (Add node 'join0': Incompatible "
+        "dimensions): either the export shape is wrong or a rewrite broke the graph there; no lattice is reported"
+    ]
+    assert len(scanner.problems) == 1
+    # the same model at a consistent export shape has its lattice
+    assert LatticeScanner(model, {"x": (1, 4, 128, 64)}).scan()[0]["x"][2].contains(128)
+    report = check_model(model, export_shape={"x": (1, 4, 129, 64)})
+    assert any("not consistent at the export shape" in n for n in report.notes)
+    assert "the model is not consistent there" in report.export_shape_note
+
+
+def _odd_sizes_only() -> onnx.ModelProto:
+    # a 3x3/2 conv without padding, then a 3x3/2 transposed conv: 2 * floor((H - 3) / 2) + 3 rows,
+    # equal to H (the join with the input holds) iff H is odd
+    g = M.GraphBuilder()
+    down = g.conv(M.X, M.C, M.C, "down", k=3, stride=2, pad=0)
+    weight = (0.1 * g.rng.standard_normal((M.C, M.C, 3, 3))).astype(np.float32)
+    g.inits.append(numpy_helper.from_array(weight, "up.weight"))
+    up = g.op("ConvTranspose", [down, "up.weight"], "up", kernel_shape=[3, 3], strides=[2, 2])
+    g.op("Add", [M.X, up], M.Y)
+    return g.model([M.Y])
+
+
+def test_an_offset_lattice_holds_its_export_size() -> None:
+    # odd sizes only: {3, 5, 7, ...}. Read as "multiples of 2 from 3" it excluded the export size
+    # 65 itself (and claimed 4, 6, ... instead)
+    model = _odd_sizes_only()
+    prober = Prober(model)
+    assert [h for h in range(2, 12) if prober.at({"x": (1, 4, h, 9)}).ok] == [3, 5, 7, 9, 11]
+    report = check_model(model, export_shape={"x": (1, 4, 65, 65)})
+    lat = report.lattice["x"][2]
+    assert (lat.min, lat.multiple) == (3, 2)
+    assert lat.contains(65) and lat.contains(3) and not lat.contains(64) and not lat.contains(4)
+    assert (snap_up(64, lat), snap_down(64, lat), snap_up(1, lat)) == (65, 63, 3)
+    h = _ds003(report)[2]
+    assert h.message.startswith("H of 'x' must be 3 plus a multiple of 2 (3, 5, 7, ...)")
+    (off,) = [f for f in check_ranges(report.lattice, parse_ranges("x:1x4x[60..70]x65", ["x"]))
+              if f.details["axis"] == 2]
+    assert off.fix.startswith("use [61..69:2]")
+    for size in (3, 5, 63, 65, 67):
+        assert prober.at({"x": (1, 4, size, 65)}).ok == lat.contains(size)
 
 
 # -- requested ranges ------------------------------------------------------------------------------

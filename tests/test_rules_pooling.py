@@ -217,7 +217,7 @@ def test_pyramid_pooling_without_the_export_shape_is_not_rewritten() -> None:
     # not vote for an export shape as if they were whole-axis pools (that "fix" would pool 2x2
     # into one global value), and DS004 needs the true export shape to rewrite
     report = check_model(MS.ppm(64, 96))
-    assert report.export_shape_source == "default"
+    assert report.export_shape_source == "unknown"  # no silent default (issue 11)
     assert report.applied == []
     assert all(not f.fixable for f in report.findings if f.rule in ("DS001", "DS004"))
 

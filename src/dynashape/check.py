@@ -19,10 +19,10 @@ import onnx_ir as ir
 
 from dynashape.analysis import Context, is_descendant, second_shape
 from dynashape.errors import DynashapeError
-from dynashape.exportshape import resolve_export_shape
+from dynashape.exportshape import ExportShape, resolve_export_shape
 from dynashape.findings import Finding, Lattice, Refusal, lattice_to_json
 from dynashape.lattice import LatticeScanner, check_ranges, suggest_profile
-from dynashape.model import graph_inputs, require_dynamic
+from dynashape.model import InputInfo, graph_inputs, require_dynamic
 from dynashape.probe import Prober
 from dynashape.rules import DEFAULT_RULES
 from dynashape.rules.base import Rule
@@ -49,6 +49,14 @@ class CheckReport:
     suggested_profile: Profile | None = None
     path: str | None = None
     seconds: float = 0.0
+    export_shape_confidence: str = ""  # see ExportShape.confidence
+
+    @property
+    def export_shape_text(self) -> str:
+        """The export shape for the user: the shape and how it was found, or that it is unknown."""
+        if self.export_shape_source == "unknown":
+            return f"unknown ({self.export_shape_note}; analysed at {format_shapes(self.export_shape)})"
+        return f"{format_shapes(self.export_shape)} ({self.export_shape_note})"
 
     @property
     def unfixed(self) -> list[Finding]:
@@ -59,6 +67,8 @@ class CheckReport:
             "model": self.path,
             "export_shape": {k: list(v) for k, v in self.export_shape.items()},
             "export_shape_source": self.export_shape_source,
+            "export_shape_note": self.export_shape_note,
+            "export_shape_confidence": self.export_shape_confidence,
             "findings": [f.to_json() for f in self.findings],
             "lattice": lattice_to_json(self.lattice),
             "outputs_follow_input": self.outputs_follow,
@@ -112,21 +122,23 @@ def _check_model(
     work.CopyFrom(model)
     notes = _unsupported_notes(work)
     prober = Prober(work)
-    es = resolve_export_shape(work, export_shape, prober)
+    work_ir = ir.serde.deserialize_model(work)
+    es = resolve_export_shape(work, export_shape, prober, work_ir)
     log.info("export shape %s (%s)", format_shapes(es.shapes), es.note)
     inputs = graph_inputs(work)
     ctx = Context(
-        model=ir.serde.deserialize_model(work), inputs=inputs, s0=es.shapes,
+        model=work_ir, inputs=inputs, s0=es.shapes,
         s1=second_shape(es.shapes, inputs), proto=work, prober=prober,
     )
     findings: list[Finding] = []
     refusals: list[Refusal] = []
     applied: list[str] = []
     for rule in rules if rules is not None else DEFAULT_RULES:
-        found, refused, rewrites = _run_rule(ctx, rule, es.source == "default", exclude)
+        found, refused, rewrites = _run_rule(ctx, rule, not es.known, exclude)
         findings.extend(found)
         refusals.extend(refused)
         applied.extend(rewrites)
+    es.note = _export_shape_verdict(es, findings, rules if rules is not None else DEFAULT_RULES, prober)
     fixed = ctx.proto
     if applied:  # unrewritten, it is the input (and the checker costs ~0.2 s on a 100 MB model)
         onnx.checker.check_model(fixed)
@@ -137,6 +149,7 @@ def _check_model(
         scanner = LatticeScanner(fixed, es.shapes, ctx.prober, ir_model=ctx.model)
         lattice, lattice_findings = scanner.scan()
         findings.extend(lattice_findings)
+        notes.extend(scanner.problems)
         follows = scanner.following()
         if ranges:
             findings.extend(check_ranges(lattice, ranges))
@@ -148,7 +161,7 @@ def _check_model(
         findings=findings, lattice=lattice, export_shape=es.shapes, export_shape_source=es.source,
         export_shape_note=es.note, fixed_model=fixed, applied=applied, refusals=refusals,
         notes=notes, outputs_follow=follows, suggested_profile=profile, path=path,
-        seconds=time.perf_counter() - start,
+        seconds=time.perf_counter() - start, export_shape_confidence=es.confidence,
     )
 
 
@@ -187,8 +200,9 @@ def _run_rule(
             if result.fixable and rule.needs_export_shape and export_shape_guessed:
                 result.fixable = False
                 result.fix = (
-                    "not rewritten: the export shape is unknown (no baked constant points at it) and "
-                    f"this fix depends on it; give the export shape (e.g. --input). It would {result.fix}"
+                    "not rewritten: the export shape is unknown and this fix depends on it; give it with "
+                    f"--export-shape {_shape_example(ctx.inputs)} (the sizes it was exported at) or the PyTorch "
+                    f"module with --torch. It would {result.fix}"
                 )
             if result.fixable and (rule.id, result.node) in exclude:
                 result.fixable = False
@@ -212,6 +226,29 @@ def _run_rule(
         if not rewritten and not deferred:
             break
     return list(verdicts.values()), list(refused.values()), applied
+
+
+def _export_shape_verdict(es: ExportShape, findings: list[Finding], rules: list[Rule], prober: Prober) -> str:
+    """The export shape's note, saying what its being unknown (or not consistent) cost."""
+    note = es.note
+    if es.known and not prober.at(es.shapes).ok:
+        note += (f"; the model is not consistent there ({prober.at(es.shapes).failure}): "
+                 "check --export-shape, every analysis depends on it")
+    if es.known:
+        return note
+    needing = {r.id for r in rules if r.needs_export_shape}
+    blocked = [f for f in findings if f.rule in needing and "the export shape is unknown" in f.fix]
+    if not blocked:
+        return f"{note}; not needed: no finding's fix depends on it"
+    ids = ", ".join(sorted({f.rule for f in blocked}))
+    return (f"{note}; {len(blocked)} finding(s) of {ids} could not be rewritten without it: give it with "
+            f"--export-shape {_shape_example(graph_inputs(prober.model))} (the sizes it was exported at) "
+            "or the PyTorch module with --torch")
+
+
+def _shape_example(inputs: list[InputInfo]) -> str:
+    """What --export-shape wants, in the model's own terms: ``x:Nx4xHxW``."""
+    return ",".join(f"{i.name}:" + "x".join(str(d) if d is not None else "?" for d in i.dims) for i in inputs)
 
 
 def _default_ranges(model: onnx.ModelProto, s0: ShapeMap, lattice: Lattice) -> RangeMap:

@@ -43,7 +43,8 @@ class Refusal:
 
 @dataclass
 class AxisLattice:
-    """Valid sizes of one dynamic axis: every multiple of ``multiple`` that is at least ``min``."""
+    """Valid sizes of one dynamic axis: ``min``, ``min + multiple``, ``min + 2 * multiple``, ...
+    (every multiple of ``multiple`` from ``min`` on when ``min`` is one)."""
 
     min: int
     multiple: int
@@ -51,7 +52,8 @@ class AxisLattice:
     irregular: list[int] | None = None
 
     def contains(self, size: int) -> bool:
-        return size >= self.min and size % self.multiple == 0
+        # measured from min: an offset lattice ({3, 5, 7, ...}: odd sizes) has min % multiple != 0
+        return size >= self.min and (size - self.min) % self.multiple == 0
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"min": self.min, "multiple": self.multiple}

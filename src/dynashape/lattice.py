@@ -10,6 +10,7 @@ bisection over the multiples of m below S0. Cost: about m + log2(S0/m) probes pe
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import onnx
@@ -19,7 +20,7 @@ from dynashape.analysis import JOINS
 from dynashape.findings import AxisLattice, Finding, Lattice
 from dynashape.model import InputInfo, graph_inputs
 from dynashape.probe import Probe, Prober
-from dynashape.shapes import Profile, RangeMap, ShapeMap, format_shape
+from dynashape.shapes import Profile, RangeMap, ShapeMap, format_shape, format_shapes
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class LatticeScanner:
         self.inputs = graph_inputs(model)
         self.outputs = [o.name for o in model.graph.output]
         self._ir: ir.Model | None = ir_model
+        self.problems: list[str] = []  # axes left without a lattice, and why (see scan_axis)
 
     def _with(self, name: str, axis: int, size: int) -> ShapeMap:
         shapes = dict(self.s0)
@@ -116,14 +118,41 @@ class LatticeScanner:
             paths.append(f"{value.name} ({size}): " + " -> ".join(strided_path(value)))
         return paths
 
-    def scan_axis(self, info: InputInfo, axis: int) -> tuple[AxisLattice, Validity | None, int | None]:
-        """The lattice of one axis, plus an invalid example (validity, size) off the lattice."""
+    def scan_axis(self, info: InputInfo, axis: int) -> tuple[AxisLattice | None, Validity | None, int | None]:
+        """The lattice of one axis, plus an invalid example (validity, size) off the lattice.
+
+        The model is correct at its export shape by construction, so a lattice never excludes it:
+        where the graph is not consistent there, the export shape is wrong or a rewrite broke the
+        graph, and no lattice is reported for the axis (None; see ``problems``)."""
         name = info.name
         base = self.s0[name][axis]
         follow = self._following_outputs(name, axis)
         base_ok = self.validity(name, axis, base, follow)
         if not base_ok.ok:
-            return AxisLattice(base, 1, irregular=[base]), base_ok, base
+            problem = (
+                f"{axis_label(info, axis)} of {name!r}: the graph is not consistent at the export shape "
+                f"{format_shape(self.s0[name])} ({base_ok.reason}); either the export shape is wrong or a "
+                "rewrite broke the graph there, so no lattice is reported for this axis"
+            )
+            log.warning("bug: %s", problem)
+            self.problems.append(problem)
+            return None, base_ok, base
+        lat, bad, bad_size = self._scan_from(info, axis, base, follow)
+        if not lat.contains(base):
+            # the steps above only ever move by the multiple from base: this cannot happen unless
+            # they are wrong; widen the lattice to one that holds base rather than exclude it
+            lo = min(lat.min, base)
+            wide = AxisLattice(lo, math.gcd(lat.multiple, abs(base - lat.min)) or 1)
+            log.warning("bug: the lattice %s of %s[%d] excludes the export size %d; widened to %s",
+                        lat, name, axis, base, wide)
+            self.problems.append(f"{axis_label(info, axis)} of {name!r}: lattice widened to hold the export size")
+            lat = wide
+        return lat, bad, bad_size
+
+    def _scan_from(
+        self, info: InputInfo, axis: int, base: int, follow: list[tuple[str, int]]
+    ) -> tuple[AxisLattice, Validity | None, int | None]:
+        name = info.name
         is_batch = axis == 0 and info.rank >= 3
         limit = 8 if is_batch else MAX_MULTIPLE
         multiple = None
@@ -173,11 +202,23 @@ class LatticeScanner:
     def scan(self) -> tuple[Lattice, list[Finding]]:
         lattice: Lattice = {}
         findings: list[Finding] = []
+        at_s0 = self.prober.at(self.s0)
+        if at_s0.failure is not None:
+            # the model is correct at its export shape by construction (see scan_axis)
+            problem = (
+                f"the graph is not consistent at the export shape {format_shapes(self.s0)} ({at_s0.failure}): "
+                "either the export shape is wrong or a rewrite broke the graph there; no lattice is reported"
+            )
+            log.warning("bug: %s", problem)
+            self.problems.append(problem)
+            return lattice, findings
         for info in self.inputs:
             if info.name not in self.s0:
                 continue
             for axis in info.dynamic_axes:
                 lat, bad, bad_size = self.scan_axis(info, axis)
+                if lat is None:
+                    continue
                 lattice.setdefault(info.name, {})[axis] = lat
                 if lat.multiple > 1 or lat.irregular:
                     findings.append(self._finding(info, axis, lat, bad, bad_size))
@@ -190,6 +231,9 @@ class LatticeScanner:
         base = self.s0[info.name][axis]
         if lat.irregular:
             rule_text = f"{label} of {info.name!r} works only at its export size {base}"
+        elif lat.min % lat.multiple:
+            rule_text = (f"{label} of {info.name!r} must be {lat.min} plus a multiple of {lat.multiple} "
+                         f"({lat.min}, {lat.min + lat.multiple}, {lat.min + 2 * lat.multiple}, ...)")
         else:
             rule_text = f"{label} of {info.name!r} must be a multiple of {lat.multiple}, at least {lat.min}"
         why = f"at {label} = {bad_size}: {bad.reason}" if bad and bad_size else ""
@@ -297,8 +341,8 @@ def check_ranges(lattice: Lattice, ranges: RangeMap) -> list[Finding]:
             ar = rng.axes[axis]
             off = [v for v in ar.values()[:4096] if not lat.contains(v)]
             if off:
-                snapped_lo = max(lat.min, -(-ar.min // lat.multiple) * lat.multiple)
-                snapped_hi = (ar.max // lat.multiple) * lat.multiple
+                snapped_lo = snap_up(ar.min, lat)
+                snapped_hi = snap_down(ar.max, lat) if ar.max >= lat.min else lat.min - 1
                 findings.append(
                     Finding(
                         rule="DS003",
@@ -325,11 +369,13 @@ def check_ranges(lattice: Lattice, ranges: RangeMap) -> list[Finding]:
 
 
 def snap_down(size: int, lat: AxisLattice) -> int:
-    return max(lat.min, (size // lat.multiple) * lat.multiple)
+    """The largest lattice size <= ``size`` (``lat.min`` if there is none)."""
+    return lat.min + max(0, (size - lat.min) // lat.multiple) * lat.multiple
 
 
 def snap_up(size: int, lat: AxisLattice) -> int:
-    return max(lat.min, -(-size // lat.multiple) * lat.multiple)
+    """The smallest lattice size >= ``size``."""
+    return lat.min + max(0, -(-(size - lat.min) // lat.multiple)) * lat.multiple
 
 
 def describe(lattice: Lattice) -> str:
