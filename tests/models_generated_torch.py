@@ -3,6 +3,8 @@ the rule tests; imported only where torch is installed. Input: ``[N, 3, H, W]``.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -228,3 +230,107 @@ class Yolo8Head(nn.Module):
         x1y1, x2y2 = self.anchors - lt, self.anchors + rb
         xywh = torch.cat(((x1y1 + x2y2) / 2, x2y2 - x1y1), 1) * self.strides
         return torch.cat((xywh, cls.flatten(2).sigmoid()), 1)
+
+
+# ------------------------------------------------------------------ DS008: multi-level YOLOv8 heads
+
+
+def make_anchors(feats: list[torch.Tensor], strides: list[float], offset: float = 0.5
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The anchors a YOLOv8-style head decodes with (our own spelling of the pattern): per level
+    the cell centres ``(x + offset, y + offset)`` in row-major order, ``[h·w, 2]``, and a
+    ``[h·w, 1]`` column of the level's stride; both concatenated over the levels."""
+    points, fills = [], []
+    for feat, stride in zip(feats, strides):
+        h, w = feat.shape[2], feat.shape[3]  # traced sizes: with dynamic=True the grid follows them
+        xs = (torch.arange(w, dtype=feat.dtype) + offset).unsqueeze(0).expand(h, w)
+        ys = (torch.arange(h, dtype=feat.dtype) + offset).unsqueeze(1).expand(h, w)
+        cells = torch.stack((xs, ys), dim=-1).reshape(-1, 2)
+        points.append(cells)
+        fills.append(torch.full_like(cells[:, :1], float(stride)))
+    return torch.cat(points), torch.cat(fills)
+
+
+class Yolo8Levels(nn.Module):
+    """A three-level YOLOv8 ``Detect`` (strides 8, 16, 32) on a small backbone, written as
+    ultralytics writes it: per-level box (DFL bins) and class convs viewed to ``[b, c, h·w]`` and
+    concatenated; ``anchors [2, Σ h·w]`` and ``strides [1, Σ h·w]`` made by ``make_anchors`` and
+    cached while the map size stays the same (``self.shape != shape``), so a warm-up run at the
+    export size leaves them as constants. ``dynamic=True`` is ultralytics' ``dynamic`` flag: the
+    anchors are made in every forward from the maps' shapes (the source fix).
+
+    ``task``: ``detect``; ``pose`` adds keypoints decoded with ``(anchors - 0.5)`` and the strides
+    (the export-mode ``kpts_decode``); ``pose_rows`` decodes them as the non-export path does,
+    ``anchors[0] - 0.5`` and ``anchors[1] - 0.5`` rows; ``learned``: the anchors are a trained
+    ``[2, Σ h·w]`` table (not a grid) at the export size of ``TORCH_S0``."""
+
+    def __init__(self, task: str = "detect", dynamic: bool = False, nc: int = 3, reg_max: int = 4,
+                 nkpt: int = 2) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.task, self.dynamic, self.nc, self.reg_max, self.nkpt = task, dynamic, nc, reg_max, nkpt
+        self.strides_per_level = [8.0, 16.0, 32.0]
+        chans = [3, 8, 8, 16, 16, 16]
+        self.down = nn.ModuleList(nn.Conv2d(a, b, 3, stride=2, padding=1) for a, b in itertools.pairwise(chans))
+        level_chans = chans[3:]
+        self.box = nn.ModuleList(nn.Conv2d(c, 4 * reg_max, 1) for c in level_chans)
+        self.cls = nn.ModuleList(nn.Conv2d(c, nc, 1) for c in level_chans)
+        self.kpt = nn.ModuleList(nn.Conv2d(c, nkpt * 2, 1) for c in level_chans)
+        self.dfl = nn.Conv2d(reg_max, 1, 1, bias=False).requires_grad_(False)
+        self.dfl.weight.data[:] = torch.arange(reg_max, dtype=torch.float).view(1, reg_max, 1, 1)
+        self.shape: tuple[int, ...] | None = None
+        self.anchors = torch.empty(0)
+        self.strides = torch.empty(0)
+        self.learned = nn.Parameter(torch.rand(2, 4 * 6 + 2 * 3 + 1 * 2) * 8) if task == "learned" else None
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for i, conv in enumerate(self.down):
+            x = torch.relu(conv(x))
+            if i >= 2:
+                feats.append(x)
+        return feats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.features(x)
+        bs = feats[0].shape[0]
+        boxes = torch.cat([self.box[i](f).view(bs, 4 * self.reg_max, -1) for i, f in enumerate(feats)], -1)
+        scores = torch.cat([self.cls[i](f).view(bs, self.nc, -1) for i, f in enumerate(feats)], -1)
+        shape = feats[0].shape
+        if self.dynamic or self.shape != shape:
+            self.anchors, self.strides = (a.transpose(0, 1) for a in make_anchors(feats, self.strides_per_level))
+            self.shape = shape
+        anchors = self.learned if self.learned is not None else self.anchors
+        b, _, a = boxes.shape  # DFL: expected value of the distance bins
+        dist = self.dfl(boxes.view(b, 4, self.reg_max, a).transpose(2, 1).softmax(1)).view(b, 4, a)
+        lt, rb = dist.chunk(2, 1)
+        x1y1, x2y2 = anchors.unsqueeze(0) - lt, anchors.unsqueeze(0) + rb
+        dbox = torch.cat(((x1y1 + x2y2) / 2, x2y2 - x1y1), 1) * self.strides
+        y = torch.cat((dbox, scores.sigmoid()), 1)
+        if self.task not in ("pose", "pose_rows"):
+            return y
+        kpts = torch.cat([self.kpt[i](f).view(bs, self.nkpt * 2, -1) for i, f in enumerate(feats)], -1)
+        if self.task == "pose":
+            k = kpts.view(bs, self.nkpt, 2, -1)
+            k = ((k * 2.0 + (self.anchors - 0.5)) * self.strides).view(bs, self.nkpt * 2, -1)
+        else:
+            k = kpts.clone()
+            k[:, 0::2] = (k[:, 0::2] * 2.0 + (self.anchors[0] - 0.5)) * self.strides
+            k[:, 1::2] = (k[:, 1::2] * 2.0 + (self.anchors[1] - 0.5)) * self.strides
+        return torch.cat((y, k), 1)
+
+
+def ultralytics_model(name: str, s0: tuple[int, ...]) -> nn.Module:
+    """An ultralytics YOLO (``yolov8n``, ``yolov8n-seg``, ``yolov8n-pose``...) built from its yaml with
+    random weights, warmed up once at ``s0`` as a user's first inference does."""
+    from dynashape.testing import import_torchvision
+
+    import_torchvision()
+    from ultralytics.nn.tasks import DetectionModel, PoseModel, SegmentationModel
+
+    torch.manual_seed(0)
+    kind = PoseModel if "-pose" in name else SegmentationModel if "-seg" in name else DetectionModel
+    net = kind(f"{name}.yaml", verbose=False).eval()
+    with torch.no_grad():
+        net(torch.zeros(s0))
+    return net

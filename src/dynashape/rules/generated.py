@@ -12,11 +12,12 @@ At any other size the join fails. They are told apart by the graph signature:
 * **DS008** — a *buffer the size of a feature map*: a non-uniform initializer or ``Constant``
   (no generating node) whose axes meet a feature map's spatial axes: two or more axes that follow
   *different* input axes (H and W; told by probes that move one input axis at a time), or one
-  axis that follows both (H·W flattened). YOLOv5's ``self.grid`` / ``self.anchor_grid``
-  ``[1, na, ny0, nx0, 2]`` and YOLOv8's ``self.anchors`` ``[2, ny0·nx0]``, cached during a warm-up
-  run. An ``L0 x L0`` attention mask meets one size twice and an ``arange(W0)`` row one axis:
-  DS007. The same graph comes out of a meshgrid built in ``forward`` with Python ints and folded
-  by the exporter; the graph cannot tell the two apart and the fix is the same. (Differential
+  axis that follows both (H·W flattened; uniform there too: a stride column). YOLOv5's
+  ``self.grid`` / ``self.anchor_grid`` ``[1, na, ny0, nx0, 2]`` and YOLOv8's ``self.anchors``
+  ``[2, Σ ny_i·nx_i]`` and ``self.strides`` ``[1, Σ ny_i·nx_i]``, cached during a warm-up run.
+  An ``L0 x L0`` attention mask meets one size twice and an ``arange(W0)`` row one axis: DS007.
+  The same graph comes out of a meshgrid built in ``forward`` with Python ints and folded by the
+  exporter; the graph cannot tell the two apart and the fix is the same. (Differential
   export, ``--torch``, sees a grid rebuilt in forward change between exports: DS007 there.)
 
 A constant made at the export size *before* an ``Expand``/``Tile`` is rebuilt whole here; sizes
@@ -29,6 +30,12 @@ can be regenerated exactly:
   ``Expand`` of its first slice to the partner's size;
 * a sum of per-axis progressions ``base + Σ step·i`` (``arange``, a meshgrid of aranges, a YOLO
   grid): ``Range(0, Gather(Shape(t), axis))`` cast, scaled, reshaped onto its axis and added;
+* per-level grids concatenated along one flattened axis (YOLOv8's ``anchors [2, Σ h_i·w_i]`` and
+  ``strides [1, Σ h_i·w_i]`` over detection levels 8/16/32): the levels are read from the graph's
+  own flattenings of feature maps (a ``Reshape`` of ``[.., h, w]`` to ``[.., h·w]`` per level, their
+  ``Concat``) whose lengths add up to the constant's at S0 and to the partner's at S1; each
+  segment, unflattened to ``h x w``, is regenerated as here from ``Shape`` of its map, reshaped to
+  ``h·w`` and the segments are concatenated again;
 * normalized grids whose step is ``span / size`` or ``span / (size − 1)`` (``(i + 0.5) / W``,
   ``linspace(-1, 1, W)``): the same with a division by the live size. A step is read as a
   constant when it is an integer, else as ``span/size`` when the span is a multiple of 1/4, else
@@ -166,12 +173,20 @@ def classify(ctx: Context, op: Operand) -> None:
     op.array = arr
     uniform = arr.size > 0 and bool(np.all(arr == arr.reshape(-1)[0]))
     plan, why = decompose(arr, sorted(op.meeting.axes))
+    if plan is None and len(op.spatial) == 1:
+        # one axis that is H·W flattened: per-level grids concatenated (YOLOv8 anchors, strides)
+        plan, why_levels = levels_plan(ctx, op, arr)
+        why = "" if plan is not None else f"{why}, and {why_levels}"
     if plan is None and not _looks_generated(arr):
         op.why_not = (f"its values vary irregularly along the export-size axes ({why}): a learned or computed "
                       "table, not a generated grid (a learned position embedding is DS011's family)")
         return
     op.plan, op.plan_why_not = plan, why
-    op.rule = "DS008" if op.generator is None and not uniform and _feature_map_shaped(ctx, op) else "DS007"
+    # a fill over a flattened H·W axis is a cached buffer too (YOLOv8's stride column of one level):
+    # found only once the anchors before it are rebuilt, after DS007 has run
+    flattened = len(op.spatial) == 1
+    op.rule = "DS008" if op.generator is None and (not uniform or flattened) and _feature_map_shaped(ctx, op) \
+        else "DS007"
 
 
 def _feature_map_shaped(ctx: Context, op: Operand) -> bool:
@@ -393,6 +408,185 @@ def _all_one(values: list) -> bool:
     return bool(np.all(np.asarray(values) == 1))
 
 
+# ------------------------------------------------------------------------ multi-level grids
+
+
+@dataclass(frozen=True)
+class Level:
+    """A feature map whose two axes ``axes`` (H, W) are flattened into one: ``view(b, c, -1)``."""
+
+    ref: ir.Value
+    axes: tuple[int, int]
+    size0: tuple[int, int]  # (h, w) at S0
+    size1: tuple[int, int]  # at S1
+
+
+def levels_plan(ctx: Context, op: Operand, arr: np.ndarray) -> tuple[dict | None, str]:
+    """A plan that regenerates ``arr`` level by level, or why there is none.
+
+    ``arr`` meets one flattened axis ``j`` (H·W, or Σ H_i·W_i over detection levels). The
+    candidates are the graph's own flattenings of feature maps (a ``Reshape``/``Flatten`` of
+    ``[.., h, w, ..]`` into ``[.., h·w, ..]``, or a ``Concat`` of several along that axis) whose
+    sizes add up to ``arr``'s at S0 and to the partner's at S1. Each level's segment of ``arr``,
+    unflattened to ``h x w``, must be a grid ``decompose`` regenerates (a fill: the stride
+    tensor), and the levels rebuilt and concatenated must equal ``arr`` at S0."""
+    (j,) = op.spatial
+    n0 = op.dims0[j]
+    partner, pa = op.meeting.axes[j]
+    p1 = known_dims(ctx, partner, ctx.p1)
+    n1 = p1[pa] if p1 is not None else None
+    if n1 is None:
+        return None, "the size it meets at the second probe shape is unknown"
+    tried: set[tuple[tuple[int, int], ...]] = set()
+    why = f"no flattened feature maps (Reshape/Concat of [.., h, w] maps) add up to its {n0} entries"
+    for levels in _flattened_level_lists(ctx, n0):
+        sizes = tuple(level.size0 for level in levels)
+        if sizes in tried or sum(h * w for h, w in (lv.size1 for lv in levels)) != n1:
+            continue
+        tried.add(sizes)
+        if any(is_descendant(level.ref, op.join) for level in levels):
+            continue
+        plan, reason = _plan_levels(arr, j, levels)
+        if plan is not None:
+            return plan, ""
+        why = f"split over the feature maps {_sizes_text(sizes)} it is not a grid per map: {reason}"
+    return None, why
+
+
+def _sizes_text(sizes: tuple[tuple[int, int], ...]) -> str:
+    return " + ".join(f"{h}x{w}" for h, w in sizes)
+
+
+def _plan_levels(arr: np.ndarray, j: int, levels: list[Level]) -> tuple[dict | None, str]:
+    rank = arr.ndim
+    grids: list[np.ndarray] = []
+    start = 0
+    for level in levels:
+        h, w = level.size0
+        segment = np.take(arr, np.arange(start, start + h * w), axis=j)
+        start += h * w
+        grids.append(segment.reshape((*arr.shape[:j], h, w, *arr.shape[j + 1:])))
+    # a map one row or column high at S0 (the 32-stride map of a small export) shows no step
+    # along that axis: its plan is that of a map where both steps show, if one reproduces it
+    plans: list[dict | None] = [None] * len(levels)
+    for k, grid in enumerate(grids):
+        if min(grid.shape[j:j + 2]) > 1:
+            plan, why = decompose(grid, [j, j + 1])
+            if plan is None:
+                return None, f"the {'x'.join(map(str, grid.shape[j:j + 2]))} map: {why}"
+            plans[k] = plan
+    observed = [p for p in plans if p is not None]
+    for k, grid in enumerate(grids):
+        if plans[k] is None:
+            plans[k] = _plan_of_a_thin_map(grid, j, observed)
+            if plans[k] is None:
+                h, w = grid.shape[j:j + 2]
+                return None, (f"the {h}x{w} map is one {'row' if h == 1 else 'column'} at the export shape, so its "
+                              "step along the other axis cannot be read, and no other map's grid reproduces it")
+    pieces: list[np.ndarray] = []
+    entries: list[dict] = []
+    for level, grid, plan in zip(levels, grids, plans):
+        assert plan is not None
+        h, w = level.size0
+        if plan["kind"] == "fill":
+            regen = np.full(grid.shape, plan["value"], arr.dtype)
+        else:
+            regen = np.broadcast_to(simulate(plan, {j: h, j + 1: w}, rank + 1), grid.shape)
+        pieces.append(regen.reshape((*arr.shape[:j], h * w, *arr.shape[j + 1:])))
+        entries.append({"ref": level.ref.name, "axes": list(level.axes), "size_s0": [h, w], "plan": plan})
+    whole = np.concatenate(pieces, axis=j)
+    floating = np.issubdtype(arr.dtype, np.floating)
+    tol = 4 * (np.finfo(arr.dtype).eps if floating else 0) * max(1.0, float(np.max(np.abs(arr)))) if arr.size else 0
+    err = float(np.max(np.abs(whole.astype(np.float64) - arr.astype(np.float64)))) if arr.size else 0.0
+    if err > tol:
+        return None, f"the levels rebuilt and concatenated differ from it by {err:.3g} at the export shape"
+    return {"kind": "levels", "dtype": str(arr.dtype), "axis": j, "shape_s0": list(arr.shape), "levels": entries,
+            "max_error_s0": err}, ""
+
+
+def _plan_of_a_thin_map(grid: np.ndarray, j: int, observed: list[dict]) -> dict | None:
+    """The plan of a map with a size-1 axis at S0: a fill where every other map is a fill, else
+    the first grid plan of another map that gives exactly its values."""
+    own, _ = decompose(grid, [j, j + 1])
+    if observed and all(p["kind"] == "fill" for p in observed):
+        return own if own is not None and own["kind"] == "fill" else None
+    sizes = {j: grid.shape[j], j + 1: grid.shape[j + 1]}
+    for plan in observed:
+        if plan["kind"] != "grid":
+            continue
+        regen = np.broadcast_to(simulate(plan, sizes, grid.ndim), grid.shape).astype(np.float64)
+        wide = grid.astype(np.float64)
+        floating = np.issubdtype(grid.dtype, np.floating)
+        tol = 4 * (np.finfo(grid.dtype).eps if floating else 0) * max(1.0, float(np.max(np.abs(wide))))
+        if float(np.max(np.abs(regen - wide))) <= tol:
+            return plan
+    return None
+
+
+def _flattened_level_lists(ctx: Context, n0: int) -> list[list[Level]]:
+    """Every flattening of feature maps in the graph whose flattened axis is ``n0`` long at S0:
+    one ``Reshape``/``Flatten`` (a single map) or a ``Concat`` of several along that axis."""
+    found: list[list[Level]] = []
+    for node in ctx.nodes("Concat", "Reshape", "Flatten"):
+        out = node.outputs[0]
+        o0 = known_dims(ctx, out, ctx.p0)
+        if o0 is None:
+            continue
+        if node.op_type == "Concat":
+            axis = node.attributes.get_int("axis", 0) % max(len(o0), 1)
+            if axis >= len(o0) or o0[axis] != n0:
+                continue
+            levels = [_level_behind(ctx, v, axis) if v is not None else None for v in node.inputs]
+            if levels and all(level is not None for level in levels):
+                found.append([level for level in levels if level is not None])
+            continue
+        for k, d in enumerate(o0):
+            level = _flattened(ctx, node, k) if d == n0 else None
+            if level is not None:
+                found.append([level])
+    return found
+
+
+def _level_behind(ctx: Context, value: ir.Value, axis: int) -> Level | None:
+    """The feature map whose flattened H·W is ``axis`` of ``value`` (through shape-keeping ops
+    and transposes)."""
+    current = value
+    for _ in range(16):
+        producer = current.producer()
+        if producer is None or not producer.inputs or producer.inputs[0] is None:
+            return None
+        if producer.op_type in ("Reshape", "Flatten"):
+            return _flattened(ctx, producer, axis)
+        if producer.op_type == "Transpose":
+            perm_attr = producer.attributes.get("perm")
+            if perm_attr is None:
+                return None
+            axis = list(perm_attr.as_ints())[axis]
+        elif producer.op_type not in SAME_SIZE_UNARY:
+            return None
+        current = producer.inputs[0]
+    return None
+
+
+def _flattened(ctx: Context, node: ir.Node, k: int) -> Level | None:
+    """``node`` flattens axes ``k, k+1`` of its input (both dynamic) into its output axis ``k``,
+    keeping every other axis: ``[.., h, w, ..] -> [.., h·w, ..]`` at both probe shapes."""
+    x = node.inputs[0]
+    sizes: list[tuple[int, int]] = []
+    for probe in (ctx.p0, ctx.p1):
+        d, o = known_dims(ctx, x, probe), known_dims(ctx, node.outputs[0], probe)
+        if d is None or o is None or any(v is None for v in (*d, *o)) or len(d) != len(o) + 1 or k + 1 >= len(d):
+            return None
+        di, oi = [int(v or 0) for v in d], [int(v or 0) for v in o]
+        if oi != [*di[:k], di[k] * di[k + 1], *di[k + 2:]]:
+            return None
+        sizes.append((di[k], di[k + 1]))
+    if sizes[0] == sizes[1] or min(sizes[0]) < 1:
+        return None  # not a map that follows the input
+    assert x is not None
+    return Level(x, (k, k + 1), sizes[0], sizes[1])
+
+
 # ------------------------------------------------------------------------------------ the rules
 
 
@@ -485,6 +679,13 @@ class _GeneratedBase(Rule):
             return f"take entries {axes} of the ConstantOfShape size from Shape({partner})"
         if kind == "fill":
             return f"ConstantOfShape(Shape({partner}) on axes {axes}) filled with {op.plan['value']}"
+        if kind == "levels":
+            per_map = "; ".join(
+                ("a fill of {:g} over".format(level["plan"]["value"]) if level["plan"]["kind"] == "fill"
+                 else "a grid from Range over") + f" Shape({level['ref']})[{level['axes'][0]}, {level['axes'][1]}]"
+                for level in op.plan["levels"])
+            return (f"regenerate it per feature map ({per_map}), each flattened, then Concat along axis "
+                    f"{op.plan['axis']} (matches the constant at the export shape)")
         if not op.plan["terms"]:
             return f"Expand its first slice to Shape({partner}) on axes {axes}"
         along = ", ".join(
@@ -515,6 +716,9 @@ def _values_text(op: Operand) -> str:
         return ""
     if plan["kind"] == "fill":
         return f", all {plan['value']}"
+    if plan["kind"] == "levels":
+        sizes = " + ".join("x".join(str(d) for d in level["size_s0"]) for level in plan["levels"])
+        return f", {len(plan['levels'])} flattened per-map grids concatenated: {sizes}"
     if plan["kind"] != "grid":
         return ""
     if not plan["terms"]:
@@ -581,10 +785,15 @@ def rewrite_operands(ctx: Context, finding: Finding) -> str:
         target_entries = [{"ref": meets[a][0], "axis": meets[a][1]} if a in meets else {"const": d}
                           for a, d in enumerate(dims0)]
         dtype = np.dtype(plan["dtype"])
+        refs = sorted({r for r, _ in meets.values()})
         if plan["kind"] == "fill":
             target = build_size_vector(builder, ctx, target_entries, None)
             new = builder.add("ConstantOfShape", [target], "fill", value=ir.tensor(np.array([plan["value"]], dtype)))
             what = f"ConstantOfShape filled with {plan['value']}"
+        elif plan["kind"] == "levels":
+            new = _emit_levels(builder, ctx, plan)
+            refs = [level["ref"] for level in plan["levels"]]
+            what = f"{len(refs)} per-map grids concatenated"
         else:
             new = _emit_grid(builder, ctx, plan, meets, len(dims0), target_entries)
             what = "Range" if plan["terms"] else "Expand"
@@ -593,7 +802,6 @@ def rewrite_operands(ctx: Context, finding: Finding) -> str:
         join.replace_input_with(slot, new)
         if origin.kind == "constant":
             remove_dead(graph, origin.nodes, [old])
-        refs = sorted({r for r, _ in meets.values()})
         done.append(f"{join.name}: input {old.name} ({fmt(tuple(dims0))}) -> {what} from Shape({', '.join(refs)})")
     return "; ".join(done)
 
@@ -652,6 +860,41 @@ def _emit_grid(builder: SizeBuilder, ctx: Context, plan: dict, meets: dict[int, 
         target = build_size_vector(builder, ctx, target_entries, None)
         out = builder.add("Expand", [out, target], "expand")
     return out
+
+
+def _emit_levels(builder: SizeBuilder, ctx: Context, plan: dict) -> ir.Value:
+    """Each level's grid (or fill) from Shape of its feature map, flattened onto the axis, then
+    one Concat along it: the twin of ``_plan_levels``."""
+    j = int(plan["axis"])
+    dims0 = [int(d) for d in plan["shape_s0"]]
+    dtype = np.dtype(plan["dtype"])
+    pieces: list[ir.Value] = []
+    for k, level in enumerate(plan["levels"]):
+        ref_name = str(level["ref"])
+        ha, wa = (int(a) for a in level["axes"])
+        h0, w0 = (int(d) for d in level["size_s0"])
+        meets = {j: (ref_name, ha), j + 1: (ref_name, wa)}
+        grid_dims = [*dims0[:j], h0, w0, *dims0[j + 1:]]
+        entries = [{"ref": meets[a][0], "axis": meets[a][1]} if a in meets else {"const": d}
+                   for a, d in enumerate(grid_dims)]
+        segment = level["plan"]
+        if segment["kind"] == "fill":
+            target = build_size_vector(builder, ctx, entries, None)
+            grid = builder.add("ConstantOfShape", [target], f"level{k}_fill",
+                               value=ir.tensor(np.array([segment["value"]], dtype)))
+        else:
+            grid = _emit_grid(builder, ctx, segment, meets, len(grid_dims), entries)
+        # h·w computed from the shape (not -1): shape inference then knows each level's length
+        ref = find_value(ctx, ref_name)
+        if ref is None:
+            raise LookupError(f"tensor {ref_name!r} is gone")
+        hw = builder.add("Mul", [builder.dims(ref, [ha]), builder.dims(ref, [wa])], f"level{k}_hw")
+        flat = [builder.const(dims0[:j], "lead")] if j else []
+        flat.append(hw)
+        if j + 1 < len(dims0):
+            flat.append(builder.const(dims0[j + 1:], "trail"))
+        pieces.append(builder.add("Reshape", [grid, builder.concat(flat, f"level{k}_shape")], f"level{k}_flat"))
+    return pieces[0] if len(pieces) == 1 else builder.add("Concat", pieces, "levels", axis=j)
 
 
 def _rewrite_cos(ctx: Context, plan: dict) -> str:
