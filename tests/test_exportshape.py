@@ -285,3 +285,25 @@ def test_torch_yolov8_pose_findings_do_not_need_the_export_shape() -> None:
     ds008 = [(f.rule, f.node, f.fixable) for f in found.findings if f.rule == "DS008"]
     assert ds008 and ds008 == [(f.rule, f.node, f.fixable) for f in given.findings if f.rule == "DS008"]
     assert found.applied == given.applied
+
+
+def _ceil_mode_global_pool() -> onnx.ModelProto:
+    """HF EfficientNet's pooler: ``AvgPool2d(hidden_dim, ceil_mode=True)`` on a map far smaller
+    than the window, a global pool at every size (ONNX and ONNX Runtime give one output)."""
+    g = M.GraphBuilder()
+    y = g.conv(M.X, M.C, 8, "stem", stride=2)
+    g.op("AveragePool", [y], M.Y, kernel_shape=[40, 40], strides=[40, 40], ceil_mode=1)
+    return g.model([M.Y])
+
+
+def test_a_ceil_mode_pool_larger_than_its_input_pins_nothing_and_is_no_finding() -> None:
+    # the kernel once voted for an export size of 80 (40 x the stride 2); on EfficientNet, 10240,
+    # which then sent the sweeps to 10240 x 10240 and past 22 GB
+    model = _ceil_mode_global_pool()
+    report = check_model(model)
+    assert report.export_shape_source == "unknown"
+    assert report.findings == []
+    given = check_model(model, export_shape={"x": (1, M.C, 32, 32)})
+    assert given.findings == [] and given.lattice  # consistent at S0: a lattice is reported
+    assert not any("not consistent" in n for n in given.notes)
+    M.run(model, (1, M.C, 32, 32))  # and ONNX Runtime agrees it is valid there

@@ -213,8 +213,8 @@ def _is_constant(value: ir.Value) -> bool:
 
 
 def _pool_constraints(model: ir.Model) -> list[Constraint]:
-    """A pool whose window is its whole input axis (no pads, kernel > 3: windows of 2-3 are
-    ordinary downsampling) was sized at S0."""
+    """A pool whose window is its whole input axis (no pads, no ceil mode, kernel > 3: windows of
+    2-3 are ordinary downsampling) was sized at S0."""
     found: list[Constraint] = []
     for node in model.graph:
         if node.op_type not in ("AveragePool", "MaxPool") or node.inputs[0] is None:
@@ -223,6 +223,8 @@ def _pool_constraints(model: ir.Model) -> list[Constraint]:
         pads = node.attributes.get("pads")
         if kernel is None or (pads is not None and any(pads.as_ints())):
             continue
+        if node.attributes.get_int("ceil_mode", 0):
+            continue  # a window that may hang over the end: HF EfficientNet pools with AvgPool2d(1280, ceil_mode)
         if _pyramid_bins(node, node.inputs[0]):
             continue  # one of several bin counts of a pyramid (DS004): no kernel is the whole axis
         strides_attr = node.attributes.get("strides")

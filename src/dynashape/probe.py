@@ -514,7 +514,7 @@ class Prober:
     def _extra_checks(self, probe: Probe) -> ProbeFailure | None:
         """Inconsistencies ONNX shape inference lets through."""
         dims_of = probe.dims.get
-        for node, op_type, outputs, first, second, kernel, pads, allowzero in self._checked:
+        for node, op_type, outputs, first, second, kernel, pads, allowzero, ceil_mode in self._checked:
             # an empty result is legal for data movement (slicing a shape vector past its end
             # gives []), a kernel op with nothing to slide over is not; negative is never legal
             smallest = 0 if op_type in _EMPTY_OK else 1
@@ -528,7 +528,9 @@ class Prober:
                     )
             if op_type not in _CHECKED_FURTHER:
                 continue
-            if op_type in ("AveragePool", "MaxPool", "LpPool"):
+            # with ceil_mode a window larger than the input still gives one output (ONNX and ONNX
+            # Runtime agree); its output size, checked above, says everything
+            if op_type in ("AveragePool", "MaxPool", "LpPool") and not ceil_mode:
                 dims = dims_of(first)
                 if kernel and dims and len(dims) == len(kernel) + 2:
                     if pads is None:
@@ -601,6 +603,7 @@ class _CheckedNode(NamedTuple):
     kernel: Any  # pools: kernel_shape and pads attributes (None when absent)
     pads: Any
     allowzero: Any  # Reshape
+    ceil_mode: bool = False  # pools: a window may hang over the end (HF EfficientNet's AvgPool2d(1280))
 
     @classmethod
     def of(cls, node: onnx.NodeProto) -> _CheckedNode:
@@ -608,7 +611,7 @@ class _CheckedNode(NamedTuple):
         return cls(
             node, node.op_type, tuple(node.output), inputs[0] if inputs else "",
             inputs[1] if len(inputs) > 1 else "", _attr(node, "kernel_shape", None), _attr(node, "pads", None),
-            _attr(node, "allowzero", 0),
+            _attr(node, "allowzero", 0), bool(_attr(node, "ceil_mode", 0)),
         )
 
 
