@@ -326,10 +326,11 @@ def classify(r: dict[str, Any]) -> dict[str, int]:
     return c
 
 
-COLUMNS = [  # key, header (each <= 7 characters: the table fits 80 columns)
-    ("models", "models"), ("eager_ok", "pairs"), ("naive_ok", "naive"), ("fixed_ok", "fixed"),
-    ("broken_by_fix", "broken"), ("explained", "explnd"), ("silent_unexplained", "silent"),
-    ("s0_recovered", "S0 rec"), ("s0_asked", "S0 ask"), ("s0_wrong", "S0 bad"), ("fixed_given_ok", "fix|S0"),
+COLUMNS = [  # key, header (each <= 5 characters: the table fits 80 columns)
+    ("models", "model"), ("eager_ok", "pairs"), ("naive_ok", "naive"), ("fixed_ok", "fixed"),
+    ("broken_by_fix", "broke"), ("explained", "expl"), ("silent_unexplained", "silnt"),
+    ("export_unfaithful", "unfth"), ("s0_recovered", "S0rec"), ("s0_asked", "S0ask"), ("s0_wrong", "S0bad"),
+    ("fixed_given_ok", "fixS0"),
 ]
 
 
@@ -373,12 +374,14 @@ def format_report(results: list[dict[str, Any]], wall: float) -> str:
         lines.append(f"{r['model']:30s} {_cells(r, 'naive'):8s} {_cells(r, 'fixed'):8s} "
                      f"{_cells(r, 'fixed_given'):8s} {s0:9s} {zoo._rules(r)[:40]}{flag}")
     tot = totals(results)
-    lines += ["", f"{'family':13s}" + "".join(f"{h:>7s}" for _, h in COLUMNS)]
+    lines += ["", f"{'family':12s}" + "".join(f"{h:>6s}" for _, h in COLUMNS)]
     for family, acc in tot.items():
-        lines.append(f"{family:13s}" + "".join(f"{acc.get(k, 0):7d}" for k, _ in COLUMNS))
-    lines += ["", "pairs: (model, shape) where eager works; broken: correct as exported, not after fix;",
-              "explnd: wrong/failing after fix, explained by a finding; silent: wrong after fix, unexplained;",
-              "fix|S0: correct after fix with S0 given (differs from 'fixed' where S0 was not recovered)"]
+        lines.append(f"{family:12s}" + "".join(f"{acc.get(k, 0):6d}" for k, _ in COLUMNS))
+    lines += ["", "pairs: (model, shape) where eager works; broke: correct as exported, not after fix;",
+              "expl: wrong/failing after fix, explained by a finding; silnt: wrong after fix, unexplained;",
+              "unfth: pairs of exports wrong at their own export shape (the exporter's fault, apart);",
+              "S0rec/ask/bad: check recovered S0, asked for it, or took a wrong one;",
+              "fixS0: correct after fix with S0 given (differs from 'fixed' where S0 was not recovered)"]
     bugs = [r for r in results if r.get("bugs") or r.get("status") in ("crash", "timeout")]
     for r in bugs:
         for b in r.get("bugs") or [{"stage": r.get("status"), "traceback": r.get("stderr", "")}]:
