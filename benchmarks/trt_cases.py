@@ -4,7 +4,7 @@ Two halves, because the GPU machine's TensorRT Python has no PyTorch and this ma
 
     python benchmarks/trt_cases.py save DIR --models yolov8n,smp_unet_resnet18 [--s0 1x3x256x256]
         (here, with torch) for each model: DIR/NAME/naive.onnx and one DIR/NAME/io_K.npz per shape
-        with the eager inputs (``in.NAME``) and outputs (``out.NAME``);
+        with the eager outputs (``out.NAME``) and the input's shape and seed (it is made again there);
         models come from benchmarks/zoo_thirdparty_models.py (``all_builders``); the export shape
         must be the one the builder warms up at (256x256)
     python benchmarks/trt_cases.py run DIR [--json PATH]
@@ -35,6 +35,10 @@ HERE = Path(__file__).resolve().parent
 RTOL = 1e-3
 
 
+def _input(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
 def _parse_shape(text: str) -> tuple[int, ...]:
     return tuple(int(d) for d in text.split("x"))
 
@@ -62,16 +66,16 @@ def save(out: Path, names: list[str], s0: tuple[int, ...], others: list[tuple[in
         save_model(proto, target / "naive.onnx")
         outputs = [o.name for o in proto.graph.output]
         for k, shape in enumerate([s0, *others]):
-            torch.manual_seed(k)
-            x = torch.randn(*shape)
+            x = _input(shape, k)
             with torch.no_grad():
-                got = module(x)
+                got = module(torch.from_numpy(x))
             tensors = list(got) if isinstance(got, (list, tuple)) else [got]
             if len(tensors) != len(outputs):
                 raise SystemExit(f"{name}: eager gave {len(tensors)} outputs, the export {len(outputs)}")
-            arrays = {"in.input": x.numpy()}
+            # the input is made again from its seed where it is used: random floats do not compress
+            arrays = {"shape.input": np.array(shape), "seed.input": np.array(k)}
             arrays.update({f"out.{o}": t.detach().numpy() for o, t in zip(outputs, tensors)})
-            np.savez(target / f"io_{k}.npz", **arrays)  # type: ignore[arg-type]
+            np.savez_compressed(target / f"io_{k}.npz", **arrays)  # type: ignore[arg-type]
         print(f"{name}: saved {len(others) + 1} shapes under {target}", flush=True)
 
 
@@ -82,7 +86,8 @@ def _load_cases(model_dir: Path) -> list[tuple[dict[str, np.ndarray], dict[str, 
     cases = []
     for path in sorted(model_dir.glob("io_*.npz"), key=lambda p: int(p.stem.split("_")[1])):
         data = np.load(path)
-        feeds = {k[3:]: data[k] for k in data.files if k.startswith("in.")}
+        feeds = {k[6:]: _input(tuple(int(d) for d in data[k]), int(data[f"seed.{k[6:]}"]))
+                 for k in data.files if k.startswith("shape.")}
         want = {k[4:]: data[k] for k in data.files if k.startswith("out.")}
         cases.append((feeds, want))
     return cases
