@@ -107,7 +107,7 @@ def test_reshapes_that_are_fine(build, export_shape: dict | None) -> None:  # ty
     assert report.findings == []
     assert report.applied == []
     reasons = [r.reason for r in report.refusals if r.rule == "DS005"]
-    assert all("stays valid" in r or "does not change" in r for r in reasons), reasons
+    assert all("stays valid" in r or "does not change" in r or "holds no constant" in r for r in reasons), reasons
 
 
 # ------------------------------------------------------------------ partly computed targets (Swin)
@@ -300,3 +300,181 @@ def test_torch_window_count_from_np_ceil_is_reported(exporter: str) -> None:
     (finding,) = [f for f in _ds005(report) if not f.fixable]
     assert finding.baked_value == {"1": 4}
     assert "export-time size per batch item" in finding.message
+
+
+# ------------------------------------------------------------------ as third-party code writes it
+
+
+def _torch_models():  # type: ignore[no-untyped-def]
+    pytest.importorskip("torch")
+    import models_reshape
+
+    return models_reshape
+
+
+TORCH_S0 = {"x": (1, 3, 64, 64)}
+
+
+def _matches_eager(model: onnx.ModelProto, net, shape: tuple[int, ...]) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        _torch_models().assert_matches_eager(model, net, shape)
+    except (AssertionError, RunError):
+        return False
+    return True
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(("module", "fixed_entries", "map_s0", "shapes"), [
+    # DANet / MAnet position attention with int sizes: view(b, c, h*w) ... view(b, c, h, w)
+    pytest.param("attention", {"0": 0, "2": 2, "3": 3}, [1, 8, 32, 32],
+                 [(2, 3, 64, 64), (1, 3, 48, 80), (3, 3, 32, 96)], id="view_b_c_h_w"),
+    # SETR: reshape(b, c, side, side) with side = int(math.sqrt(n)) (square inputs, in eager too)
+    pytest.param("sqrt", {"2": 2, "3": 3}, [1, 16, 8, 8], [(2, 3, 64, 64), (3, 3, 96, 96)], id="sqrt_side"),
+    # Swin v1: view(B, H, W, C) with H, W kept as ints: the map's axes 2, 3 at entries 1, 2
+    pytest.param("hw", {"1": 2, "2": 3}, [1, 16, 8, 8], [(2, 3, 64, 64), (1, 3, 48, 80), (3, 3, 32, 96)],
+                 id="view_B_H_W_C"),
+])
+def test_torch_view_back_to_an_earlier_tensors_shape(module: str, fixed_entries: dict, map_s0: list,
+                                                     shapes: list) -> None:
+    # the target holds the export-time sizes of the map the tokens were flattened from, not of
+    # the reshape's input: the entries are gathered from Shape of that map
+    MR = _torch_models()
+    net = {"attention": lambda: MR.PositionAttention(),
+           "sqrt": lambda: MR.TokensToMap(spelling="sqrt"),
+           "hw": lambda: MR.TokensToMap(spelling="hw")}[module]().eval()
+    model = MR.export(net, TORCH_S0["x"])
+    assert not any(_matches_eager(model, net, shape) for shape in shapes[1:])
+    report = check_model(model, export_shape=TORCH_S0)
+    findings = _ds005(report)
+    assert findings and all(f.fixable for f in findings), findings
+    back = findings[-1]
+    assert back.details["plan"]["kind"] == "earlier"
+    assert back.details["plan"]["axes"] == fixed_entries
+    assert back.details["plan"]["dims_s0"] == map_s0
+    assert "earlier tensor" in back.message
+    assert not [f for f in report.findings if f.severity == "error" and f.rule != "DS005"]
+    assert_models_equivalent(model, report.fixed_model, TORCH_S0)
+    for shape in shapes:
+        MR.assert_matches_eager(report.fixed_model, net, shape)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("module", ["traced_sizes", "fixed_grid"])
+def test_torch_views_back_that_are_right_are_left_alone(module: str) -> None:
+    # traced_sizes: the same attention with b, c, h, w = x.shape: every target is computed.
+    # fixed_grid: view(b, c, 4, 4) of a learned 4x4 grid while the feature map is 4x4 at export
+    # too: the literal 4s are the grid's, and rebuilding them from the map would break the model
+    MR = _torch_models()
+    net = MR.PositionAttention(ints=False) if module == "traced_sizes" else MR.GridAttention()
+    s0 = {"x": (1, 3, 64, 64) if module == "traced_sizes" else (1, 3, 32, 32)}
+    model = MR.export(net, s0["x"])
+    report = check_model(model, export_shape=s0)
+    assert _ds005(report) == [] and report.applied == []
+    for shape in [(2, 3, 64, 64), (1, 3, 48, 80)]:
+        MR.assert_matches_eager(report.fixed_model, net, shape)
+
+
+@pytest.mark.torch
+def test_torch_view_back_without_the_export_shape() -> None:
+    MR = _torch_models()
+    net = MR.PositionAttention().eval()
+    report = check_model(MR.export(net, TORCH_S0["x"]))
+    assert _ds005(report) and all(f.fixable for f in _ds005(report))
+    MR.assert_matches_eager(report.fixed_model, net, (2, 3, 48, 80))
+
+
+@pytest.mark.torch
+def test_torch_group_norm_on_a_map_as_wide_as_its_groups_is_fine() -> None:
+    # GroupNorm(32, 64) -> Reshape [0, 32, -1]; at 1x3x64x64 the map is 32x32: the 32 splits the
+    # channels (32 groups of 2), not a width; the model is right at every size
+    MR = _torch_models()
+    net = MR.GroupNormBlock(c=64, groups=32).eval()
+    model = MR.export(net, TORCH_S0["x"])
+    report = check_model(model, export_shape=TORCH_S0)
+    assert report.findings == [] and report.applied == []
+    reasons = sorted(r.reason for r in report.refusals if r.rule == "DS005")
+    assert reasons == ["target [0, 32, -1] stays valid when the input changes (1x64x32x32 -> 2x64x64x64)",
+                       # the Reshape back to Shape(x)
+                       "target [1, 64, 32, 32] holds no constant size: each entry is 0, -1 or computed from shapes"]
+    for shape in [(2, 3, 64, 64), (1, 3, 48, 80), (3, 3, 96, 32)]:
+        MR.assert_matches_eager(model, net, shape)
+
+
+def test_a_window_count_that_splits_the_windows_axis_is_still_reported() -> None:
+    # the positive beside the GroupNorm negative: [-1, nW0, 16, C] splits the axis of the groups
+    # (which follows the image); the GroupNorm's [0, G, -1] splits the channels
+    report = check_model(M.window_count_int(), export_shape={"x": (1, 6, 8, 8)})
+    (finding,) = _ds005(report)
+    assert finding.baked_value == {"1": 4} and not finding.fixable
+
+
+@pytest.mark.parametrize(("dims", "resolved", "entry", "axis", "within"), [
+    ((1, 64, 32, 32), [1, 32, 2048], 1, 3, False),  # GroupNorm(32, 64): the 32 splits the channels
+    ((1, 64, 32, 32), [1, 32, 2048], 1, 1, True),
+    ((64, 2, 49, 49), [1, 64, 2, 49, 49], 1, 0, True),  # attn.view(-1, nW, nh, N, N): splits the windows
+    ((4, 16, 128), [1, 4, 4, 128], 1, 0, False),  # HF Swin window_reverse: [-1, ws, ws, C] splits the tokens
+    ((4, 16, 128), [1, 4, 4, 128], 1, 1, True),
+])
+def test_within(dims: tuple[int, ...], resolved: list[int], entry: int, axis: int, within: bool) -> None:
+    from dynashape.rules.reshape import _within
+
+    assert _within(dims, resolved, entry, axis) is within
+
+
+@pytest.mark.torch
+def test_torch_computed_targets_are_left_alone() -> None:
+    # Mask2Former's decoder: nn.MultiheadAttention views its output as (tgt_len * bsz, embed_dim),
+    # both computed from Shape, and the hand-written step as (q_len * bsz, self.embed_dim): at
+    # batch 1 the regrouping looks like a frozen batch, but the computed entry follows the batch.
+    # Rewriting it to [10, -1] broke batch 2; it must stay as exported.
+    MR = _torch_models()
+    net = MR.QueryDecoder().eval()
+    model = MR.export(net, TORCH_S0["x"])
+    report = check_model(model, export_shape=TORCH_S0)
+    rewritten = {f.node for f in _ds005(report)}
+    computed = [n for n in model.graph.node if n.op_type == "Reshape" and n.input[1] not in
+                {t.name for t in model.graph.initializer} and n.name not in rewritten]
+    fixed = {n.name: list(n.input) for n in report.fixed_model.graph.node}
+    assert computed and all(fixed[n.name] == list(n.input) for n in computed)
+    # what is rewritten are the key/value views with the memory length frozen (entry 0), their
+    # computed entries kept
+    for f in _ds005(report):
+        assert f.fixable and f.details["plan"]["copies"] == [0] and f.details["plan"]["live"] == [1, 2]
+    assert_models_equivalent(model, report.fixed_model, TORCH_S0)
+    for shape in [(2, 3, 64, 64), (3, 3, 64, 64), (2, 3, 48, 80)]:
+        MR.assert_matches_eager(report.fixed_model, net, shape)
+
+
+@pytest.mark.torch
+def test_torch_a_frozen_entry_beside_a_computed_one_is_rebuilt() -> None:
+    # view(x.shape[0] * x.shape[1], int(h) * int(w)): the computed entry is kept (gathered from
+    # the old target), the frozen product is rebuilt from Shape
+    MR = _torch_models()
+    net = MR.RowSoftmax().eval()
+    model = MR.export(net, TORCH_S0["x"])
+    assert not _matches_eager(model, net, (3, 3, 96, 96))
+    report = check_model(model, export_shape=TORCH_S0)
+    (finding,) = _ds005(report)
+    assert finding.details["plan"] == {"kind": "shape", "copies": [], "products": {"1": [2, 3]}, "live": [0]}
+    assert_models_equivalent(model, report.fixed_model, TORCH_S0)
+    for shape in [(2, 3, 64, 64), (3, 3, 96, 96), (2, 3, 48, 80)]:
+        MR.assert_matches_eager(report.fixed_model, net, shape)
+
+
+@pytest.mark.torch
+def test_torch_clipseg_decoder_view_is_rebuilt_from_the_patch_grid() -> None:
+    # transformers' CLIPSeg: view(batch, reduce_dim, size, size) with size = int(math.sqrt(n));
+    # refused before ("match no input dim"), so every size but the export size failed
+    pytest.importorskip("transformers")
+    MR = _torch_models()
+    net = MR.ClipSegFromConfig().eval()
+    s0 = {"x": (1, 3, 64, 64)}
+    model = MR.export(net, s0["x"])
+    assert not _matches_eager(model, net, (1, 3, 96, 96))
+    report = check_model(model, export_shape=s0)
+    (finding,) = _ds005(report)
+    assert finding.fixable and finding.details["plan"]["kind"] == "earlier"
+    assert sorted(finding.details["plan"]["axes"]) == ["2", "3"]
+    assert_models_equivalent(model, report.fixed_model, s0)
+    for shape in [(2, 3, 64, 64), (1, 3, 96, 96), (2, 3, 128, 128)]:
+        MR.assert_matches_eager(report.fixed_model, net, shape)

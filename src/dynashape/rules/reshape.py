@@ -9,7 +9,7 @@ product of dynamic dims becomes ``-1``; when that is not expressible the target 
 The target is often only partly frozen: the dynamo exporter builds it with ``Concat`` from sizes
 it computes and constants where Python turned a size into an int (Swin's
 ``B = int(windows.shape[0] / (H * W / ws / ws))``: ``[1, H/ws, W/ws, ws, ws, -1]``). Computed
-entries stay computed in the rewrite; only the frozen ones are replaced. Three signatures:
+entries stay computed in the rewrite; only the frozen ones are replaced. Four signatures:
 
 * **a copy or a product**: a frozen entry equal to the export-time size of a dynamic input dim in
   the same place, or to the product of a run of input dims (one of them dynamic and not 1).
@@ -27,21 +27,34 @@ entries stay computed in the rewrite; only the frozen ones are replaced. Three s
   spatial axes alone. A value that is also a static dim of the input (the channels) is read as
   that dim. Reported, not rewritten: the tensor this feeds is usually joined with a constant of
   the same frozen size (the shifted-window attention mask), which no rewrite of the reshape can
-  regenerate.
+  regenerate. The entry must split that axis at the export shape: GroupNorm(32, C)'s
+  ``[0, 32, -1]`` on a map 32 pixels wide splits the channels, and is right at every size.
+* **an earlier tensor's shape**: ``t.view(b, c, h * w)``, attention, ``.view(b, c, h, w)``: the
+  frozen entries are the export-time sizes of the map the tokens came from, not of the reshape's
+  input. They are gathered from ``Shape`` of the nearest tensor upstream whose axes give a
+  target that holds at the second probe shape and with the batch and each spatial axis moved
+  alone.
+
+Entries are frozen only where the graph holds them as constants: an entry computed from
+``Shape`` (``view(tgt_len * bsz, embed_dim)`` in multi-head attention) is never replaced, even
+where the two probes give it the same value or it regroups axes at the second shape.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections import deque
+from collections.abc import Iterator
 
 import numpy as np
 import onnx_ir as ir
 
-from dynashape.analysis import Context, const_i64, fmt, is_descendant
+from dynashape.analysis import Context, const_i64, fmt, is_descendant, origin_of
 from dynashape.findings import Finding, Refusal
 from dynashape.probe import Probe
 from dynashape.rules.base import Rule, new_name
+from dynashape.shapes import ShapeMap
 
 Dims = tuple[int, ...]
 
@@ -119,8 +132,13 @@ class FrozenReshapeTarget(Rule):
         dynamic = [i for i in range(len(x0)) if x0[i] != x1[i]]
         if not dynamic:
             return self.refuse(node, "its input does not change with the input size")
-        live = [i for i in range(len(t0)) if t0[i] != t1[i]]  # entries computed from shapes
-        frozen = [i for i in range(len(t0)) if t0[i] == t1[i] and t0[i] not in (0, -1)]
+        # entries computed in the graph (from Shape, or from data) stay computed, even where the
+        # two probes give them the same value (a batch frozen upstream); only constants are frozen
+        computed = _computed_entries(ctx, target, len(t0)) if target is not None else set()
+        live = [i for i in range(len(t0)) if t0[i] != t1[i] or i in computed]
+        frozen = [i for i in range(len(t0)) if i not in live and t0[i] not in (0, -1)]
+        if not frozen:
+            return self.refuse(node, f"target {t0} holds no constant size: each entry is 0, -1 or computed from shapes")
         fails_at_s1 = not _reshape_ok(x1, t1, allowzero)
 
         copies, products = _candidates(x0, dynamic, t0, frozen)
@@ -146,15 +164,21 @@ class FrozenReshapeTarget(Rule):
                     plan = {"kind": "regroup", "entries": regroup["entries"], "live": live}
         extents: dict[int, int] = {}
         if not plan:
-            extents = _spatial_extents(ctx, x, x0, dynamic, t0, frozen)
+            extents = _spatial_extents(ctx, x, x0, dynamic, t0, frozen, allowzero)
+        earlier: dict = {}
+        if not plan and not extents and (fails_at_s1 or _regroups(x0, x1, t0, t1, allowzero)):
+            earlier = _earlier_plan(ctx, node, x0, t0, frozen, allowzero)
+            if earlier:
+                plan = {**earlier, "live": live}
         moves = bool(regroup) or (bool(extents) and -1 in t1 and not fails_at_s1)
         if not fails_at_s1 and not silent and not moves:
             return self.refuse(node, f"target {t0} stays valid when the input changes ({fmt(x0)} -> {fmt(x1)})")
-        if not (copies or products or regroup or extents):
+        if not (copies or products or regroup or extents or earlier):
             baked: dict[str, int] | list[int] = t0
             where = ""
         else:
-            entries = sorted(set(copies) | set(products) | {int(k) for k in regroup.get("frozen", [])} | set(extents))
+            entries = sorted(set(copies) | set(products) | {int(k) for k in regroup.get("frozen", [])} | set(extents)
+                             | {int(k) for k in earlier.get("axes", {})})
             baked = {str(i): t0[i] for i in entries}
             where = " at entries " + ", ".join(str(i) for i in entries)
         what = "fails" if fails_at_s1 else "silently mixes axes"
@@ -162,6 +186,9 @@ class FrozenReshapeTarget(Rule):
         if regroup:
             why = (f"; at the export shape it regroups the input axes in blocks {regroup['blocks_s0']}, which "
                    f"no longer hold at input {fmt(x1)}")
+        elif earlier:
+            why = (f"; the entries are the export-time sizes of an earlier tensor {earlier['tensor']!r} "
+                   f"({fmt(earlier['dims_s0'])}), which follow the input")
         elif extents:
             why = "; " + ", ".join(
                 f"entry {i} ({t0[i]}) is the export-time size per batch item of input axis {k}, which follows "
@@ -179,6 +206,34 @@ class FrozenReshapeTarget(Rule):
             fix=(_describe(plan) if plan else _no_plan_text(extents, ctx.p1 if upstream_failure else None)),
             details={"plan": plan, "target_s0": t0, "valid_at_s1": not fails_at_s1},
         )
+
+    def _rewrite_from_earlier(self, ctx: Context, node: ir.Node, plan: dict, t0: list[int]) -> str:
+        """Entries from ``Shape`` of the earlier tensor, computed entries kept, the rest as they were."""
+        graph = ctx.model.graph
+        old_target = node.inputs[1]
+        source = next((v for v in _ancestors(node.inputs[0]) if v.name == plan["tensor"]), None)
+        assert source is not None and old_target is not None
+        shape = ir.node("Shape", [source], name=new_name(graph, f"{node.name}_shape_of_earlier"))
+        new_nodes = [shape]
+        pieces: list[ir.Value] = []
+        axes = {int(k): int(a) for k, a in plan["axes"].items()}
+        live = set(plan.get("live", []))
+        for i, v in enumerate(t0):
+            if i in axes or i in live:
+                src, at = (shape.outputs[0], axes[i]) if i in axes else (old_target, i)
+                g = ir.node("Gather", [src, const_i64(graph, f"{node.name}_i{i}", [at])], attributes={"axis": 0},
+                            name=new_name(graph, f"{node.name}_dim{i}" if i in axes else f"{node.name}_keep{i}"))
+                new_nodes.append(g)
+                pieces.append(g.outputs[0])
+            else:
+                pieces.append(const_i64(graph, f"{node.name}_c{i}", [v]))
+        cat = ir.node("Concat", pieces, attributes={"axis": 0}, name=new_name(graph, f"{node.name}_target"))
+        new_nodes.append(cat)
+        for n in new_nodes:
+            n.outputs[0].name = f"{n.name}_output"
+        graph.insert_before(node, new_nodes)
+        node.replace_input_with(1, cat.outputs[0])
+        return f"{node.name}: target entries {sorted(axes)} of {t0} from Shape({plan['tensor']}) (axes {axes})"
 
     def shadows_downstream(self, finding: Finding) -> bool:
         # a reshape that runs at the second shape but mixes axes hands on consistent wrong shapes
@@ -204,6 +259,8 @@ class FrozenReshapeTarget(Rule):
         if plan["kind"] == "shape":
             shape = ir.node("Shape", [x], name=new_name(graph, f"{node.name}_shape_in"))
             new_nodes.append(shape)
+        elif plan["kind"] == "earlier":
+            return self._rewrite_from_earlier(ctx, node, plan, t0)
         pieces: list[ir.Value] = []
         products = {int(k): v for k, v in plan.get("products", {}).items()}
         entries = {int(k): int(v) for k, v in plan.get("entries", {}).items()}
@@ -241,6 +298,124 @@ class FrozenReshapeTarget(Rule):
         if plan["kind"] == "regroup":
             return f"{node.name}: target entries {entries} set, the computed ones kept"
         return f"{node.name}: target {t0} -> built from Shape({x.name})"
+
+
+def _earlier_plan(ctx: Context, node: ir.Node, x0: Dims, t0: list[int], frozen: list[int], allowzero: bool) -> dict:
+    """Frozen entries that are the export-time sizes of an *earlier* tensor: ``t.view(b, c, h * w)``,
+    attention, then ``.view(b, c, h, w)`` back to the shape of ``t``. The rewrite gathers them from
+    ``Shape`` of that tensor.
+
+    Candidates are the tensors the reshape's input is computed from, nearest first. An entry may
+    be any dynamic axis of the candidate with its export-time size, or stay constant; an
+    assignment holds when the rebuilt target reshapes the input at every probe shape (the second
+    shape, the batch moved alone, each spatial axis moved alone) without regrouping its axes
+    differently from the export shape. Among those that hold, the ones keeping the candidate's
+    axis order, then the most in the same place, then the fewest changes; where two of them
+    disagree at some probe (a square export leaves h and w interchangeable), nothing is
+    rewritten. {} when no candidate holds."""
+    x, target = node.inputs[0], node.inputs[1]
+    views: list[tuple[Probe, Dims, list[int]]] = []
+    for probe in _moved_probes(ctx):
+        x_at, t_at = ctx.dims(x, probe), ctx.value(target, probe)
+        if _fails_upstream(ctx, probe, x) or x_at is None or t_at is None or any(d is None for d in x_at):
+            return {}
+        views.append((probe, tuple(int(d or 0) for d in x_at), [int(v) for v in np.atleast_1d(t_at)]))
+    for cand in _ancestors(x):
+        known = [ctx.dims(cand, probe) for probe in (ctx.p0, *(v[0] for v in views))]
+        if any(d is None or len(d) != len(known[0] or ()) or any(k is None for k in d) for d in known):
+            continue
+        c0, *cps = [tuple(int(k or 0) for k in d or ()) for d in known]
+        dyn = [a for a in range(len(c0)) if any(cp[a] != c0[a] for cp in cps)]
+        options = [[None, *(a for a in dyn if c0[a] == t0[i])] for i in frozen]
+        if all(len(o) == 1 for o in options) or math.prod(len(o) for o in options) > 1024:
+            continue
+        valid: list[tuple[tuple[bool, int, int], dict[int, int], list[list[int]]]] = []
+        for combo in itertools.product(*options):
+            assign = {i: a for i, a in zip(frozen, combo) if a is not None}
+            if not assign:
+                continue
+            resolved = []
+            for (_, xp, tp), cp in zip(views, cps):
+                trial = [cp[assign[i]] if i in assign else v for i, v in enumerate(tp)]
+                r = _resolve(xp, trial, allowzero)
+                if r is None or _regroups(x0, xp, t0, trial, allowzero):
+                    break
+                resolved.append(r)
+            else:
+                axes = [assign[i] for i in sorted(assign)]
+                key = (axes == sorted(axes), sum(i == a for i, a in assign.items()), -len(assign))
+                valid.append((key, assign, resolved))
+        if not valid:
+            continue
+        best = max(key for key, _, _ in valid)
+        top = [(assign, resolved) for key, assign, resolved in valid if key == best]
+        if any(resolved != top[0][1] for _, resolved in top):
+            return {}
+        return {"kind": "earlier", "tensor": cand.name, "dims_s0": list(c0),
+                "axes": {str(i): a for i, a in sorted(top[0][0].items())}}
+    return {}
+
+
+def _ancestors(value: ir.Value | None, limit: int = 256) -> Iterator[ir.Value]:
+    """The tensors ``value`` is computed from (itself first), nearest first; constants and
+    shape computations (``Shape`` and what it feeds) are not tensors of the model."""
+    if value is None:
+        return
+    queue: deque[ir.Value] = deque([value])
+    seen = {id(value)}
+    while queue and limit > 0:
+        v = queue.popleft()
+        limit -= 1
+        yield v
+        producer = v.producer()
+        if producer is None or producer.op_type in ("Shape", "Size", "Constant"):
+            continue
+        for i in producer.inputs:
+            if i is not None and i.const_value is None and id(i) not in seen:
+                seen.add(id(i))
+                queue.append(i)
+
+
+def _moved_probes(ctx: Context) -> list[Probe]:
+    """The second probe shape, then S0 with the batch moved alone, then with each other dynamic
+    axis moved alone (to the sizes of the second shape)."""
+    groups: dict[int, ShapeMap] = {}
+    for info in ctx.inputs:
+        if info.name not in ctx.s0:
+            continue
+        for a in info.dynamic_axes:
+            moved = groups.setdefault(a, {k: tuple(v) for k, v in ctx.s0.items()})
+            dims = list(moved[info.name])
+            dims[a] = ctx.s1[info.name][a]
+            moved[info.name] = tuple(dims)
+    probes = [ctx.p1]
+    if len(groups) > 1:
+        probes += [ctx.prober.at(groups[a]) for a in sorted(groups)]
+    return probes
+
+
+def _computed_entries(ctx: Context, target: ir.Value, n: int) -> set[int]:
+    """The entries of a reshape target that the graph computes (from ``Shape``, or from data)
+    rather than holds as constants, read from the graph's structure: a ``Concat`` of pieces is
+    read piece by piece (the legacy exporter's ``[Unsqueeze(Gather(Shape)), 8, -1]``), anything
+    else as a whole."""
+    if target.const_value is not None:
+        return set()
+    producer = target.producer()
+    if producer is not None and producer.op_type == "Concat" and producer.domain in ("", "ai.onnx"):
+        computed: set[int] = set()
+        at = 0
+        for piece in producer.inputs:
+            value = ctx.value(piece, ctx.p0) if piece is not None else None
+            if piece is None or value is None:
+                break
+            size = int(np.asarray(value).size)
+            computed.update(at + i for i in _computed_entries(ctx, piece, size))
+            at += size
+        else:
+            if at == n:
+                return computed
+    return set() if origin_of(target).kind == "constant" else set(range(n))
 
 
 def _candidates(
@@ -340,20 +515,29 @@ def _regroup_plan(x0: Dims, x1: Dims, t0: list[int], t1: list[int], frozen: list
     """The exact rewrite of a regrouping that moves with the input size, or {} when there is none.
 
     The smallest change that keeps the target at the export shape and stops the regrouping at
-    S1: one frozen entry becomes -1 (it stood for a size that grows, like the batch), and a -1 or
-    a computed entry that took up what it should not have gets its export-time value. Computed
-    entries of size 1 at the export shape are never fixed (a 1 may belong to any block). When two
-    different changes of the same size would do, nothing is rewritten."""
+    S1: one frozen entry becomes -1 (it stood for a size that grows, like the batch), and a -1
+    that took up what it should not have gets its export-time value. An entry computed from
+    shapes keeps being computed (``view(tgt_len * bsz, embed_dim)`` in multi-head attention
+    rightly merges the batch into the queries), except next to a frozen copy of a dynamic input
+    axis in place (``b = int(...)``, the batch) that becomes -1, where the computed entry is at
+    the export shape (a part of) an input axis that does not change and yet its value changes:
+    the dynamo exporter writes the ``-1`` of ``reshape(b, H, W, -1)`` as ``numel // (b * H * W)``,
+    which with ``b`` frozen takes up the batch. When two different changes of the same size would
+    do, nothing is rewritten."""
     r0 = _resolve(x0, t0, allowzero)
     if r0 is None or not _regroups(x0, x1, t0, t1, allowzero):
         return {}
     to_minus = [None, *frozen]
-    to_const = [j for j in range(len(t0)) if t0[j] == -1 or (t1[j] != t0[j] and r0[j] > 1)]
+    static = [k for k in range(len(x0)) if x0[k] == x1[k]]
+    in_place = {i for i in frozen if i < len(x0) and x0[i] == t0[i] and x0[i] != x1[i]}
+    polluted = {j for j in range(len(t0))
+                if t1[j] != t0[j] and r0[j] > 1 and any(_within(x0, r0, j, k) for k in static)}
+    to_const = [j for j in range(len(t0)) if t0[j] == -1 or j in polluted]
     best: list[tuple[dict[str, int], list[int]]] = []
     for size in range(1, len(to_const) + 2):
         for minus in to_minus:
             for fixed in itertools.combinations(to_const, size - (minus is not None)):
-                if minus in fixed:
+                if minus in fixed or (minus not in in_place and polluted.intersection(fixed)):
                     continue
                 entries = {str(j): r0[j] for j in fixed}
                 if minus is not None:
@@ -379,10 +563,14 @@ def _regroup_plan(x0: Dims, x1: Dims, t0: list[int], t1: list[int], frozen: list
 
 
 def _spatial_extents(
-    ctx: Context, x: ir.Value | None, x0: Dims, dynamic: list[int], t0: list[int], frozen: list[int]
+    ctx: Context, x: ir.Value | None, x0: Dims, dynamic: list[int], t0: list[int], frozen: list[int],
+    allowzero: bool,
 ) -> dict[int, int]:
     """Frozen entries equal to a dynamic input axis's export-time size per batch item, where that
-    axis follows a spatial input axis: entry -> input axis."""
+    axis follows a spatial input axis, and that split that axis at the export shape: entry ->
+    input axis. An entry that splits another axis only has the same value by coincidence:
+    GroupNorm(32, C)'s ``[0, 32, -1]`` splits the channels, whatever the width (32 at export)
+    is."""
     # a value that is also a static dim of the input (the channels) is read as that dim
     static = {x0[k] for k in range(len(x0)) if k not in dynamic}
     wanted = [i for i in frozen if t0[i] > 1 and t0[i] not in static and not (i < len(x0) and t0[i] == x0[i])]
@@ -411,12 +599,24 @@ def _spatial_extents(
             size //= b0
         if size > 1:
             per_item[k] = size
+    r0 = _resolve(x0, t0, allowzero)
     found: dict[int, int] = {}
     for i in wanted:
-        axes = [k for k, size in per_item.items() if size == t0[i] and k != i]
+        axes = [k for k, size in per_item.items()
+                if size == t0[i] and k != i and r0 is not None and _within(x0, r0, i, k)]
         if axes:
             found[i] = axes[0]
     return found
+
+
+def _within(dims: Dims, resolved: list[int], entry: int, axis: int) -> bool:
+    """Does output ``entry`` of the reshape ``dims`` -> ``resolved`` take its elements from
+    input ``axis`` alone (it is that axis, or a part of it)? In row-major order, the entry spans
+    the strides from ``prod(resolved[entry + 1:])`` up to ``prod(resolved[entry:])``, the axis
+    those from ``prod(dims[axis + 1:])`` up to ``prod(dims[axis:])``."""
+    inner, outer = math.prod(resolved[entry + 1:]), math.prod(resolved[entry:])
+    axis_inner, axis_outer = math.prod(dims[axis + 1:]), math.prod(dims[axis:])
+    return inner % axis_inner == 0 and axis_outer % outer == 0
 
 
 def _fails_upstream(ctx: Context, probe: Probe, value: ir.Value | None) -> bool:
@@ -476,6 +676,9 @@ def _product_run(dims: Dims, dynamic: list[int], value: int) -> list[int] | None
 
 
 def _describe(plan: dict) -> str:
+    if plan["kind"] == "earlier":
+        return (f"build target entries {', '.join(plan['axes'])} from Shape({plan['tensor']}) "
+                f"(axes {', '.join(str(a) for a in plan['axes'].values())}), keeping the other entries")
     if plan["kind"] == "const":
         return f"use target {plan['target']} (0 copies the input dim, -1 infers it)"
     if plan["kind"] == "regroup":
