@@ -284,13 +284,17 @@ def test_torch_resize_to_k_times_its_own_input_becomes_scales() -> None:
 
 
 @torch_only
-@pytest.mark.xfail(strict=False, reason="needs the export shape recovered from the graph (exportshape.py)")
-def test_torch_resize_to_k_times_its_own_input_without_the_export_shape() -> None:
+def test_torch_resize_to_k_times_its_own_input_without_the_export_shape_asks_for_it() -> None:
+    # a lone resize to twice its own input pins nothing: 128x192 is 2 x 64x96 or 4 x 32x48 alike.
+    # check must say it cannot rewrite without S0 and ask for it, never guess a factor
     net = _modules()["OwnTimesTwo"]().eval()
     model = _export(net, (1, 3, 64, 96))
     report = check_model(model)
-    assert [f.fixable for f in _ds002(report)] == [True]
-    _assert_matches_eager(report.fixed_model, net, EAGER_SHAPES)
+    assert report.export_shape_source == "unknown"
+    (finding,) = _ds002(report)
+    assert not finding.fixable and "export shape" in finding.fix
+    assert report.applied == []
+    assert any("--export-shape" in note for note in [report.export_shape_note, *report.notes])
 
 
 @torch_only

@@ -138,7 +138,13 @@ def _check_model(
         findings.extend(found)
         refusals.extend(refused)
         applied.extend(rewrites)
-    es.note = _export_shape_verdict(es, findings, rules if rules is not None else DEFAULT_RULES, prober)
+    unanalysable = _unknown_and_inconsistent(es, prober, graph_inputs(work))
+    if unanalysable is not None:
+        findings.append(unanalysable)
+        scan_lattice = False  # a lattice around a size the graph fails at says nothing
+        es.note += "; needed: the graph fails at every size tried, so the rules could not look at it"
+    else:
+        es.note = _export_shape_verdict(es, findings, rules if rules is not None else DEFAULT_RULES, prober)
     fixed = ctx.proto
     if applied:  # unrewritten, it is the input (and the checker costs ~0.2 s on a 100 MB model)
         onnx.checker.check_model(fixed)
@@ -204,6 +210,11 @@ def _run_rule(
                     f"--export-shape {_shape_example(ctx.inputs)} (the sizes it was exported at) or the PyTorch "
                     f"module with --torch. It would {result.fix}"
                 )
+            elif rule.needs_export_shape and export_shape_guessed and not result.fixable:
+                result.fix = (
+                    "not rewritten: the export shape is unknown and this rule matches baked constants against "
+                    f"it; give it with --export-shape (at the placeholder size: {result.fix})"
+                )
             if result.fixable and (rule.id, result.node) in exclude:
                 result.fixable = False
                 result.fix = f"not rewritten: {exclude[(rule.id, result.node)]}. It would {result.fix}"
@@ -244,6 +255,26 @@ def _export_shape_verdict(es: ExportShape, findings: list[Finding], rules: list[
     return (f"{note}; {len(blocked)} finding(s) of {ids} could not be rewritten without it: give it with "
             f"--export-shape {_shape_example(graph_inputs(prober.model))} (the sizes it was exported at) "
             "or the PyTorch module with --torch")
+
+
+def _unknown_and_inconsistent(es: ExportShape, prober: Prober, inputs: list[InputInfo]) -> Finding | None:
+    """With S0 unknown the rules look at a placeholder size; when the graph fails there (and at
+    every size tried) they see nothing, and 'no hazards' would be a clean bill for a model that
+    runs at one size only. That is an error finding of its own."""
+    if es.known:
+        return None
+    failure = prober.at(es.shapes).failure
+    if failure is None:
+        return None
+    return Finding(
+        rule="DS003", severity="error", node=failure.node or "", op=failure.op or "", detected_by="lattice",
+        message=(f"the graph fails at {format_shapes(es.shapes)} ({failure}) and at every other size tried, "
+                 "and no baked constant pins the size it was exported at: it may hold at that size only, "
+                 "and the rules could not look at it"),
+        fixable=False, breaks_at=f"{format_shapes(es.shapes)} and the other sizes tried",
+        fix=(f"give the export shape with --export-shape {_shape_example(inputs)} (or the PyTorch module with "
+             "--torch) and check again"),
+    )
 
 
 def _shape_example(inputs: list[InputInfo]) -> str:
