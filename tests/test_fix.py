@@ -8,10 +8,10 @@ import onnx
 import onnx_ir as ir
 import pytest
 
+from dynashape.analysis import Context, const_i64
 from dynashape.backends.ort import run_model
 from dynashape.demo import demo_onnx_path
 from dynashape.errors import DynashapeError
-from dynashape.analysis import Context, const_i64
 from dynashape.findings import Finding, Refusal
 from dynashape.fix import fix_model, pad_wrap, proof_shapes, write_fixed
 from dynashape.model import load_model
