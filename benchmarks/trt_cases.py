@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--others", default="1x3x320x320,1x3x224x352,1x3x384x256,2x3x256x256")
     p = sub.add_parser("run")
     p.add_argument("dir")
+    p.add_argument("--models", help="comma-separated subset of DIR's models (default: all)")
     p.add_argument("--json")
     args = ap.parse_args(argv)
     if args.cmd == "save":
@@ -185,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results = []
     cache = Path(args.dir) / "timing.cache"
+    wanted = set(args.models.split(",")) if args.models else None
     for model_dir in sorted(p for p in Path(args.dir).iterdir() if p.is_dir()):
+        if wanted is not None and model_dir.name not in wanted:
+            continue
         print(f"{model_dir.name} ...", flush=True)
         try:
             results.append(run_model_dir(model_dir, cache))
