@@ -7,12 +7,13 @@ import importlib.util
 import models as M
 import models_reports as MR
 import models_slicing as MS
+import models_window as MW
 import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
 
-from dynashape.backends.ort import run_model
+from dynashape.backends.ort import RunError, run_model
 from dynashape.check import check_model
 from dynashape.testing import assert_models_equivalent
 
@@ -222,3 +223,101 @@ def test_torch_pad_to_multiple_matches_eager(name: str) -> None:
         got = next(iter(run_model(report.fixed_model, {"input": x}).values()))
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------------------------- window padding
+
+# map 64 (S0 256) -> pads 6; at these sizes the formula holds and eager runs: maps 56 (no pad),
+# 80 (pad 4), 48x72 (pads 1 and 5), 60 (pad 3), 25x19, and batch 2
+WINDOW_SHAPES = [(1, 3, 224, 224), (1, 3, 320, 320), (1, 3, 192, 288), (1, 3, 240, 240), (2, 3, 256, 256),
+                 (1, 3, 100, 76)]
+
+
+def _window_check(export: tuple[int, ...] = (1, 3, 256, 256), **kw):  # type: ignore[no-untyped-def]
+    from dynashape.export import export_module
+
+    net = MW.window_block(**kw)
+    exported = export_module(net, {"input": export}, exporter="legacy")
+    return net, exported.model, check_model(exported.model, export_shape={"input": export})
+
+
+def _refusal(report, rule: str, op: str) -> str:  # type: ignore[no-untyped-def]
+    (reason,) = [r.reason for r in report.refusals if r.rule == rule and r.node.split("/")[-1].startswith(op)]
+    return reason
+
+
+@pytest.mark.parametrize(("export", "shift", "pads"), [
+    pytest.param((1, 3, 256, 256), 0, [0, 0, 0, 0, 0, 6, 6, 0], id="square", marks=requires_torch),
+    pytest.param((1, 3, 256, 224), 3, [0, 0, 0, 0, 0, 6, 0, 0], id="shifted-one_axis_not_padded",
+                 marks=requires_torch),
+])
+def test_swin_window_pad_and_crop_are_rebuilt_and_match_eager(export: tuple[int, ...], shift: int,
+                                                              pads: list[int]) -> None:
+    # HF SwinLayer.maybe_pad + window partition + crop, with the sizes as Python ints: the pads
+    # (to a multiple of the window 7, read from the partition reshape) and the crop ends are frozen
+    net, model, report = _window_check(export, sizes="int", shift=shift)
+    (f,) = _by_rule(report, "DS013")
+    assert (f.op, f.fixable, f.details["pads_s0"]) == ("Pad", True, pads)
+    assert {a: (r["kind"], r["multiple"], r["style"]) for a, r in f.details["rebuilt"].items()} == {
+        "1": ("multiple", 7, "end"), "2": ("multiple", 7, "end")}
+    assert all(r["consumer"].startswith("the window partition Reshape") for r in f.details["rebuilt"].values())
+    assert "axis 1: 0 + 6 = (7 - 64 mod 7) mod 7, rounding up to a multiple of 7 for the window partition" in f.message
+    crops = _by_rule(report, "DS014")
+    assert len(crops) == 2 and all(c.fixable for c in crops)
+    assert sorted(report.applied)[0].endswith("on axes [1, 2]")
+    assert_models_equivalent(model, report.fixed_model, {"input": export})
+    for shape in WINDOW_SHAPES:
+        x, want = _eager(net, shape)
+        got = next(iter(run_model(report.fixed_model, {"input": x}).values()))
+        assert got.shape == want.shape, shape
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    with pytest.raises(RunError):  # as exported it fails off the export size
+        run_model(model, {"input": _eager(net, (1, 3, 240, 240))[0]})
+
+
+@pytest.mark.parametrize("_", [pytest.param(0, marks=requires_torch)], ids=["torch"])
+def test_window_pad_not_the_multiple_completion_is_left_alone(_: int) -> None:
+    # taken at S0 (13 rows), before a partition into windows of 7, but not (7 - 64 mod 7) mod 7 = 6
+    _, _, report = _window_check(sizes="int", pad="plus_window")
+    assert _by_rule(report, "DS013") == []
+    reason = _refusal(report, "DS013", "Pad")
+    assert "add 13 on axis 1 (size 64) before the window partition Reshape" in reason
+    assert "(windows of 7), not the (7 - 64 mod 7) mod 7 = 6" in reason
+
+
+@pytest.mark.parametrize("_", [pytest.param(0, marks=requires_torch)], ids=["torch"])
+def test_window_pad_not_taken_at_the_export_shape_is_left_to_ds009(_: int) -> None:
+    # 224 -> map 56, a multiple of 7: the pads are zero and the crop (`if pad > 0`) is absent
+    _, _, report = _window_check((1, 3, 224, 224), sizes="int")
+    assert _by_rule(report, "DS013") == [] and _by_rule(report, "DS014") == []
+    assert "are zero at the export shape: axis 1 (56) is already a multiple of the window 7" in \
+        _refusal(report, "DS013", "Pad")
+    assert report.applied == []
+
+
+@pytest.mark.parametrize("_", [pytest.param(0, marks=requires_torch)], ids=["torch"])
+def test_window_pad_computed_from_shape_is_not_rewritten(_: int) -> None:
+    # exactly as HF writes it (sizes from x.shape): traced, right at every size where the branch
+    # taken at S0 (it padded, so it crops) is taken
+    net, model, report = _window_check(sizes="tensor")
+    assert _by_rule(report, "DS013") == [] and _by_rule(report, "DS014") == []
+    assert _refusal(report, "DS013", "Pad") == ("its pads are computed from the input size (up to a multiple of the "
+                                                "window of the window partition Reshape '/Reshape_2') and are right "
+                                                "at other sizes")
+    assert [f.rule for f in report.findings if f.op == "Pad"] == ["DS009"]
+    for shape in WINDOW_SHAPES[2:5]:
+        x, want = _eager(net, shape)
+        np.testing.assert_allclose(next(iter(run_model(model, {"input": x}).values())), want, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("_", [pytest.param(0, marks=requires_torch)], ids=["torch"])
+def test_fixed_pad_before_window_attention_is_not_rewritten(_: int) -> None:
+    # F.pad(x, (1, 1, 1, 1)) before the patch embedding, windows of 8 on maps that divide:
+    # a genuinely constant pad, right at every size
+    net, _, report = _window_check(sizes="int", pad="fixed", window=8)
+    assert [f.rule for f in report.findings if f.op in ("Pad", "Slice")] == []
+    assert "are not the remainder that rounds a dynamic axis" in _refusal(report, "DS013", "Pad")
+    for shape in [(1, 3, 224, 224), (1, 3, 192, 288), (2, 3, 256, 256)]:
+        x, want = _eager(net, shape)
+        np.testing.assert_allclose(next(iter(run_model(report.fixed_model, {"input": x}).values())), want,
+                                   atol=1e-4, rtol=0)

@@ -6,6 +6,7 @@ import importlib.util
 
 import models as M
 import models_slicing as MS
+import models_window as MW
 import numpy as np
 import onnx
 import pytest
@@ -303,6 +304,50 @@ def test_torch_crops_fix_is_proven_and_matches_eager(name: str, export: tuple[in
     assert result.export_proof is not None and result.export_proof.status == "ok"
     assert result.other_proofs and all(p.status == "ok" for p in result.other_proofs)
     _matches_eager(net, result.fixed, [(1, 3, 64, 64), (2, 3, 33, 47), (1, 3, 100, 101)])
+
+
+def _window_check(**kw):  # type: ignore[no-untyped-def]
+    from dynashape.export import export_module
+
+    net = MW.window_block(sizes="int_all", **kw)
+    exported = export_module(net, {"input": (1, 3, 256, 256)}, exporter="legacy")
+    return exported.model, check_model(exported.model, export_shape={"input": (1, 3, 256, 256)})
+
+
+def _value_at(model: onnx.ModelProto, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """``name`` computed from the input alone (the nodes after it may fail at ``shape``)."""
+    from onnx.utils import Extractor
+
+    sub = Extractor(onnx.shape_inference.infer_shapes(model)).extract_model(["input"], [name])
+    x = np.zeros(shape, np.float32)
+    return next(iter(run_model(sub, {"input": x}).values()))
+
+
+@pytest.mark.parametrize("_", [pytest.param(0, marks=requires_torch)], ids=["torch"])
+def test_crop_back_after_window_attention_with_frozen_reshapes(_: int) -> None:
+    # Swin with every size a Python int: the window-partition reshapes hold 10 and 70 (DS005's),
+    # so the crop's input looks fixed at S1 (70); the crop end 64 is the size of the Pad's input
+    model, report = _window_check()
+    crops = _by_rule(report, "DS014")
+    assert [(e["which"], e["axis"], e["value"], e["pad"]) for c in crops for e in c.details["entries"]] == [
+        ("end", 1, 64, "/Pad"), ("end", 2, 64, "/Pad")]
+    assert all(c.fixable for c in crops)
+    assert "the input of Pad '/Pad' it is computed from (the crop back to the unpadded size" in crops[0].message
+    assert_models_equivalent(model, report.fixed_model, {"input": (1, 3, 256, 256)})
+    fixed = report.fixed_model
+    for shape, rows in [((1, 3, 240, 240), 60), ((2, 3, 320, 192), 80)]:  # the ends follow the unpadded map
+        (crop,) = [n for n in fixed.graph.node if n.name == crops[0].node]
+        assert _value_at(fixed, crop.input[2], shape).tolist() == [rows]
+    (crop0,) = [n for n in model.graph.node if n.name == crops[0].node]
+    assert _value_at(model, crop0.input[2], (1, 3, 240, 240)).tolist() == [64]  # as exported: always 64
+
+
+@pytest.mark.parametrize("_", [pytest.param(0, marks=requires_torch)], ids=["torch"])
+def test_crop_shorter_than_the_unpadded_size_is_a_fixed_crop(_: int) -> None:
+    # y[:, :height - 1, :width - 1] after the window attention: 63 is no tensor's size
+    _, report = _window_check(crop="short")
+    assert _by_rule(report, "DS014") == []
+    assert _by_rule(report, "DS013")  # the pad itself is still the window's
 
 
 def test_titles_survive_rich_and_the_rules_run_in_order() -> None:

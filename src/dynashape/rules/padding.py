@@ -21,11 +21,19 @@ states which. A symmetric pad of (k - 1) / 2 in front of an unpadded strided con
 The fix rebuilds the pads from ``Shape``: ``(s - H mod s) mod s`` (plus ``k_eff - s`` for "SAME"),
 split the way the export-time pads were.
 
-Split with DS009 (``rules/reports.py``): DS013 owns a ``Pad`` that a later stride needs and that it
-can rebuild exactly (a stride after it says which multiple the pad rounds up to); DS009 keeps the
-``If`` on a size and the pads that round up to a multiple with no stride after them to say which
-(e.g. window partitioning, where the multiple is a reshape size), which it only reports.
-DS009 asks :func:`owns_pad` before reporting a ``Pad``.
+Window partitioning (Swin's ``maybe_pad``: ``pad_right = (window - width % window) % window``,
+then ``view(b, h // window, window, w // window, window, c)``) has no stride after the pad: the
+multiple is the window, read from the first ``Reshape`` after the pad (through transposes, the
+``Slice``/``Concat`` of a cyclic shift and same-size ops) that splits the padded axis into
+``(count, window)``: the inner factor, which must stay the same at S1 where that reshape's output
+is known. Only a pad taken at the export size (nonzero) counts: a zero pad cannot be told from no
+pad, and the crop back after attention is then a Python branch absent from the graph (DS009).
+
+Split with DS009 (``rules/reports.py``): DS013 owns a ``Pad`` that a later stride or window
+partition needs and that it can rebuild exactly (they say which multiple the pad rounds up to);
+DS009 keeps the ``If`` on a size and the pads with nothing after them to say which multiple, and
+the pads computed from ``Shape`` (right at every size; the Python branches around them are not),
+which it only reports. DS009 asks :func:`owns_pad` before reporting a ``Pad``.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from dynashape.analysis import JOINS, SAME_SIZE_UNARY, Context, fmt
+from dynashape.analysis import JOINS, SAME_SIZE_UNARY, Context, fmt, origin_of
 from dynashape.findings import Finding, Refusal
 from dynashape.probe import Probe
 from dynashape.rules import trace
@@ -43,7 +51,11 @@ from dynashape.rules.base import Rule
 from dynashape.rules.shape_arith import ShapeArith
 
 _STRIDED = ("Conv", "AveragePool", "MaxPool", "LpPool")
+# ops between a window pad and the window-partition reshape that keep the padded axis (Slice and
+# Concat: a cyclic shift, torch.roll, cuts the axis in two and joins the pieces back)
+_TO_WINDOWS = SAME_SIZE_UNARY | JOINS | {"Slice", "Transpose", "LayerNormalization"}
 _MAX_MULTIPLE = 128
+RIGHT_FOR_STRIDE = "its pads are computed from the input size and are right at other sizes"
 _MAX_VISITS = 400
 _STYLES = ("end", "floor", "ceil", "begin")  # where the pad goes: all after, halves (TF: less first), all before
 
@@ -68,6 +80,7 @@ class AxisPad:
     evidence: bool = False
     styles: set[str] = field(default_factory=set)
     consumer: str = ""
+    window: bool = False  # the multiple is the window of a window-partition reshape, not a stride
 
 
 @dataclass
@@ -150,13 +163,80 @@ def _strides_after(ctx: Context, value: ir.Value, axis: int) -> tuple[FirstStrid
     return first, multiples
 
 
+@dataclass
+class Window:
+    """A window-partition ``Reshape`` after a pad: it splits the padded axis into (count, size)."""
+
+    size: int
+    reshape: str
+
+
+def window_after(ctx: Context, value: ir.Value, axis: int) -> Window | None:
+    """The window of the first ``Reshape`` reached from ``value`` (through transposes, which move
+    ``axis``, the slices and concat of a cyclic shift, and same-size ops) that splits ``axis``,
+    whole, into two factors ``(count, window)``. The window is the inner factor: a row-major view
+    into windows keeps a window's rows contiguous. Where the reshape's output is known at S1 the
+    window must not move (the count does), else the split is no window partition."""
+    size0 = trace.dim(ctx, value, axis, ctx.p0)
+    if size0 is None:
+        return None
+    frontier: list[tuple[ir.Value, int]] = [(value, axis)]
+    seen: set[tuple[int, int]] = set()
+    visits = 0
+    while frontier and visits < _MAX_VISITS:
+        v, a = frontier.pop(0)
+        for use in v.uses():
+            node = use.node
+            visits += 1
+            out = node.outputs[0] if node.outputs else None
+            if out is None or (id(node), a) in seen:
+                continue
+            seen.add((id(node), a))
+            if node.op_type == "Reshape":
+                if use.idx == 0 and trace.dim(ctx, v, a, ctx.p0) == size0:
+                    window = _split_window(ctx, v, a, out)
+                    if window is not None:
+                        return Window(window, node.name or "")
+                continue
+            if node.op_type == "Transpose":
+                attr = node.attributes.get("perm")
+                r = trace.rank(ctx, v)
+                perm = list(attr.as_ints()) if attr is not None else list(reversed(range(r or 0)))
+                if a in perm:
+                    frontier.append((out, perm.index(a)))
+            elif node.op_type in _TO_WINDOWS and trace.rank(ctx, out) == trace.rank(ctx, v):
+                frontier.append((out, a))
+    return None
+
+
+def _split_window(ctx: Context, x: ir.Value, axis: int, out: ir.Value) -> int | None:
+    """The inner factor when the reshape ``x -> out`` splits ``axis`` into two factors > 1."""
+    din, dout = ctx.dims(x, ctx.p0), ctx.dims(out, ctx.p0)
+    if din is None or dout is None or any(d is None for d in (*din, *dout)):
+        return None
+    before = int(np.prod([d or 0 for d in din[:axis]]))
+    acc = 1
+    for k in range(len(dout) - 1):
+        if acc == before:
+            count, window = dout[k] or 0, dout[k + 1] or 0
+            if count > 1 and window > 1 and count * window == din[axis]:
+                out1 = ctx.dims(out, ctx.p1)
+                if out1 is not None and len(out1) == len(dout) and out1[k + 1] is not None and out1[k + 1] != window:
+                    return None
+                return window
+        acc *= dout[k] or 0
+        if acc > before:
+            return None
+    return None
+
+
 def _keeps(ctx: Context, a: ir.Value, b: ir.Value, axis: int) -> bool:
     if trace.rank(ctx, a) != trace.rank(ctx, b):
         return False
     return trace.same_axis(ctx, a, axis, b, axis, thorough=False)
 
 
-def _pads_at(ctx: Context, node: ir.Node, probe: Probe) -> list[int] | None:
+def pads_at(ctx: Context, node: ir.Node, probe: Probe) -> list[int] | None:
     if len(node.inputs) > 1 and node.inputs[1] is not None:
         arr = ctx.value(node.inputs[1], probe)
         if arr is None or not np.issubdtype(np.asarray(arr).dtype, np.integer):
@@ -166,7 +246,7 @@ def _pads_at(ctx: Context, node: ir.Node, probe: Probe) -> list[int] | None:
     return list(attr.as_ints()) if attr is not None else None
 
 
-def _pad_axes(ctx: Context, node: ir.Node, rank: int) -> list[int] | None:
+def pad_axes(ctx: Context, node: ir.Node, rank: int) -> list[int] | None:
     if len(node.inputs) > 3 and node.inputs[3] is not None:
         arr = ctx.value(node.inputs[3], ctx.p0)
         if arr is None:
@@ -181,16 +261,17 @@ def same_padding_plan(ctx: Context, node: ir.Node) -> PadPlan | str:
     x0, x1 = ctx.dims(x, ctx.p0), ctx.dims(x, ctx.p1)
     if x is None or x0 is None or x1 is None or any(d is None for d in x0):
         return "input shape unknown"
-    pads0 = _pads_at(ctx, node, ctx.p0)
+    pads0 = pads_at(ctx, node, ctx.p0)
     if pads0 is None:
         return "pads unknown at the export shape (computed from data?)"
-    axes = _pad_axes(ctx, node, len(x0))
+    axes = pad_axes(ctx, node, len(x0))
     if axes is None or len(pads0) != 2 * len(axes):
         return "pads do not match the input rank"
     n = len(axes)
-    pads1 = _pads_at(ctx, node, ctx.p1)
+    pads1 = pads_at(ctx, node, ctx.p1)
     constant = pads1 is None or pads1 == pads0
     candidates: dict[int, list[AxisPad]] = {}
+    windows: dict[int, Window] = {}  # window partitions after a pad not taken, or not to the window
     for j, axis in enumerate(axes):
         size0, size1 = x0[axis], x1[axis]
         if size0 is None or size1 is None or size0 == size1:
@@ -216,13 +297,40 @@ def same_padding_plan(ctx: Context, node: ir.Node) -> PadPlan | str:
                 options.append(AxisPad(axis, "multiple", m, evidence=moving or total > 0, styles=_styles(begin, end),
                                        consumer=via))
                 break
+        window = window_after(ctx, node.outputs[0], axis) if not options else None
+        if window is not None and total == _remainder(size0, window.size):
+            # a zero pad is rebuilt only beside a pad taken on another axis (same window)
+            options.append(AxisPad(axis, "multiple", window.size, evidence=total > 0, styles=_styles(begin, end),
+                                   consumer=f"the window partition Reshape {window.reshape!r}", window=True))
+        if window is not None and not (total > 0 and total == _remainder(size0, window.size)):
+            windows[axis] = window
         if options:
             candidates[axis] = options
     evidential = {a: next(o for o in opts if o.evidence) for a, opts in candidates.items()
                   if any(o.evidence for o in opts)}
     if not evidential:
+        if windows and all(pads0[axes.index(a)] + pads0[axes.index(a) + n] == 0 for a in windows):
+            axis, window = next(iter(windows.items()))
+            pads_v = node.inputs[1] if len(node.inputs) > 1 else None
+            computed = pads_v is not None and origin_of(pads_v).kind == "shape"
+            return (f"pads {pads0} are zero at the export shape: axis {axis} ({x0[axis]}) is already a multiple of "
+                    f"the window {window.size} of the window partition Reshape {window.reshape!r}"
+                    + (" (they are computed from the input size: right at every size)" if computed else
+                       ", and a pad not taken cannot be told from no pad")
+                    + "; if the source crops back only when it padded, that crop is a Python branch absent from "
+                    "this graph (DS009)")
+        if windows:
+            axis, window = next((a, w) for a, w in windows.items() if pads0[axes.index(a)] + pads0[axes.index(a) + n])
+            j = axes.index(axis)
+            size0 = x0[axis] or 0
+            return (f"pads {pads0} add {pads0[j] + pads0[j + n]} on axis {axis} (size {size0}) before the window "
+                    f"partition Reshape {window.reshape!r} (windows of {window.size}), not the "
+                    f"({window.size} - {size0} mod {window.size}) mod {window.size} = "
+                    f"{_remainder(size0, window.size)} that rounds it up to a multiple of the window: not padding "
+                    "computed from the size (nothing to rebuild exactly)")
         return (f"pads {pads0} are not the remainder that rounds a dynamic axis of the input ({fmt(x0)}) up to "
-                "the stride of a strided conv/pool after it (nothing to rebuild exactly)")
+                "the stride of a strided conv/pool or the window of a window-partition Reshape after it "
+                "(nothing to rebuild exactly)")
     styles = set(_STYLES)
     for evidence in evidential.values():
         styles &= evidence.styles
@@ -252,7 +360,11 @@ def same_padding_plan(ctx: Context, node: ir.Node) -> PadPlan | str:
             if axis not in rebuilt and (pads1[j], pads1[j + n]) != (pads0[j], pads0[j + n]):
                 return f"pads change with the input size on axis {axis}, and not as same padding"
         if _follows(ctx, node, axes, rebuilt):
-            return "its pads are computed from the input size and are right at other sizes"
+            windows_after = sorted({p.consumer for p in rebuilt.values() if p.window})
+            if windows_after:
+                return (f"its pads are computed from the input size (up to a multiple of the window of "
+                        f"{', '.join(windows_after)}) and are right at other sizes")
+            return RIGHT_FOR_STRIDE
     return PadPlan(axes, pads0, rebuilt)
 
 
@@ -271,10 +383,10 @@ def _expected(plan: PadPlan, dims: tuple[int | None, ...]) -> list[int] | None:
 
 
 def _follows(ctx: Context, node: ir.Node, axes: list[int], rebuilt: dict[int, AxisPad]) -> bool:
-    plan = PadPlan(axes, _pads_at(ctx, node, ctx.p0) or [], rebuilt)
+    plan = PadPlan(axes, pads_at(ctx, node, ctx.p0) or [], rebuilt)
     checked = 0
     for probe in trace.probes(ctx):  # S1 first: a mismatch there spares the other probes
-        pads = _pads_at(ctx, node, probe)
+        pads = pads_at(ctx, node, probe)
         dims = ctx.dims(node.inputs[0], probe)
         if pads is None or dims is None:
             continue
@@ -285,8 +397,11 @@ def _follows(ctx: Context, node: ir.Node, axes: list[int], rebuilt: dict[int, Ax
 
 
 def owns_pad(ctx: Context, node: ir.Node) -> bool:
-    """Does DS013 report this Pad (so DS009 must not)?"""
-    return isinstance(same_padding_plan(ctx, node), PadPlan)
+    """Does DS013 answer for this Pad, so DS009 must not report it? It does when it reports it, and
+    when its pads are computed from the input size and right for the stride after them (DS013's own
+    rewrite, or an exporter that traced them): that is same padding, not a window partition."""
+    plan = same_padding_plan(ctx, node)
+    return isinstance(plan, PadPlan) or plan == RIGHT_FOR_STRIDE
 
 
 class ComputedSamePadding(Rule):
@@ -302,7 +417,7 @@ class ComputedSamePadding(Rule):
         x = node.inputs[0]
         x0, x1 = ctx.dims(x, ctx.p0), ctx.dims(x, ctx.p1)
         assert x0 is not None and x1 is not None
-        pads1 = _pads_at(ctx, node, ctx.p1)
+        pads1 = pads_at(ctx, node, ctx.p1)
         want1 = _expected(plan, x1)
         n = len(plan.axes)
         parts = []

@@ -32,6 +32,7 @@ from dynashape.findings import Finding, Refusal
 from dynashape.probe import Probe
 from dynashape.rules import trace
 from dynashape.rules.base import Rule, new_name, replace_value
+from dynashape.rules.padding import pad_axes, pads_at
 from dynashape.rules.shape_arith import INT64_MAX, ShapeArith
 
 # marks a bound computed from shapes (it moves with the input): never matched, kept as it is
@@ -243,6 +244,11 @@ class FrozenSliceBounds(Rule):
         entries: list[dict] = []
         for j, axis in enumerate(axes):
             d0, d1 = x0[axis], x1[axis]
+            if d0 is not None and d0 == d1 and steps[j] == 1 and 2 <= ends[j] < d0:
+                crop = self._crop_after_pad(ctx, x, axis, ends[j], starts[j])
+                if crop:
+                    entries.append({"index": j, "which": "end", "axis": axis, "value": ends[j], **crop})
+                continue
             if d0 is None or d1 is None or d0 == d1 or steps[j] != 1:
                 continue
             for which, v in (("start", starts[j]), ("end", ends[j])):
@@ -264,6 +270,10 @@ class FrozenSliceBounds(Rule):
             elif e["kind"] == "concat":
                 what.append(f"{e['which']} {e['value']} on axis {e['axis']} is where {', '.join(e['refs'])} end in "
                             f"the concat {e['concat']!r}")
+            elif e.get("pad"):
+                what.append(f"{e['which']} {e['value']} on axis {e['axis']} is the export-time size of {e['ref']!r}, "
+                            f"the input of Pad {e['pad']!r} it is computed from (the crop back to the unpadded size; "
+                            "the axis only looks fixed because the reshapes in between hold export-time sizes)")
             else:
                 what.append(f"{e['which']} {e['value']} on axis {e['axis']} is the export-time size of {e['ref']!r}")
         kept = self._kept_at(x1, starts, ends, axes, {e["axis"] for e in entries})
@@ -332,6 +342,35 @@ class FrozenSliceBounds(Rule):
         for ref in refs:
             if all(not self._smaller(ctx, x, ref, axis, p) for p in trace.probes(ctx)):
                 return {"kind": "ref", "ref": ref.name, "ref_axis": axis}
+        return {}
+
+    @staticmethod
+    def _crop_after_pad(ctx: Context, x: ir.Value, axis: int, end: int, start: int) -> dict:
+        """A crop ``x[:, :h0]`` whose input looks fixed on ``axis`` at S1 but is computed from a
+        ``Pad`` that pads that axis after its end at the export shape, from ``end`` (the pad's
+        input, which follows the input) to ``x``'s size: the crop back after window attention, with
+        window-partition reshapes in between that hold export-time sizes (DS005's). The end is the
+        pad input's size at every shape, whatever those reshapes become."""
+        if start != 0:
+            return {}
+        r = trace.rank(ctx, x)
+        size0 = trace.dim(ctx, x, axis, ctx.p0)
+        for v in trace.ancestors(x):
+            pad = v.producer()
+            if pad is None or pad.op_type != "Pad" or trace.rank(ctx, v) != r:
+                continue
+            src = pad.inputs[0]
+            if (src is None or trace.dim(ctx, v, axis, ctx.p0) != size0
+                    or trace.dim(ctx, src, axis, ctx.p0) != end):
+                continue
+            src1 = trace.dim(ctx, src, axis, ctx.p1)
+            pads0 = pads_at(ctx, pad, ctx.p0)
+            padded = pad_axes(ctx, pad, r or 0)
+            if src1 is None or src1 == end or pads0 is None or padded is None or axis not in padded:
+                continue
+            k = padded.index(axis)
+            if pads0[k] == 0 and pads0[k + len(padded)] > 0:
+                return {"kind": "ref", "ref": src.name, "ref_axis": axis, "pad": pad.name}
         return {}
 
     @staticmethod
