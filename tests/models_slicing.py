@@ -246,6 +246,25 @@ def fixed_pad(pads: Sequence[int], *, k: int = 3, s: int = 2, mode: str = "const
     return g.model([M.Y])
 
 
+def tf_pads_everywhere(h0: int, w0: int, *, witness: bool = True, reference: bool = False,
+                       opset: int = 17) -> onnx.ModelProto:
+    """HF MobileNetV2 with ``tf_padding``: TF "SAME" computed in Python before every conv. With
+    ``witness``, a Pad of zeros (node ``pad1``, what ``apply_tf_padding`` gives a 1x1 conv) before
+    a 1x1 conv ``expand``; then the pads of a 3x3/2 conv at (h0, w0) (node ``pad``, conv ``down``).
+    At even sizes those are (0, 1), which ``nn.ZeroPad2d((0, 1, 0, 1))`` exports too."""
+    g = M.GraphBuilder(opset)
+    cur = M.X
+    if witness:
+        cur = g.conv(g.op("Pad", [M.X, g.i64("pads1", [0] * 8)], "pad1"), M.C, M.C, "expand", k=1, pad=0)
+    if reference:
+        pads = _pads_from_shape(g, cur, [2, 3], kind="same", s=2, k=3, style="floor")
+    else:
+        (hb, he), (wb, we) = (python_pads(v, kind="same", s=2, k=3, style="floor") for v in (h0, w0))
+        pads = g.i64("pads", [0, 0, hb, wb, 0, 0, he, we])
+    g.conv(g.op("Pad", [cur, pads], "pad"), M.C, 2, M.Y, k=3, stride=2, pad=0)
+    return g.model([M.Y])
+
+
 def pad_without_stride(h0: int, opset: int = 17) -> onnx.ModelProto:
     """``if h % 2: x = F.pad(x, (0, 0, 0, 1))`` exported at an odd h0, then a stride-1 conv: no
     stride after the pad says which multiple it rounds up to (DS009's case)."""

@@ -18,6 +18,15 @@ after it (the largest one that matches: the network's total stride on that path)
 states which. A symmetric pad of (k - 1) / 2 in front of an unpadded strided conv is what
 ``nn.ZeroPad2d`` + ``Conv2d(padding=0)`` exports, so it is not reported.
 
+At a multiple of the stride, TF "SAME" is the fixed ``k - s`` split less-first: (0, 1) for a 3x3/2
+conv, exactly what ``nn.ZeroPad2d(correct_pad(k))`` exports (HF EfficientNet, right at every size).
+Constant pads there are rebuilt only when the graph shows that it computes its pads in Python:
+another Pad, constant and all zero, before an unpadded conv/pool (HF MobileNetV2's
+``apply_tf_padding`` pads before every conv, 1x1 ones included; nobody writes a Pad that adds
+nothing). Without that witness they are refused, saying how to tell the two apart. Pads equal to
+the export-time ones at S1 but not at another probe are computed from ``Shape``: checked like any
+computed pad (right at other sizes, or rebuilt).
+
 The fix rebuilds the pads from ``Shape``: ``(s - H mod s) mod s`` (plus ``k_eff - s`` for "SAME"),
 split the way the export-time pads were.
 
@@ -81,6 +90,7 @@ class AxisPad:
     styles: set[str] = field(default_factory=set)
     consumer: str = ""
     window: bool = False  # the multiple is the window of a window-partition reshape, not a stride
+    witness: str = ""  # the no-op Pad that shows this graph computes its pads in Python (see _python_pad_witness)
 
 
 @dataclass
@@ -261,6 +271,11 @@ def same_padding_plan(ctx: Context, node: ir.Node) -> PadPlan | str:
     x0, x1 = ctx.dims(x, ctx.p0), ctx.dims(x, ctx.p1)
     if x is None or x0 is None or x1 is None or any(d is None for d in x0):
         return "input shape unknown"
+    if len(x1) != len(x0):
+        # the graph fails at the second shape before this Pad (an earlier frozen pad, say) and the
+        # traced dims fell back to an ancestor of another rank: nothing to compare against there
+        return (f"input shape at the second shape unknown (rank {len(x1)} where the export shape has "
+                f"{len(x0)}: the graph fails there before this Pad)")
     pads0 = pads_at(ctx, node, ctx.p0)
     if pads0 is None:
         return "pads unknown at the export shape (computed from data?)"
@@ -272,6 +287,8 @@ def same_padding_plan(ctx: Context, node: ir.Node) -> PadPlan | str:
     constant = pads1 is None or pads1 == pads0
     candidates: dict[int, list[AxisPad]] = {}
     windows: dict[int, Window] = {}  # window partitions after a pad not taken, or not to the window
+    witnesses: str | None = None  # looked for once, on the first axis that needs it
+    varies = False  # the same at S1 (same remainders) but not at another probe: computed from Shape
     for j, axis in enumerate(axes):
         size0, size1 = x0[axis], x1[axis]
         if size0 is None or size1 is None or size0 == size1:
@@ -287,9 +304,22 @@ def same_padding_plan(ctx: Context, node: ir.Node) -> PadPlan | str:
         options: list[AxisPad] = []
         if (first is not None and first.own_pad == 0 and first.kernel > first.stride
                 and total == _total("same", size0, first.stride, first.kernel)):
-            options.append(AxisPad(axis, "same", first.stride, first.kernel,
-                                   evidence=moving or _remainder(size0, first.stride) != 0,
-                                   styles=_styles(begin, end), consumer=f"{first.op} {first.node!r}"))
+            shown = moving or _remainder(size0, first.stride) != 0
+            witness = ""
+            if not shown and constant and begin != end and begin == total // 2:
+                # TF 'SAME' at a multiple of the stride is (k - s) split less-first, which is also
+                # what a fixed nn.ZeroPad2d((k - s) // 2, ...) exports: pads that change at another
+                # probe are computed from Shape (checked below); constant ones, only another Pad of
+                # this graph can tell (see _python_pad_witness)
+                if _varies(ctx, node, pads0):
+                    varies = shown = True
+                else:
+                    witness = _python_pad_witness(ctx, node) if witnesses is None else witnesses
+                    witnesses = witness
+                    shown = bool(witness)
+            options.append(AxisPad(axis, "same", first.stride, first.kernel, evidence=shown,
+                                   styles=_styles(begin, end), consumer=f"{first.op} {first.node!r}",
+                                   witness=witness))
         for m in sorted(multiples, reverse=True):
             if total == _remainder(size0, m):
                 via = (f"{first.op} {first.node!r}" if first is not None and m == first.stride
@@ -328,6 +358,14 @@ def same_padding_plan(ctx: Context, node: ir.Node) -> PadPlan | str:
                     f"({window.size} - {size0} mod {window.size}) mod {window.size} = "
                     f"{_remainder(size0, window.size)} that rounds it up to a multiple of the window: not padding "
                     "computed from the size (nothing to rebuild exactly)")
+        if witnesses is not None:  # an asymmetric pad equal to TF 'SAME' at a multiple of the stride
+            consumer = next(o.consumer for opts in candidates.values() for o in opts if o.kind == "same")
+            return (f"pads {pads0} equal TF 'SAME' padding for {consumer} at the export shape ({fmt(x0)}), but "
+                    "the axis is a multiple of the stride there, where 'SAME' is the fixed (k - s) that an "
+                    "nn.ZeroPad2d before an unpadded conv exports too (EfficientNet's correct_pad), and no Pad "
+                    "of this graph shows padding computed in Python (a Pad adding nothing before a conv): "
+                    "left alone; export at a size that is not a multiple of the stride, or check the PyTorch "
+                    "module with --torch, to tell them apart")
         return (f"pads {pads0} are not the remainder that rounds a dynamic axis of the input ({fmt(x0)}) up to "
                 "the stride of a strided conv/pool or the window of a window-partition Reshape after it "
                 "(nothing to rebuild exactly)")
@@ -353,7 +391,7 @@ def same_padding_plan(ctx: Context, node: ir.Node) -> PadPlan | str:
         if pick is not None and style in pick.styles:
             pick.styles = {style}
             rebuilt[axis] = pick
-    if not constant:
+    if not constant or varies:
         assert pads1 is not None
         # computed from shapes: every axis it does not rebuild must at least be constant
         for j, axis in enumerate(axes):
@@ -394,6 +432,38 @@ def _follows(ctx: Context, node: ir.Node, axes: list[int], rebuilt: dict[int, Ax
             return False
         checked += 1
     return checked > 0
+
+
+def _varies(ctx: Context, node: ir.Node, pads0: list[int]) -> bool:
+    """Do the pads differ from the export shape's at a probe after S1 (odd sizes among them)?"""
+    for probe in list(trace.probes(ctx))[1:]:
+        pads = pads_at(ctx, node, probe)
+        if pads is not None and pads != pads0:
+            return True
+    return False
+
+
+def _python_pad_witness(ctx: Context, node: ir.Node) -> str:
+    """A Pad of this graph, other than ``node``, that shows its pads are computed in Python, as HF
+    MobileNetV2's ``apply_tf_padding`` computes TF 'SAME' before every conv: constant pads, all
+    zero at the export shape, on a tensor with a dynamic axis, consumed by a conv/pool that adds
+    no padding of its own. Nobody writes a Pad that adds nothing: a function of the size (or the
+    kernel) that came out 0 put it there. Its name, or "" when there is none."""
+    for other in ctx.nodes("Pad"):
+        if other is node:
+            continue
+        pads0, pads1 = pads_at(ctx, other, ctx.p0), pads_at(ctx, other, ctx.p1)
+        if pads0 is None or pads0 != pads1 or any(pads0):
+            continue
+        x0, x1 = ctx.dims(other.inputs[0], ctx.p0), ctx.dims(other.inputs[0], ctx.p1)
+        if x0 is None or x1 is None or len(x0) != len(x1) or x0 == x1:
+            continue
+        for use in other.outputs[0].uses():
+            consumer = use.node
+            if (consumer.op_type in _STRIDED and use.idx == 0 and not any(_ints_attr(consumer, "pads", []))
+                    and consumer.attributes.get_string("auto_pad", "NOTSET") in ("NOTSET", "VALID")):
+                return other.name or "a Pad"
+    return ""
 
 
 def owns_pad(ctx: Context, node: ir.Node) -> bool:
@@ -439,11 +509,15 @@ class ComputedSamePadding(Rule):
         at_s1 = (f"at input {fmt(x1)} the pads are {pads1} where same padding needs {want1}" if pads1 is not None
                  else f"at input {fmt(x1)} same padding needs {want1}")
         attr_form = not (len(node.inputs) > 1 and node.inputs[1] is not None)
+        witness = next((p.witness for p in plan.rebuilt.values() if p.witness), "")
+        why = (f"; the input is a multiple of the stride here, where these pads also equal a fixed asymmetric pad, "
+               f"but Pad {witness!r} adds nothing before a conv: this graph computes its pads in Python (TF "
+               "'SAME' as HF MobileNetV2's apply_tf_padding)" if witness else "")
         return self.finding(
             node,
             severity="error",
             message=(f"Pad pads {plan.pads0} hold the export-time remainder of its input ({fmt(x0)}): "
-                     f"{'; '.join(parts)} (padding computed in Python from the export size); {at_s1}"),
+                     f"{'; '.join(parts)} (padding computed in Python from the export size){why}; {at_s1}"),
             fixable=not attr_form,
             baked_value={str(a): [plan.pads0[plan.axes.index(a)], plan.pads0[plan.axes.index(a) + n]]
                          for a in plan.rebuilt},
