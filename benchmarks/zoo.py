@@ -463,26 +463,23 @@ def run_one(name: str, exporter: str) -> dict[str, Any]:
 
 
 def control_flow(module: Any, proto: Any, s0: Shape, exporter: str) -> dict[str, Any]:
-    """What `check --torch` adds for a pair the static check cannot explain: a second export at
-    S1 and its DS009 finding, Python control flow on a size, which no single graph shows (the
-    branch not taken is not in it). Only DS009 counts: the value diffs of two large exports are
-    aligned node by node and are not reliable enough to explain a pair."""
-    from dynashape.differential import choose_s1, diff_exports
+    """What `check --torch` adds for a pair the static check cannot explain: exports at S1 and at
+    shapes chosen to flip size branches (``differential_export``), and their DS009 findings, Python
+    control flow on a size, which no single graph shows (the branch not taken is not in it). Only
+    DS009 counts: the value diffs of two large exports are aligned node by node and are not
+    reliable enough to explain a pair."""
+    from dynashape.differential import differential_export
     from dynashape.errors import DynashapeError
-    from dynashape.export import export_module
 
-    s0_map: dict[str, tuple[int, ...]] = {"input": s0}
-    s1 = choose_s1(s0_map, {"input": [0, 2, 3]})
     try:
-        other = export_module(module, s1, dynamic={"input": [0, 2, 3]}, exporter=exporter)
+        diff = differential_export(module, {"input": s0}, dynamic={"input": [0, 2, 3]}, exporter=exporter)
     except DynashapeError as exc:
-        return {"status": "error", "s1": fmt_shape(s1["input"]), "message": _first_line(str(exc), 300)}
-    findings, _aligned = diff_exports(proto, other.model, s0_map, s1)
-    flow = [f for f in findings if f.rule == "DS009"]
+        return {"status": "error", "message": _first_line(str(exc), 300)}
+    flow = [f for f in diff.findings if f.rule == "DS009"]
+    shapes = ", ".join(fmt_shape(next(iter(r.shapes.values()))) for r in diff.runs[1:] if r.status == "exported")
     return {
-        "status": "ok", "s1": fmt_shape(s1["input"]), "findings": [_finding_json(f) for f in flow],
-        "reasons": [f"DS009 (differential export at {fmt_shape(s1['input'])}): {_first_line(f.message, 160)}"
-                    for f in flow],
+        "status": "ok", "exports": shapes, "findings": [_finding_json(f) for f in flow],
+        "reasons": [f"DS009 (differential export at {shapes}): {_first_line(f.message, 160)}" for f in flow],
     }
 
 
