@@ -208,3 +208,108 @@ def export_torch(module: object, shape: Sequence[int], dynamic: dict[int, str]) 
             dynamic_axes={"x": dynamic}, opset_version=17, dynamo=False,
         )
     return onnx.load_from_string(buf.getvalue())
+
+
+# ------------------------------------------------------------------- DS009: Python `if` on sizes
+
+# Source of two modules with a Python `if` on a size, written to a file so that `--torch FILE.py:NAME`
+# and `doctor FILE.py:NAME` load them as a user's module (the differential tests and the doctor's).
+SIZE_BRANCH_SOURCE = '''
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+WINDOW = 7
+
+
+class SwinStyle(nn.Module):
+    """Patch conv /4, then windows of 7: pad to a multiple of 7 and crop back, only when needed."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.patch = nn.Conv2d(3, 8, 4, stride=4)
+        self.mix = nn.Linear(8, 8)
+
+    def forward(self, x):
+        x = self.patch(x)
+        h, w = x.shape[2], x.shape[3]
+        pad_b = (WINDOW - h % WINDOW) % WINDOW
+        pad_r = (WINDOW - w % WINDOW) % WINDOW
+        if pad_b > 0 or pad_r > 0:
+            x = F.pad(x, (0, pad_r, 0, pad_b))  # swin-pad-line
+        b, c, hp, wp = x.shape
+        win = x.view(b, c, hp // WINDOW, WINDOW, wp // WINDOW, WINDOW).permute(0, 2, 4, 3, 5, 1)
+        win = self.mix(win - win.mean(dim=(3, 4), keepdim=True))
+        x = win.permute(0, 5, 1, 3, 2, 4).reshape(b, c, hp, wp)
+        if pad_b > 0 or pad_r > 0:
+            x = x[:, :, :h, :w]  # swin-crop-line
+        return x
+
+
+class DPTStyle(nn.Module):
+    """Two stride-2 convs, upsample x2, and interpolate to the skip only when the sizes differ."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.down1 = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.down2 = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        skip = self.down1(x)
+        up = F.interpolate(self.down2(skip), scale_factor=2.0, mode="bilinear", align_corners=False)
+        if up.shape != skip.shape:
+            up = F.interpolate(up, size=skip.shape[-2:], mode="bilinear", align_corners=False)  # dpt-interp-line
+        return up + skip
+
+
+class NeedsMultipleOf32(nn.Module):
+    """Rejects sizes that are not multiples of 32 (as smp models do): finer class shapes fail."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.convs = nn.Sequential(*[nn.Conv2d(3 if i == 0 else 4, 4, 3, stride=2, padding=1) for i in range(5)])
+
+    def forward(self, x):
+        if x.shape[2] % 32 or x.shape[3] % 32:
+            raise RuntimeError("the size must be a multiple of 32")
+        return self.convs(x)
+'''
+
+
+def write_size_branch_modules(directory: object) -> str:
+    """Write :data:`SIZE_BRANCH_SOURCE` to ``directory/size_branches.py``; return its path."""
+    from pathlib import Path
+
+    path = Path(str(directory)) / "size_branches.py"
+    path.write_text(SIZE_BRANCH_SOURCE)
+    return str(path)
+
+
+def source_line(marker: str) -> int:
+    """The line of :data:`SIZE_BRANCH_SOURCE` (as written to the file) holding ``marker``."""
+    for i, line in enumerate(SIZE_BRANCH_SOURCE.splitlines(), 1):
+        if marker in line:
+            return i
+    raise AssertionError(marker)
+
+
+def window_pad(window: int = 7, *, mod: bool = True, opset: int = 17) -> onnx.ModelProto:
+    """Pad x on H and W by ``(window - size % window) % window`` computed from Shape(x), as a traced
+    Swin window partition does (``mod=False``: by ``size // window`` instead, which is no window pad)."""
+    g = M.GraphBuilder(opset)
+    w = g.constant_i64("win", [window])
+    pads_hw = []
+    for axis in (2, 3):
+        size = g.shape_slice(M.X, axis, axis + 1, f"size{axis}")
+        if mod:
+            rem = g.op("Mod", [size, w], f"rem{axis}")
+            pads_hw.append(g.op("Mod", [g.op("Sub", [w, rem], f"left{axis}"), w], f"pad{axis}"))
+        else:
+            pads_hw.append(g.op("Div", [size, w], f"pad{axis}"))
+    zeros = g.constant_i64("zeros6", [0, 0, 0, 0, 0, 0])
+    pads = g.op("Concat", [zeros, *pads_hw], "pads", axis=0)
+    g.op("Pad", [M.X, pads], "padded")
+    return g.model(["padded"])

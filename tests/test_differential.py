@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
+import models_reports as MR  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
@@ -27,6 +28,8 @@ from dynashape.differential import (  # noqa: E402
 )
 from dynashape.errors import DynashapeError  # noqa: E402
 from dynashape.export import export_module, load_module  # noqa: E402
+from dynashape.findings import AxisLattice  # noqa: E402
+from dynashape.second_shapes import ShapeClasses, plan_class_shapes, shape_classes  # noqa: E402
 from dynashape.testing import max_abs_error, random_feeds  # noqa: E402
 
 S0 = {"input": (1, 3, 64, 64)}
@@ -156,9 +159,11 @@ def test_legacy_control_flow_is_ds009() -> None:
 
 
 def test_clean_model_has_no_findings() -> None:
-    for exporter in ("legacy", "dynamo"):
-        result = differential_export(CleanNet().eval(), S0, exporter=exporter)
-        assert result.findings == [], (exporter, [f.message for f in result.findings])
+    result = differential_export(CleanNet().eval(), S0)  # with the class shapes: still nothing
+    assert result.findings == [], [f.message for f in result.findings]
+    assert result.exports >= 3 and result.same_structure and not result.branches  # S0, S1, class shapes
+    result = differential_export(CleanNet().eval(), S0, exporter="dynamo", class_shapes=0)
+    assert result.findings == [], [f.message for f in result.findings]
 
 
 @pytest.mark.parametrize("cls", [PoolNet, ResizeNet, ReshapeNet, IfNet, ZerosNet, SliceNet],
@@ -167,7 +172,7 @@ def test_dynamo_either_reports_or_exports_correctly(cls: type[nn.Module]) -> Non
     """The dynamo exporter keeps many sizes symbolic; whatever it baked must be reported."""
     net = cls().eval()
     try:
-        result = differential_export(net, S0, exporter="dynamo")
+        result = differential_export(net, S0, exporter="dynamo", class_shapes=0)
     except DynashapeError as exc:  # refusing to export is also an honest answer
         assert "dynamo exporter" in str(exc)
         return
@@ -314,3 +319,110 @@ def test_divergent_module_found_through_hooks() -> None:
     assert d is not None and d.op == "AveragePool" and d.module_path == "block"
     # the hooks compared module outputs: the top-level conv agrees, block.conv is the first that doesn't
     assert d.details.get("first_divergent_module") in ("block.conv", "block")
+
+
+# ------------------------------------------------------------------ size branches found on purpose
+
+
+def _ds009(result):  # type: ignore[no-untyped-def]
+    return [f for f in result.findings if f.rule == "DS009"]
+
+
+def test_swin_style_pad_branch_found_without_a_second_shape(tmp_path: Path) -> None:
+    """`if h % 7: pad ... crop` taken at S0 = 128 (h = 32) and at S1 = 256 (h = 64): only a class
+    shape whose feature map is a multiple of the window 7 takes the other branch."""
+    path = MR.write_size_branch_modules(tmp_path)
+    s0 = {"input": (1, 3, 128, 128)}
+    only_s1 = differential_export(f"{path}:SwinStyle", s0, class_shapes=0)
+    assert _ds009(only_s1) == [] and only_s1.exports == 2  # the old single second shape misses it
+    result = differential_export(f"{path}:SwinStyle", s0)
+    assert result.classes == {"levels": [1, 2, 4], "windows": [7]}
+    assert [r.status for r in result.runs] == ["exported"] * result.exports and 3 <= result.exports <= 5
+    assert all(r.reason for r in result.runs) and result.seconds > 0
+    found = _ds009(result)
+    sources = {f.source for f in found}
+    assert f"{path}:{MR.source_line('swin-pad-line')}" in sources, sources
+    assert f"{path}:{MR.source_line('swin-crop-line')}" in sources, sources
+    for f in found:
+        assert f.details["flips_at"] and "input:2x3x256x256" not in f.details["flips_at"]
+        assert "input:2x3x256x256" in f.details["same_as_s0_at"]
+        for shape in f.details["flips_at"]:  # it flips where the feature maps are multiples of 7
+            h, w = (int(v) for v in shape.split("x")[2:])
+            assert (h // 4) % 7 == 0 and (w // 4) % 7 == 0, shape
+    flip_run = next(r for r in result.runs if r.branches)
+    assert "multiple of 7" in flip_run.reason, flip_run.reason
+    assert result.to_json()["branches"][0]["flips_at"]
+
+
+def test_dpt_style_interpolate_branch_found(tmp_path: Path) -> None:
+    """`if up.shape != skip.shape: interpolate` never taken at S0 = 64 nor at S1 = 192 (both
+    multiples of 4): a class shape with an odd half size takes it."""
+    path = MR.write_size_branch_modules(tmp_path)
+    result = differential_export(f"{path}:DPTStyle", {"input": (1, 3, 64, 64)})
+    assert result.classes["levels"] == [1, 2, 4] and result.classes["windows"] == []
+    (f,) = _ds009(result)
+    assert f.source == f"{path}:{MR.source_line('dpt-interp-line')}"
+    assert f.op == "Resize" or "Resize" in f.details["ops"]
+    assert "input:2x3x192x192" in f.details["same_as_s0_at"]
+    for shape in f.details["flips_at"]:
+        h, w = (int(v) for v in shape.split("x")[2:])
+        assert (h // 2) % 2 or (w // 2) % 2, shape  # an odd half size: the up-sampled map is one larger
+    assert any(r.shapes["input"][2] != r.shapes["input"][3] for r in result.runs)  # a non-square shape
+
+
+def test_failing_class_shapes_are_recorded_and_finer_ones_skipped(tmp_path: Path) -> None:
+    path = MR.write_size_branch_modules(tmp_path)
+    result = differential_export(f"{path}:NeedsMultipleOf32", {"input": (1, 3, 128, 128)})
+    statuses = [r.status for r in result.runs]
+    assert statuses[:2] == ["exported", "exported"]  # S0 and S1 (multiples of 32)
+    assert "failed" in statuses and statuses.count("exported") + statuses.count("failed") == result.exports
+    failed = next(r for r in result.runs if r.status == "failed")
+    assert "multiple of 32" in failed.message
+    assert result.findings == [] and not result.branches
+
+
+def test_planned_shapes_cover_the_classes_on_the_lattice() -> None:
+    s0, dyn = {"input": (1, 3, 256, 256)}, {"input": [0, 2, 3]}
+    classes = ShapeClasses(levels=[1, 2, 4, 8, 16, 32], windows=[7])
+    plan = plan_class_shapes(s0, dyn, classes, already=[choose_s1(s0, dyn)])
+    assert 1 <= len(plan) <= 3
+    first = plan[0].shapes["input"]
+    assert first[2] == first[3] == 224  # 7 x 32: every level's feature map a multiple of the window
+    assert any(p.shapes["input"][2] != p.shapes["input"][3] for p in plan)
+    assert all(p.shapes["input"][0] == 1 for p in plan)  # the batch stays
+    safeties = [p.safety for p in plan]
+    assert safeties == sorted(safeties, reverse=True)  # coarse (likely valid) shapes first
+    lattice = {"input": {2: AxisLattice(32, 32), 3: AxisLattice(32, 32)}}
+    on = plan_class_shapes(s0, dyn, classes, already=[choose_s1(s0, dyn)], lattice=lattice)
+    assert on and all(d % 32 == 0 for p in on for d in p.shapes["input"][2:])
+    # nothing left to cover: no shape (a plain net whose classes S0 and S1 already show)
+    assert plan_class_shapes({"x": (1, 3, 96, 96)}, {"x": [2, 3]}, ShapeClasses([1], []),
+                             already=[{"x": (1, 3, 97, 97)}]) == []
+
+
+def test_shape_classes_read_strides_and_windows(tmp_path: Path) -> None:
+    swin = load_module(f"{MR.write_size_branch_modules(tmp_path)}:SwinStyle")
+    classes = shape_classes(export_module(swin, {"input": (1, 3, 112, 112)}).model)
+    assert classes.levels == [1, 2, 4] and classes.windows == [7]  # patch conv /4, Mod by 7
+    clean = shape_classes(export_module(CleanNet().eval(), S0).model)
+    assert clean.windows == [] and clean.levels == [1, 2]  # one max-pool /2
+
+
+def test_check_torch_cli_says_how_many_exports_and_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from dynashape import cli
+
+    path = MR.write_size_branch_modules(tmp_path)
+    spec = f"{path}:DPTStyle"
+    onnx_path = tmp_path / "dpt.onnx"
+    export_module(load_module(spec), {"input": (1, 3, 64, 64)}, path=onnx_path)
+    assert cli.main(["check", str(onnx_path), "--torch", spec]) == 1
+    out = capsys.readouterr().out
+    assert "differential export: 4 exports" in out and "DS009" in out  # S0, S1, two class shapes
+    assert f"size_branches.py:{MR.source_line('dpt-interp-line')}" in out
+    assert "other branch at" in out and "S1: every dynamic axis grown" in out
+    assert cli.main(["check", str(onnx_path), "--torch", spec, "--json", "--class-shapes", "1"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["differential"]["exports"] == 3 and len(data["differential"]["runs"]) == 3
+    assert all(r["reason"] for r in data["differential"]["runs"])

@@ -54,13 +54,19 @@ def test_fixed_demo_ok_against_respecialized_original(demo, fixed) -> None:
     sweep = verify(fixed.fixed, shapes, make_reference("respecialized", fixed.fixed, demo, rep), lattice=rep.lattice)
     assert sweep.all_ok, sweep.to_json()
     assert all(r.max_abs_error is not None and r.max_abs_error < 1e-4 for r in sweep.results)
+    # the graph against itself proves the fix, not the model: rows are "same", never "ok"
+    assert {r.status for r in sweep.results} == {"same"}
+    assert not sweep.proven and sweep.to_json()["proven"] is False
+    assert "not with PyTorch" in sweep.summary() and "NOT PROVEN" in sweep.summary()
+    assert "--reference torch:" in sweep.summary()
 
 
 def test_unfixed_demo_errors_off_export_with_the_node(demo, fixed) -> None:
     rep = fixed.report
     shapes = [{"input": (1, 3, 512, 512)}, {"input": (1, 3, 256, 256)}]
     sweep = verify(demo, shapes, make_reference("respecialized", fixed.fixed, demo, rep), lattice=rep.lattice)
-    assert [r.status for r in sweep.results] == ["ok", "error"]
+    assert [r.status for r in sweep.results] == ["same", "error"]
+    assert sweep.failed and not sweep.all_ok
     assert sweep.results[1].node == "/Add"
 
 
@@ -81,6 +87,23 @@ def test_onnx_reference_against_itself(demo, fixed, tmp_path) -> None:
     sweep = verify(fixed.fixed, [{"input": (2, 3, 128, 96)}], make_reference(f"onnx:{path}", fixed.fixed),
                    lattice=rep.lattice)
     assert sweep.results[0].status == "ok" and sweep.results[0].max_abs_error == 0.0
+    assert sweep.proven and "NOT PROVEN" not in sweep.summary()
+
+
+def test_sizes_only_sweep_is_not_ok(demo, fixed) -> None:
+    """Without a reference the rows say "ran", and the summary says nothing was compared."""
+    rep = fixed.report
+    follow = output_follow_check(fixed.fixed, rep.export_shape)
+    shapes = [{"input": (1, 3, 512, 512)}, {"input": (2, 3, 256, 384)}]
+    sweep = verify(fixed.fixed, shapes, make_reference(None, fixed.fixed), lattice=rep.lattice, follow=follow)
+    assert [r.status for r in sweep.results] == ["ran", "ran"]
+    assert sweep.all_ok and not sweep.failed and not sweep.proven
+    assert sweep.counts() == {"ran": 2, "wrong": 0, "error": 0}
+    line = sweep.summary()
+    assert line.startswith("2 ran, 0 wrong, 0 error; outputs not compared with a reference"), line
+    assert "NOT PROVEN" in line and "--reference torch:" in line
+    data = sweep.to_json()
+    assert data["proof"] == "none" and data["proven"] is False and "not compared" in data["compared_with"]
 
 
 def test_unknown_reference_is_a_user_error(demo) -> None:

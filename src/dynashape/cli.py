@@ -1,7 +1,9 @@
 """The `dynashape` command: parse arguments, call the library, print. Nothing else lives here.
 
 Exit codes: 0 success / clean, 1 findings (check) or failed shapes (verify, doctor), 2 usage or
-input errors (one line on stderr, no traceback).
+input errors (one line on stderr, no traceback). As with Polygraphy and trtexec, 0 means nothing
+failed, not that the numbers were proven: `verify` without --reference torch:/onnx: and `doctor`
+on an ONNX file alone print (and put in --json) that the outputs were not compared with PyTorch.
 """
 
 from __future__ import annotations
@@ -96,18 +98,29 @@ def cmd_check(args: argparse.Namespace) -> int:
     model = _load(args.model)
     report = check_model(model, export_shape=_export_shape(args, model), ranges=_ranges(args, model), path=args.model)
     findings = list(report.findings)
-    if getattr(args, "torch", None):
-        findings += _torch_findings(args, model)
+    # not the ONNX lattice: it is where the graph lacking the branch runs; the module's own valid
+    # sizes are learned by exporting (a size it rejects is recorded and finer ones skipped)
+    diff = _torch_differential(args, model) if getattr(args, "torch", None) else None
+    if diff is not None:
+        findings += diff.findings
     if args.json:
         data = report.to_json()
         data["findings"] = [f.to_json() for f in findings]
+        if diff is not None:
+            data["differential"] = diff.to_json()
+        else:
+            data["not_proven"] = _STATIC_ONLY
         print(json.dumps(data, indent=2, default=str))
     else:
-        from dynashape.shapes import format_shapes
-
-        console.print(f"[bold]{esc(args.model)}[/]: export shape {esc(format_shapes(report.export_shape))} "
-                      f"({esc(report.export_shape_note)})")
+        console.print(f"[bold]{esc(args.model)}[/]: export shape {esc(report.export_shape_text)}")
         print_findings(console, findings)
+        if diff is not None:
+            from dynashape.cli_torch import describe_exports
+
+            for line in describe_exports(diff):
+                console.print(esc(line))
+        else:
+            console.print(f"[yellow]not proven:[/] {esc(_STATIC_ONLY)}")
         if report.lattice:
             console.print(lattice_table(report.lattice, report.export_shape))
         for out, axes in report.outputs_follow.items():
@@ -128,12 +141,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if findings else 0
 
 
-def _torch_findings(args: argparse.Namespace, model: Any) -> list[Any]:
+_STATIC_ONLY = ("static check of the ONNX graph only: a Python `if` on a size that the export did not take "
+                "leaves no trace in it; run `check MODEL --torch FILE.py:FACTORY` to export at shapes chosen to "
+                "take other branches, or `verify --reference torch:FILE.py:FACTORY`")
+
+
+def _torch_differential(args: argparse.Namespace, model: Any) -> Any:
     try:
-        from dynashape.cli_torch import torch_findings
+        from dynashape.cli_torch import torch_differential
     except ImportError as exc:
         raise DynashapeError(f"--torch needs the PyTorch extra: pip install 'dynashape[torch]' ({exc})") from None
-    return list(torch_findings(args, model))
+    return torch_differential(args, model)
 
 
 # ---------------------------------------------------------------- fix
@@ -238,8 +256,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(json.dumps(sweep.to_json(), indent=2, default=str))
     else:
         console.print(sweep_table(sweep))
-        c = sweep.counts()
-        console.print(f"{c['ok']} ok, {c['wrong']} wrong, {c['error']} error")
+        console.print(esc(sweep.summary()))
     return 0 if sweep.all_ok else 1
 
 
@@ -302,14 +319,19 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     with progress:
         result = run_doctor(model_path, out_dir=args.out_dir, export_shape=export_shape, ranges=ranges,
                             reference=args.reference, torch_spec=torch_spec, tensorrt=not args.no_tensorrt,
-                            heatmap=not args.no_heatmap, progress=update)
+                            heatmap=not args.no_heatmap, differential=not args.no_differential, progress=update)
     if args.json:
         print(json.dumps(result.to_json(), indent=2, default=str))
         return 0 if result.healthy else 1
     rep = result.check
     console.rule(f"[bold]dynashape doctor: {esc(result.model)}")
-    console.print(f"export shape {esc(format_shapes(rep.export_shape))} ({esc(rep.export_shape_note)})")
-    print_findings(console, rep.findings)
+    console.print(f"export shape {esc(rep.export_shape_text)}")
+    print_findings(console, [*rep.findings, *result.extra_findings])
+    if result.differential is not None:
+        from dynashape.cli_torch import describe_exports
+
+        for line in describe_exports(result.differential):
+            console.print(esc(line))
     if rep.lattice:
         console.print(lattice_table(rep.lattice, rep.export_shape))
     for line in result.fix.applied:
@@ -321,8 +343,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                       f"(max abs error {result.fix.export_proof.max_abs_error:.2e})")
     console.print(f"fixed model: {esc(str(result.fix.path))}")
     console.print(sweep_table(result.sweep))
-    c = result.sweep.counts()
-    console.print(f"verify ({esc(result.sweep.reference)}): {c['ok']} ok, {c['wrong']} wrong, {c['error']} error")
+    console.print(f"verify ({esc(result.sweep.reference)}): {esc(result.sweep.summary())}")
     trt = result.tensorrt
     if trt.status == "built" and trt.sweep is not None:
         console.print(sweep_table(trt.sweep))
@@ -330,6 +351,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         console.print(f"TensorRT: {trt.status} ({esc(trt.reason)})")
     if result.heatmap:
         console.print(f"shape-validity heat map: {esc(str(result.heatmap))}")
+    if result.proven:
+        console.print("[green]proven:[/] every shape matched the reference and no hazard is left")
+    elif result.healthy:
+        console.print(f"[yellow]not proven:[/] nothing failed, but {esc(result.not_proven_reason())}")
     return 0 if result.healthy else 1
 
 
@@ -412,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="dynashape-out", help="where the fixed model and reports go")
     p.add_argument("--no-tensorrt", action="store_true", help="skip the TensorRT build")
     p.add_argument("--no-heatmap", action="store_true")
+    p.add_argument("--no-differential", action="store_true",
+                   help="with a PyTorch model, skip exporting at second shapes to find Python branches on sizes")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_doctor)
 

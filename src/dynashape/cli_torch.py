@@ -2,8 +2,9 @@
 
 ``register(subparsers)`` adds the ``export`` subcommand (its handler is ``args.func``, which
 returns the exit code: 0 done, 2 usage error). ``add_torch_check_arguments`` and
-``torch_findings`` are what the ``check`` command calls for ``check MODEL.onnx --torch
-FILE.py:FACTORY --input ...``. This is the only module of the PyTorch side that prints.
+``torch_differential`` (or ``torch_findings``) are what the ``check`` command calls for ``check
+MODEL.onnx --torch FILE.py:FACTORY --input ...``; ``describe_exports`` says what that cost.
+This is the only module of the PyTorch side that prints.
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
 from dynashape.cli_engine import guarded
 from dynashape.errors import DynashapeError
-from dynashape.findings import Finding
+from dynashape.findings import Finding, Lattice
 from dynashape.shapes import ShapeMap, format_shapes, parse_shapes
+
+if TYPE_CHECKING:
+    from dynashape.differential import DifferentialResult
 
 log = logging.getLogger(__name__)
 
@@ -136,15 +140,26 @@ def add_torch_check_arguments(parser: argparse.ArgumentParser) -> None:
         help="export shape S0, e.g. input:1x3x512x512 (default: the shape recorded by `dynashape export`)")
     add("--second-shape", metavar="SHAPES", default=None,
         help="the second export shape S1 (default: S0 grown on every dynamic axis)")
+    add("--class-shapes", metavar="N", type=int, default=3,
+        help="also export at up to N shapes chosen to fall in other divisibility classes of the model's "
+        "strides and windows, where Python `if` on a size takes the other branch (default 3; 0: none)")
     add("--exporter", choices=["legacy", "dynamo"], default="legacy",
         help="exporter for the differential export (use the one the model came from)")
 
 
-def torch_findings(args: argparse.Namespace, model: onnx.ModelProto) -> list[Finding]:
+def torch_findings(args: argparse.Namespace, model: onnx.ModelProto, lattice: Lattice | None = None) -> list[Finding]:
     """Differential-export findings for `check MODEL --torch ...` ([] when --torch is not given)."""
+    result = torch_differential(args, model, lattice)
+    return [] if result is None else result.findings
+
+
+def torch_differential(
+    args: argparse.Namespace, model: onnx.ModelProto, lattice: Lattice | None = None
+) -> DifferentialResult | None:
+    """Export the --torch module at S0, S1 and the class shapes (None when --torch is not given)."""
     spec = getattr(args, "torch", None)
     if not spec:
-        return []
+        return None
     from dynashape.differential import differential_export
     from dynashape.model import graph_inputs, read_export_shape
 
@@ -164,13 +179,31 @@ def torch_findings(args: argparse.Namespace, model: onnx.ModelProto) -> list[Fin
         dynamic = None  # a static model: compare as if every non-channel axis were dynamic
     s1_text = getattr(args, "second_shape", None)
     s1 = parse_shapes(s1_text, names) if s1_text else None
+    class_shapes = getattr(args, "class_shapes", 3)
     result = differential_export(
         spec, s0, dynamic=dynamic, exporter=getattr(args, "exporter", "legacy") or "legacy", s1=s1,
+        lattice=lattice, class_shapes=3 if class_shapes is None else max(0, class_shapes),
     )
     onnx_names = {n.name for n in model.graph.node}
     for f in result.findings:
         f.details["in_model"] = f.node in onnx_names
-    return result.findings
+    return result
+
+
+def describe_exports(result: DifferentialResult) -> list[str]:
+    """What the differential export cost and why each shape: one line each, for the CLI."""
+    classes = result.classes
+    windows = ", ".join(map(str, classes.get("windows", []))) or "none"
+    lines = [f"differential export: {result.exports} exports in {result.seconds:.1f} s (strides up to "
+             f"{max(classes.get('levels', [1]))}, windows {windows})"]
+    for r in result.runs:
+        took = f"{r.seconds:.1f} s, {r.nodes} nodes" if r.status == "exported" else r.status
+        flips = f" -> other branch at {', '.join(r.branches)}" if r.branches else ""
+        extra = f": {r.message}" if r.message and r.status != "exported" else ""
+        lines.append(f"  {format_shapes(r.shapes)} ({took}): {r.reason}{flips}{extra}")
+    if not result.branches:
+        lines.append("  no Python branch on a size seen: every exported graph has the structure of the S0 one")
+    return lines
 
 
 if __name__ == "__main__":  # pragma: no cover

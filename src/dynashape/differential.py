@@ -1,9 +1,11 @@
 """Differential detection: what only the PyTorch module knows about other shapes.
 
-* :func:`differential_export` exports the module at the export shape S0 and at a second shape
-  S1, aligns the two graphs, and reports every constant, initializer or attribute whose value
-  changed: each one is a value the exporter baked from the input shape. A graph whose node
-  sequence changed is Python control flow on a size (DS009).
+* :func:`differential_export` exports the module at the export shape S0, at a second shape S1
+  (every dynamic axis grown) and at a few shapes chosen to fall in other divisibility classes
+  (:mod:`dynashape.second_shapes`), aligns each graph with the S0 one, and reports every
+  constant, initializer or attribute whose value changed: each one is a value the exporter
+  baked from the input shape. Nodes present in one graph and not the other are Python control
+  flow on a size (DS009): one finding per branch (source line), with the shapes where it flips.
 * :func:`first_divergent_node` takes a model that fails or is wrong at some shape and names
   the first node whose output stops agreeing with the reference (PyTorch, or a reference ONNX
   graph with the same structure), or the node ONNX Runtime failed on.
@@ -15,6 +17,8 @@ import difflib
 import logging
 import os
 import re
+import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -24,7 +28,8 @@ import onnx
 from onnx import numpy_helper
 
 from dynashape.errors import DynashapeError
-from dynashape.findings import Finding, Severity
+from dynashape.findings import Finding, Lattice, Severity
+from dynashape.second_shapes import PlannedShape, plan_class_shapes, pow2_part, shape_classes
 from dynashape.shapes import Shape, ShapeMap, format_shape, format_shapes
 
 if TYPE_CHECKING:
@@ -91,8 +96,42 @@ _SOURCE_FIX = {
 
 
 @dataclass
+class ExportRun:
+    """One export of the differential run: the shape, why it was chosen, and what it cost."""
+
+    shapes: ShapeMap
+    reason: str
+    status: str  # "exported" | "failed" | "skipped"
+    seconds: float = 0.0
+    nodes: int | None = None
+    message: str = ""
+    branches: list[str] = field(default_factory=list)  # branches (labels) that differ from S0 here
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shape": format_shapes(self.shapes), "reason": self.reason, "status": self.status,
+                "seconds": round(self.seconds, 2), "nodes": self.nodes, "message": self.message,
+                "branches": self.branches}
+
+
+@dataclass
+class Branch:
+    """Nodes present in the graph at some shapes and absent at others: one Python `if` on a size."""
+
+    label: str  # the source line of the nodes (or their module) that come and go
+    sources: list[str]
+    module: str
+    node: str
+    op: str
+    in_s0: bool  # the nodes are in the S0 graph (the other shapes lack them)
+    flips_at: list[str] = field(default_factory=list)
+    nodes_s0: list[str] = field(default_factory=list)
+    nodes_other: list[str] = field(default_factory=list)
+    ops: list[str] = field(default_factory=list)
+
+
+@dataclass
 class DifferentialResult:
-    """Two exports of one module and what differed between them."""
+    """Exports of one module at S0 and at second shapes, and what differed from S0."""
 
     s0: ShapeMap
     s1: ShapeMap
@@ -102,10 +141,33 @@ class DifferentialResult:
     nodes_s0: int
     nodes_s1: int
     aligned: int
+    runs: list[ExportRun] = field(default_factory=list)
+    branches: list[Branch] = field(default_factory=list)
+    classes: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def same_structure(self) -> bool:
-        return self.nodes_s0 == self.nodes_s1 and self.aligned == self.nodes_s0
+        """Every second export has the S0 graph's structure (no size branch seen)."""
+        return not self.branches and self.nodes_s0 == self.nodes_s1 and self.aligned == self.nodes_s0
+
+    @property
+    def exports(self) -> int:
+        return sum(1 for r in self.runs if r.status != "skipped")
+
+    @property
+    def seconds(self) -> float:
+        return sum(r.seconds for r in self.runs)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "exports": self.exports, "seconds": round(self.seconds, 2), "classes": self.classes,
+            "runs": [r.to_json() for r in self.runs],
+            "branches": [
+                {"source": b.label, "sources": b.sources, "module": b.module, "node": b.node, "op": b.op,
+                 "in_export_shape_graph": b.in_s0, "flips_at": b.flips_at, "ops": b.ops}
+                for b in self.branches
+            ],
+        }
 
 
 @dataclass
@@ -370,24 +432,111 @@ def differential_export(
     exporter: str = "legacy",
     s1: ShapeMap | None = None,
     opset: int | None = None,
+    lattice: Lattice | None = None,
+    class_shapes: int = 3,
 ) -> DifferentialResult:
-    """Export at S0 and S1 and report every value that changed between the two graphs."""
-    from dynashape.export import default_dynamic, export_module, load_module
+    """Export at S0, S1 and up to ``class_shapes`` shapes in other divisibility classes; report
+    every value that changed and every branch (nodes present at some shapes only).
+
+    S1 (default :func:`choose_s1`) grows every dynamic axis and finds the baked values; the
+    class shapes (:func:`dynashape.second_shapes.plan_class_shapes`) are chosen from the S0
+    graph's strides and ``Mod`` windows so that ``if h % window`` / ``if x.shape != skip.shape``
+    take the other branch somewhere. ``lattice`` keeps them on the sizes the model accepts; a
+    shape the module cannot run at is recorded as failed and finer ones are skipped.
+    """
+    from dynashape.export import default_dynamic, load_module
 
     module = load_module(module_or_spec) if isinstance(module_or_spec, str) else module_or_spec
     dynamic = default_dynamic(input_shapes) if dynamic is None else dynamic
     s0 = dict(input_shapes)
+    given = s1 is not None
     if s1 is None:
         s1 = choose_s1(s0, dynamic)
     _check_s1(s0, s1, dynamic)
-    log.info("differential export at %s and %s", format_shapes(s0), format_shapes(s1))
-    e0 = export_module(module, s0, dynamic, exporter=exporter, opset=opset)
-    e1 = export_module(module, s1, dynamic, exporter=exporter, opset=opset)
-    findings, aligned = diff_exports(e0.model, e1.model, s0, s1)
+    e0, seconds = _timed_export(module, s0, dynamic, exporter, opset)
+    runs = [ExportRun(s0, "the export shape S0", "exported", seconds, len(e0.model.graph.node))]
+    classes = shape_classes(e0.model)
+    s1_reason = ("given as the second shape" if given else
+                 "S1: every dynamic axis grown, on the power-of-two grid (finds values baked from S0)")
+    plan = [PlannedShape(dict(s1), s1_reason, 0)]
+    plan += plan_class_shapes(s0, dynamic, classes, already=[s1], lattice=lattice, budget=class_shapes)
+    log.info("differential export: %d exports (S0 %s%s); levels %s, windows %s", len(plan) + 1,
+             format_shapes(s0), "".join(f", {format_shapes(p.shapes)}" for p in plan), classes.levels,
+             classes.windows or "none")
+    findings: list[Finding] = []
+    branches: dict[str, Branch] = {}
+    first: tuple[ExportResult, ShapeMap, int] | None = None
+    failed_at: int | None = None
+    for k, p in enumerate(plan):
+        if k and failed_at is not None and _coarseness(p.shapes, s0) <= failed_at:
+            runs.append(ExportRun(p.shapes, p.reason, "skipped", message=(
+                f"the module failed at a size that is a multiple of {failed_at}; this one is no coarser")))
+            continue
+        try:
+            e, seconds = _timed_export(module, p.shapes, dynamic, exporter, opset)
+        except DynashapeError as exc:
+            log.info("export at %s failed: %s", format_shapes(p.shapes), exc)
+            runs.append(ExportRun(p.shapes, p.reason, "failed", message=str(exc)))
+            if k:
+                failed_at = max(failed_at or 0, _coarseness(p.shapes, s0))
+            continue
+        got, aligned = diff_exports(e0.model, e.model, s0, p.shapes, with_control_flow=False)
+        run = ExportRun(p.shapes, p.reason, "exported", seconds, len(e.model.graph.node))
+        for b in _branches(_Graph(e0.model), _Graph(e.model), align(e0.model.graph.node, e.model.graph.node)):
+            known = branches.setdefault(b.label, b)
+            known.flips_at.append(format_shapes(p.shapes))
+            run.branches.append(b.label)
+        runs.append(run)
+        findings += got
+        if first is None:
+            first = (e, p.shapes, aligned)
+    if first is None:
+        raise DynashapeError("the module could not be exported at any second shape: " + "; ".join(
+            f"{format_shapes(r.shapes)}: {r.message}" for r in runs[1:]))
+    e1, s1_done, aligned = first
+    exported = [format_shapes(r.shapes) for r in runs if r.status == "exported"]
+    findings = _dedupe_findings(findings)
+    for f in findings:
+        f.details["exports_compared"] = exported
+    branch_list = list(branches.values())
+    findings += [_branch_finding(b, s0, exported, len(e0.model.graph.node)) for b in branch_list]
+    for r in runs:
+        log.info("  %s %s (%.1f s, %s nodes): %s", r.status, format_shapes(r.shapes), r.seconds, r.nodes, r.reason)
     return DifferentialResult(
-        s0=s0, s1=dict(s1), findings=findings, export_s0=e0, export_s1=e1,
+        s0=s0, s1=dict(s1_done), findings=findings, export_s0=e0, export_s1=e1,
         nodes_s0=len(e0.model.graph.node), nodes_s1=len(e1.model.graph.node), aligned=aligned,
+        runs=runs, branches=branch_list, classes=classes.to_json(),
     )
+
+
+def _coarseness(shapes: ShapeMap, s0: ShapeMap) -> int:
+    """The smallest power-of-two part among the sizes that differ from S0 (lower: finer, riskier)."""
+    parts = [pow2_part(d) for name, shape in shapes.items() for a, d in enumerate(shape) if d != s0[name][a]]
+    return min(parts) if parts else 1
+
+
+def _timed_export(
+    module: torch.nn.Module, shapes: ShapeMap, dynamic: dict[str, list[int]], exporter: str, opset: int | None
+) -> tuple[ExportResult, float]:
+    from dynashape.export import export_module
+
+    start = time.perf_counter()
+    result = export_module(module, shapes, dynamic, exporter=exporter, opset=opset)
+    seconds = time.perf_counter() - start
+    log.info("exported at %s in %.1f s (%d nodes)", format_shapes(shapes), seconds, len(result.model.graph.node))
+    return result, seconds
+
+
+def _dedupe_findings(findings: list[Finding]) -> list[Finding]:
+    """One finding per (rule, node, what): the first export that showed it (S1 comes first)."""
+    kept: dict[tuple[str, str, str], Finding] = {}
+    for f in findings:
+        key = (f.rule, f.node, str(f.details.get("what", "")))
+        if key in kept:
+            kept[key].details.setdefault("also_at", []).append(f.details.get("shape_s1"))
+            continue
+        kept[key] = f
+    return list(kept.values())
 
 
 def _check_s1(s0: ShapeMap, s1: ShapeMap, dynamic: dict[str, list[int]]) -> None:
@@ -405,9 +554,9 @@ def _check_s1(s0: ShapeMap, s1: ShapeMap, dynamic: dict[str, list[int]]) -> None
 
 
 def diff_exports(
-    model0: onnx.ModelProto, model1: onnx.ModelProto, s0: ShapeMap, s1: ShapeMap
+    model0: onnx.ModelProto, model1: onnx.ModelProto, s0: ShapeMap, s1: ShapeMap, *, with_control_flow: bool = True
 ) -> tuple[list[Finding], int]:
-    """Findings for every baked value (and the control-flow change) between two exports."""
+    """Findings for every baked value (and, unless told not to, each branch) between two exports."""
     g0, g1 = _Graph(model0), _Graph(model1)
     opcodes = align(g0.nodes, g1.nodes)
     pairs = _pairs(opcodes)
@@ -438,9 +587,11 @@ def diff_exports(
                 continue
             changes.append(_Change(i, k, None, c0, c1, in0, list(c0.dims) != list(c1.dims)))
     findings = _collapse_repeats(_changes_to_findings(g0, changes, s0, s1))
-    cf = _control_flow_finding(g0, g1, opcodes, s0, s1)
-    if cf is not None:
-        findings.append(cf)
+    if with_control_flow:
+        exported = [format_shapes(s0), format_shapes(s1)]
+        for b in _branches(g0, g1, opcodes):
+            b.flips_at.append(format_shapes(s1))
+            findings.append(_branch_finding(b, s0, exported, len(g0.nodes)))
     return findings, len(pairs)
 
 
@@ -525,36 +676,60 @@ def _is_integer(value: Any) -> bool:
     return False
 
 
-def _control_flow_finding(
-    g0: _Graph, g1: _Graph, opcodes: Sequence[tuple[str, int, int, int, int]], s0: ShapeMap, s1: ShapeMap
-) -> Finding | None:
-    diffs = [op for op in opcodes if op[0] != "equal"]
-    if not diffs:
-        return None
-    tag, i1, i2, j1, _j2 = diffs[0]
-    in_s0 = i2 > i1
-    node = g0.nodes[i1] if in_s0 else g1.nodes[j1]
-    only = "only in the S1 graph" if not in_s0 else (
-        "only in the S0 graph" if tag == "delete" else "replaced between the graphs"
+def _branches(g0: _Graph, g1: _Graph, opcodes: Sequence[Opcode]) -> list[Branch]:
+    """The runs of nodes only one graph has, grouped by the source line (or module) they come from.
+
+    One Python `if` in a block that repeats (each Swin block pads) gives one run per block; they
+    share the source line, so they are one branch.
+    """
+    out: dict[str, Branch] = {}
+    for tag, i1, i2, j1, j2 in opcodes:
+        if tag == "equal":
+            continue
+        only0, only1 = g0.nodes[i1:i2], g1.nodes[j1:j2]
+        nodes = [n for n in (*only0, *only1) if n.op_type != "Constant"] or [*only0, *only1]
+        sources = Counter(src for n in (*only0, *only1) if (src := node_source(n)))
+        first = nodes[0]
+        module = module_path(first)
+        label = sources.most_common(1)[0][0] if sources else (module or f"{first.op_type} {first.name}")
+        branch = out.get(label)
+        if branch is None:
+            branch = out[label] = Branch(label, [], module, first.name, first.op_type, in_s0=bool(only0))
+        branch.sources = list(dict.fromkeys([*branch.sources, *(src for src, _ in sources.most_common(4))]))
+        branch.nodes_s0 += [n.name for n in only0]
+        branch.nodes_other += [n.name for n in only1]
+        branch.ops = list(dict.fromkeys([*branch.ops, *(n.op_type for n in nodes)]))[:12]
+    return list(out.values())
+
+
+def _branch_finding(branch: Branch, s0: ShapeMap, exported: list[str], nodes_s0: int) -> Finding:
+    """DS009 for one branch: its source line, and the shapes where it flips and where it does not."""
+    same = [s for s in exported if s != format_shapes(s0) and s not in branch.flips_at]
+    where = f" (module {branch.module})" if branch.module else ""
+    n_other = len(branch.nodes_other)
+    n0 = len(branch.nodes_s0)
+    what = (f"{n0} node(s) only in the graph exported at {format_shapes(s0)}" if n0 else "") + (
+        (" and " if n0 and n_other else "") + (f"{n_other} node(s) only at the other shape(s)" if n_other else ""))
+    message = (
+        f"Python control flow on a size: the code at {branch.label}{where} takes another branch at "
+        f"{', '.join(branch.flips_at)} than at the export shape {format_shapes(s0)}: {what} "
+        f"({', '.join(branch.ops[:6])}); the exported graph is wrong wherever the other branch would run"
     )
-    extra0 = [g0.nodes[k].name for op in diffs for k in range(op[1], op[2])]
-    extra1 = [g1.nodes[k].name for op in diffs for k in range(op[3], op[4])]
-    source = node_source(node)
+    if same:
+        message += f"; same branch as the export shape at {', '.join(same)}"
     return Finding(
-        rule="DS009", severity="error", node=node.name, op=node.op_type,
-        message=(
-            f"the graph exported at {format_shapes(s0)} has {len(g0.nodes)} nodes and the one at "
-            f"{format_shapes(s1)} has {len(g1.nodes)}: Python control flow on a size picked a different "
-            f"branch; first difference: {node.op_type} {node.name} ({only})"
-        ),
-        fixable=False, detected_by="differential-export", inputs=list(node.input),
-        baked_value=len(g0.nodes), breaks_at="shapes that take the other branch",
-        fix=f"in the source{f' ({source})' if source else ''}: replace the Python `if` on a size "
-        "with tensor ops that work for every size (e.g. always pad to a multiple)",
-        source=source,
+        rule="DS009", severity="error", node=branch.node, op=branch.op, message=message,
+        fixable=False, detected_by="differential-export", inputs=[], baked_value=nodes_s0,
+        breaks_at=f"shapes like {branch.flips_at[0]} (the other branch)" if branch.flips_at else "",
+        fix=f"in the source ({branch.label}): replace the Python `if` on a size with tensor ops that work "
+        "for every size (e.g. always pad: F.pad(x, (0, (-w) % m, 0, (-h) % m)); always interpolate to "
+        "skip.shape[-2:])",
+        source=branch.label if branch.sources else None,
         details={
-            "s0": len(g0.nodes), "s1": len(g1.nodes), "only_in_s0": extra0[:20], "only_in_s1": extra1[:20],
-            "shape_s0": format_shapes(s0), "shape_s1": format_shapes(s1),
+            "s0": nodes_s0, "s1": nodes_s0 - n0 + n_other, "flips_at": branch.flips_at, "same_as_s0_at": same,
+            "sources": branch.sources, "module": branch.module, "ops": branch.ops,
+            "only_in_s0": branch.nodes_s0[:20], "only_in_other": branch.nodes_other[:20],
+            "shape_s0": format_shapes(s0), "exports_compared": exported,
         },
     )
 

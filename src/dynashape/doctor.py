@@ -2,7 +2,15 @@
 
 With no model it runs the built-in demo. The reference for the sweep is PyTorch eager when the
 model came from a module (or is the demo) and torch is installed; otherwise the original graph
-re-specialized at each shape.
+re-specialized at each shape. With a module, the module is also exported at second shapes
+chosen to flip Python branches on sizes (:func:`dynashape.differential.differential_export`):
+its findings join the check's, and the shapes where a branch flips join the sweep.
+
+What the result claims: :attr:`DoctorResult.healthy` means nothing failed (no wrong or failing
+shape, no hazard left unfixed); :attr:`DoctorResult.proven` means, in addition, that every
+shape's numbers matched an independent reference (PyTorch eager or another ONNX model). With
+only an ONNX file the sweep compares the fixed graph with the original graph, which proves the
+fix, not the model: the result says "not proven" and how to prove it.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import onnx
 from dynashape.check import CheckReport, check_model
 from dynashape.fix import FixResult, fix_model, write_fixed
 from dynashape.model import load_model
-from dynashape.shapes import RangeMap, ShapeMap, format_shapes
+from dynashape.shapes import RangeMap, ShapeMap, format_shapes, parse_shapes
 from dynashape.verify import (
     SweepResult,
     default_ranges,
@@ -52,15 +60,36 @@ class DoctorResult:
     sweep: SweepResult
     tensorrt: TensorRTStep
     heatmap: str | None = None
-    extra_findings: list[Any] = field(default_factory=list)
+    extra_findings: list[Any] = field(default_factory=list)  # from the differential export
+    differential: Any = None  # DifferentialResult when the model came from a module
 
     @property
     def healthy(self) -> bool:
-        return self.sweep.all_ok and not self.fix.unfixed
+        """Nothing failed: no wrong or failing shape, no hazard left unfixed (a proof only if :attr:`proven`)."""
+        return self.sweep.all_ok and not self.fix.unfixed and not self.extra_findings
+
+    @property
+    def proven(self) -> bool:
+        """Healthy, and every shape's numbers matched an independent reference (PyTorch or ONNX)."""
+        return self.healthy and self.sweep.proven
+
+    def not_proven_reason(self) -> str:
+        """Why the result is no proof that the model is right ("" when it is one)."""
+        if self.proven:
+            return ""
+        if not self.healthy:
+            return "some shapes failed or hazards are left"
+        return self.sweep.compared_with()
 
     def to_json(self) -> dict[str, Any]:
         data = self.check.to_json()
-        data["findings"] = [f.to_json() for f in self.check.findings]
+        data["findings"] = [f.to_json() for f in [*self.check.findings, *self.extra_findings]]
+        data["healthy"] = self.healthy
+        data["proven"] = self.proven
+        if not self.proven:
+            data["not_proven"] = self.not_proven_reason()
+        if self.differential is not None:
+            data["differential"] = self.differential.to_json()
         data["fixed"] = {"path": self.fix.path, "applied": self.fix.applied,
                          "not_fixed": self.fix.to_json()["not_fixed"], "proof": self.fix.to_json()["proof"]}
         data["verify"] = self.sweep.to_json()
@@ -100,6 +129,7 @@ def run_doctor(
     torch_spec: str | None = None,
     heatmap: bool = True,
     tensorrt: bool = True,
+    differential: bool = True,
     progress: Callable[[int, int, ShapeMap], None] | None = None,
 ) -> DoctorResult:
     from dynashape.demo import demo_onnx_path, demo_torch_spec
@@ -120,6 +150,15 @@ def run_doctor(
     lattice = report.lattice
     rng = ranges or default_ranges(original, report.export_shape, lattice)
     shapes = sweep_shapes(original, report.export_shape, rng, lattice)
+    diff = None
+    if torch_spec and differential:
+        diff = _differential(torch_spec, original, report)
+        # where a branch flips the exported graph is wrong: verify there against PyTorch too
+        for b in diff.branches:
+            for shape in b.flips_at:
+                flip = parse_shapes(shape)
+                if flip not in shapes:
+                    shapes.append(flip)
     if reference is None:
         reference = f"torch:{torch_spec}" if torch_spec else "respecialized"
 
@@ -133,7 +172,23 @@ def run_doctor(
     heatmap_path = None
     if heatmap:
         heatmap_path = str(write_doctor_heatmap(original, result.fixed, report, out / f"{path.stem}.validity.png"))
-    return DoctorResult(str(path), report, result, sweep, trt, heatmap_path)
+    # a value the check found too is fixed (or reported) there; what only the export shows stays
+    known = {f.node for f in report.findings}
+    extra = [f for f in diff.findings if f.rule == "DS009" or f.node not in known] if diff is not None else []
+    return DoctorResult(str(path), report, result, sweep, trt, heatmap_path, extra, diff)
+
+
+def _differential(torch_spec: str, original: onnx.ModelProto, report: CheckReport) -> Any:
+    """Export the module at S0 and at second shapes chosen to flip size branches."""
+    from dynashape.differential import differential_export
+    from dynashape.model import graph_inputs
+
+    dynamic: dict[str, list[int]] | None = {i.name: i.dynamic_axes for i in graph_inputs(original)}
+    if dynamic is not None and not any(dynamic.values()):
+        dynamic = None
+    log.info("differential export of %s to find Python branches on sizes", torch_spec)
+    # not report.lattice: that is where the graph lacking the branch runs, which is the question
+    return differential_export(torch_spec, report.export_shape, dynamic=dynamic)
 
 
 def write_doctor_heatmap(original: onnx.ModelProto, fixed: onnx.ModelProto, report: CheckReport,

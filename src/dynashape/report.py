@@ -22,7 +22,7 @@ from dynashape.verify import SweepResult
 log = logging.getLogger(__name__)
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
-_STATUS_STYLE = {"ok": "green", "wrong": "bold red", "error": "bold red"}
+_STATUS_STYLE = {"ok": "green", "same": "yellow", "ran": "yellow", "wrong": "bold red", "error": "bold red"}
 
 
 def findings_table(findings: list[Finding], title: str = "Findings") -> Table:

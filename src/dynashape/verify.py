@@ -11,6 +11,14 @@ References:
   numbers come from the original ops, the sizes from shape probing) — what re-exporting at that
   shape would give, without torch;
 * ``none``: only checks that the model runs and that outputs that follow the input do.
+
+What a sweep proves depends on the reference, and the result says so: a row is ``ok`` only
+when its numbers matched an independent reference (PyTorch eager or another ONNX model);
+``same`` when they matched the original graph re-specialized per shape (this proves a fix kept
+what the graph computes, not that the graph is what the PyTorch model computes: a Python
+branch on a size that the export did not take is absent from both); ``ran`` when no numbers
+were compared (it ran, and outputs that follow the input size at S0 follow it). ``wrong`` and
+``error`` are failures whatever the reference.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class ShapeResult:
     shapes: ShapeMap
-    status: str  # "ok" | "wrong" | "error"
+    status: str  # "ok" | "same" | "ran" | "wrong" | "error" (see the module docstring)
     max_abs_error: float | None = None
     output_shapes: dict[str, list[int]] = field(default_factory=dict)
     message: str = ""
@@ -61,6 +69,15 @@ class ShapeResult:
         }
 
 
+# what matching each kind of reference proves, and the row status it gives
+PROOF_INDEPENDENT = "independent"  # PyTorch eager or another ONNX model: the numbers are proven
+PROOF_SELF = "self"  # the original graph re-specialized: the fix agrees with the graph it came from
+PROOF_NONE = "none"  # no numbers compared: it runs and output sizes follow the input
+_PASS_STATUS = {PROOF_INDEPENDENT: "ok", PROOF_SELF: "same", PROOF_NONE: "ran"}
+HOW_TO_PROVE = ("prove the numbers with --reference torch:FILE.py:FACTORY (PyTorch eager at every shape), "
+                "or `check --torch FILE.py:FACTORY` to export at other shapes and find Python branches on sizes")
+
+
 @dataclass
 class SweepResult:
     results: list[ShapeResult]
@@ -68,16 +85,47 @@ class SweepResult:
     backend: str
     atol: float
     rtol: float
+    proof: str = PROOF_INDEPENDENT
+
+    @property
+    def failed(self) -> bool:
+        """A shape gave wrong outputs or failed to run (whatever the reference)."""
+        return any(r.status in ("wrong", "error") for r in self.results)
 
     @property
     def all_ok(self) -> bool:
-        return all(r.status == "ok" for r in self.results)
+        """Nothing failed. Not a proof unless :attr:`proven`: rows may be ``same`` or ``ran``."""
+        return not self.failed
+
+    @property
+    def proven(self) -> bool:
+        """Every shape's numbers matched an independent reference (PyTorch or another ONNX model)."""
+        return self.proof == PROOF_INDEPENDENT and bool(self.results) and all(r.status == "ok" for r in self.results)
 
     def counts(self) -> dict[str, int]:
-        out = {"ok": 0, "wrong": 0, "error": 0}
+        out = {_PASS_STATUS[self.proof]: 0, "wrong": 0, "error": 0}
         for r in self.results:
             out[r.status] = out.get(r.status, 0) + 1
         return out
+
+    def compared_with(self) -> str:
+        """What the sweep compared against, in words."""
+        if self.proof == PROOF_NONE:
+            return "outputs not compared with a reference (only that it runs and that output sizes follow the input)"
+        if self.proof == PROOF_SELF:
+            return ("outputs compared with the original ONNX graph re-specialized per shape, not with PyTorch: "
+                    "this proves the fix kept what the graph computes, not that the graph is right")
+        return f"outputs compared with {self.reference}"
+
+    def summary(self) -> str:
+        """One line: the counts, what they were compared with, and how to prove them if they were not."""
+        c = self.counts()
+        passed = _PASS_STATUS[self.proof]
+        words = {"ok": "ok", "same": "same as the original graph", "ran": "ran"}
+        line = f"{c[passed]} {words[passed]}, {c['wrong']} wrong, {c['error']} error; {self.compared_with()}"
+        if self.proof != PROOF_INDEPENDENT:
+            line += f". NOT PROVEN: {HOW_TO_PROVE}"
+        return line
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -85,6 +133,10 @@ class SweepResult:
             "backend": self.backend,
             "atol": self.atol,
             "rtol": self.rtol,
+            "proof": self.proof,
+            "proven": self.proven,
+            "compared_with": self.compared_with(),
+            "counts": self.counts(),
             "results": [r.to_json() for r in self.results],
         }
 
@@ -96,6 +148,7 @@ class Reference:
     """Gives the expected outputs at a shape; ``None`` means it has no numbers, only checks sizes."""
 
     label = "reference"
+    proof = PROOF_INDEPENDENT
 
     def outputs(self, shapes: ShapeMap, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         raise NotImplementedError
@@ -106,6 +159,7 @@ class Reference:
 
 class NoReference(Reference):
     label = "none (output sizes only)"
+    proof = PROOF_NONE
 
     def outputs(self, shapes: ShapeMap, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         return None
@@ -125,6 +179,7 @@ class RespecializedReference(Reference):
     """The original graph with its baked constants set, per shape, to what that shape needs."""
 
     label = "original graph re-specialized per shape"
+    proof = PROOF_SELF
 
     def __init__(self, original: onnx.ModelProto, report: CheckReport) -> None:
         self.original = original
@@ -352,7 +407,7 @@ def verify(
             if progress:
                 progress(i, len(shapes), s)
             feeds = random_feeds(model, s, seed=i)
-            res = ShapeResult(s, "ok", on_lattice=on_lattice(s, lattice) if lattice else None)
+            res = ShapeResult(s, _PASS_STATUS[reference.proof], on_lattice=on_lattice(s, lattice) if lattice else None)
             try:
                 out = runner.infer(feeds)
                 res.output_shapes = {k: list(v.shape) for k, v in out.items()}
@@ -373,15 +428,16 @@ def verify(
                 if problem:
                     res.status, res.message = "wrong", problem
             else:
-                res.status, err, res.message = compare(out, ref, atol, rtol)
+                status, err, res.message = compare(out, ref, atol, rtol)
+                res.status = _PASS_STATUS[reference.proof] if status == "ok" else status
                 res.max_abs_error = err if err != float("inf") else None
-            if res.status != "ok" and diagnose:
+            if res.status in ("wrong", "error") and diagnose:
                 res.divergent = diagnose(s, feeds)
             results.append(res)
     if progress:
         progress(len(shapes), len(shapes), {})
     reference.close()
-    return SweepResult(results, reference.label, backend, atol, rtol)
+    return SweepResult(results, reference.label, backend, atol, rtol, reference.proof)
 
 
 def output_follow_check(model: onnx.ModelProto, s0: ShapeMap) -> Callable[[ShapeMap, dict[str, np.ndarray]], str]:
@@ -405,6 +461,7 @@ def output_follow_check(model: onnx.ModelProto, s0: ShapeMap) -> Callable[[Shape
 
 
 __all__ = [
+    "HOW_TO_PROVE",
     "RunError",
     "SweepResult",
     "default_ranges",

@@ -1,9 +1,11 @@
 """Report-only rules: hazards with no exact graph rewrite, so the finding names the source change.
 
 * DS009: Python ``if`` on a size. The branch not taken is simply absent, so the ONNX file alone
-  shows only traces: an ``If`` whose condition is computed from ``Shape``, or a ``Pad`` with
+  shows only traces: an ``If`` whose condition is computed from ``Shape``, a ``Pad`` with
   constant pads that rounds a dynamic axis up to a multiple at the export size only (``if h % 2:
-  x = F.pad(x, (0, 0, 0, 1))`` exported at an odd size). Differential export
+  x = F.pad(x, (0, 0, 0, 1))`` exported at an odd size), or a ``Pad`` to a multiple of a window
+  computed with ``Mod`` (``(7 - W % 7) % 7``: Swin-style window partitioning, whose code branches
+  on the same sizes; a warning that asks for the proof with ``--torch``). Differential export
   (``dynashape.differential``) sees the rest: the node count differs between two exports.
   Split with DS013 (``rules/padding.py``): when a strided conv/pool after the pad says which
   multiple it rounds up to, the pad is "same" padding that DS013 rebuilds exactly from ``Shape``
@@ -130,6 +132,9 @@ class SizeControlFlow(Rule):
             pads1 = pads0
         else:
             if _shape_sources(pads_v):
+                windows = _mod_windows(ctx, pads_v)
+                if windows:
+                    return self._window_pad(ctx, node, windows)
                 return self.refuse(node, "its pads are computed from the input size (they follow it)")
             pads0, pads1 = _ints(ctx.value(pads_v, ctx.p0)), _ints(ctx.value(pads_v, ctx.p1))
         if len(node.inputs) > 3 and node.inputs[3] is not None:
@@ -167,6 +172,46 @@ class SizeControlFlow(Rule):
                  "F.pad(x, (0, (-x.shape[-1]) % m, 0, (-x.shape[-2]) % m)), instead of `if` on a Python int"),
             details={"axes": rounded, "pads": pads0},
         )
+
+
+    def _window_pad(self, ctx: Context, node: ir.Node, windows: list[int]) -> Finding:
+        """Pads computed as ``(w - size % w) % w``: window partitioning, where size branches live."""
+        x0 = ctx.dims(node.inputs[0], ctx.p0)
+        w = ", ".join(map(str, windows))
+        return self.finding(
+            node, severity="warning",
+            message=(f"Pad {node.name} pads its input ({fmt(x0)} at the export shape) up to a multiple of {w} "
+                     f"computed from its size (`({windows[0]} - W % {windows[0]}) % {windows[0]}`): window "
+                     "partitioning. The pad itself follows every size, but window-attention code usually also "
+                     "branches in Python on the same sizes (crop only when it padded, no shift or a smaller window "
+                     "when the window covers the feature map, an attention mask built for one size); the branch not "
+                     "taken at the export shape is absent from this graph, so other sizes may be silently wrong"),
+            fixable=False, baked_value=windows, breaks_at="sizes whose feature maps are (or are not) multiples of "
+            f"the window {w}, unlike at the export shape",
+            fix=("prove it: `dynashape check MODEL.onnx --torch FILE.py:FACTORY` exports at sizes in the other "
+                 "classes and names the branches; or `verify --reference torch:FILE.py:FACTORY`"),
+            details={"windows": windows, "pattern": "window-partition pad"},
+        )
+
+
+def _mod_windows(ctx: Context, value: ir.Value) -> list[int]:
+    """Constant divisors ≥ 3 of the ``Mod`` nodes a value is computed from (``W % 7`` -> 7)."""
+    out: set[int] = set()
+    stack: list[ir.Value] = [value]
+    seen: set[int] = set()
+    while stack and len(seen) < _MAX_PLUMBING:
+        producer = stack.pop().producer()
+        if producer is None or id(producer) in seen:
+            continue
+        seen.add(id(producer))
+        if producer.op_type == "Mod" and len(producer.inputs) > 1:
+            divisor_v = producer.inputs[1]
+            divisor = _ints(ctx.value(divisor_v, ctx.p0))
+            if divisor is not None and len(divisor) == 1 and abs(divisor[0]) >= 3 and (
+                    divisor_v is None or not _shape_sources(divisor_v)):
+                out.add(abs(divisor[0]))
+        stack.extend(i for i in producer.inputs if i is not None)
+    return sorted(out)
 
 
 def _rounding_multiple(size: int, pad: int) -> int:

@@ -1,0 +1,118 @@
+"""No clean bill without proof: what `check`, `verify` and `doctor` claim with and without a reference,
+and the static DS009 warning on a window-partition pad."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import models as M
+import models_reports as MR
+import pytest
+
+from dynashape import cli
+from dynashape.check import check_model
+from dynashape.demo import demo_onnx_path
+from dynashape.doctor import run_doctor
+
+needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs PyTorch")
+
+
+# ---------------------------------------------------------------- static DS009: window-partition pad
+
+
+def test_window_pad_is_a_ds009_warning() -> None:
+    model = MR.window_pad(7)
+    report = check_model(model, export_shape={"x": (1, 4, 56, 60)})
+    (f,) = [f for f in report.findings if f.rule == "DS009"]
+    assert f.severity == "warning" and not f.fixable and f.op == "Pad"
+    assert f.details["windows"] == [7] and "multiple of 7" in f.message
+    assert "--torch" in f.fix
+    # the pad itself is right at every size: the graph still runs and follows the input
+    M.run(model, (1, 4, 61, 50))
+
+
+def test_pad_from_size_without_a_window_is_not_warned() -> None:
+    report = check_model(MR.window_pad(7, mod=False), export_shape={"x": (1, 4, 56, 60)})
+    assert [f for f in report.findings if f.rule == "DS009"] == []
+    assert any(r.rule == "DS009" and "follow it" in r.reason for r in report.refusals)
+
+
+def test_plain_conv_net_gets_no_ds009() -> None:
+    g = M.GraphBuilder(17)
+    g.conv(g.conv(M.X, 4, 4, "c1", stride=2), 4, 4, "c2", stride=2)
+    report = check_model(g.model(["c2"]), export_shape={"x": (1, 4, 64, 64)})
+    assert [f for f in report.findings if f.rule == "DS009"] == []
+
+
+# ---------------------------------------------------------------- ONNX only: not proven
+
+
+def test_verify_without_reference_says_ran_not_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fixed = tmp_path / "fixed.onnx"
+    assert cli.main(["fix", str(demo_onnx_path()), "-o", str(fixed)]) == 0
+    capsys.readouterr()
+    assert cli.main(["verify", str(fixed), "--range", "input:1x3x[128..256:64]x[128..256:64]"]) == 0
+    out = capsys.readouterr().out
+    assert "ran, 0 wrong, 0 error; outputs not compared with a reference" in out
+    assert "NOT PROVEN" in out and "--reference torch:" in out
+    assert cli.main(["verify", str(fixed), "--range", "input:1x3x[128..256:64]x[128..256:64]", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["proven"] is False and {r["status"] for r in data["results"]} == {"ran"}
+
+
+def test_check_onnx_only_says_what_it_did_not_prove(capsys: pytest.CaptureFixture[str]) -> None:
+    cli.main(["check", str(demo_onnx_path())])
+    out = capsys.readouterr().out
+    assert "not proven:" in out and "--torch" in out
+    cli.main(["check", str(demo_onnx_path()), "--json"])
+    assert "--torch" in json.loads(capsys.readouterr().out)["not_proven"]
+
+
+def test_doctor_onnx_only_is_not_proven(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_doctor(str(demo_onnx_path()), out_dir=tmp_path, heatmap=False, tensorrt=False)
+    assert result.sweep.proof == "self" and {r.status for r in result.sweep.results} == {"same"}
+    assert result.healthy and not result.proven
+    assert "not with PyTorch" in result.not_proven_reason()
+    data = result.to_json()
+    assert data["proven"] is False and data["healthy"] is True and "not with PyTorch" in data["not_proven"]
+    code = cli.main(["doctor", str(demo_onnx_path()), "--out-dir", str(tmp_path / "cli"), "--no-tensorrt",
+                     "--no-heatmap"])
+    out = capsys.readouterr().out
+    assert code == 0  # nothing failed; exit 0 as Polygraphy and trtexec do, with the claim spelled out
+    assert "not proven:" in out and "same as the original graph" in out and "proven: every" not in out
+
+
+# ---------------------------------------------------------------- doctor with a module
+
+
+@pytest.mark.torch
+@needs_torch
+def test_doctor_with_module_finds_the_branch_and_fails(tmp_path: Path) -> None:
+    path = MR.write_size_branch_modules(tmp_path)
+    spec = f"{path}:DPTStyle"
+    from dynashape.export import export_module, load_module
+
+    onnx_path = tmp_path / "dpt.onnx"
+    export_module(load_module(spec), {"input": (1, 3, 64, 64)}, path=onnx_path)
+    result = run_doctor(str(onnx_path), out_dir=tmp_path / "out", torch_spec=spec, heatmap=False, tensorrt=False)
+    branches = [f for f in result.extra_findings if f.rule == "DS009"]
+    assert branches and branches[0].source == f"{path}:{MR.source_line('dpt-interp-line')}"
+    assert not result.healthy and not result.proven
+    flips = set(branches[0].details["flips_at"])
+    # the flip shapes joined the sweep against PyTorch, and the exported graph fails or is wrong there
+    rows = {f"input:{'x'.join(map(str, r.shapes['input']))}": r for r in result.sweep.results}
+    assert flips <= set(rows)
+    assert all(rows[s].status in ("wrong", "error") for s in flips)
+    assert result.to_json()["differential"]["exports"] >= 3
+
+
+@pytest.mark.torch
+@needs_torch
+def test_doctor_with_clean_module_is_proven(tmp_path: Path) -> None:
+    from dynashape.demo import demo_torch_spec
+
+    result = run_doctor(None, out_dir=tmp_path, heatmap=False, tensorrt=False, torch_spec=demo_torch_spec())
+    assert result.sweep.proof == "independent" and result.proven, result.sweep.summary()
+    assert not [f for f in result.extra_findings if f.rule == "DS009"]
