@@ -159,4 +159,61 @@ def _unique_initializer(graph: ir.Graph, base: str) -> str:
     return name
 
 
-RULES: list[Rule] = [TensorRTUnsupported()]
+_MAX_FOLD_WEIGHT_ELEMENTS = 1 << 24  # a folded weight replaces one of the same size
+
+
+class TrainingModeBatchNorm(Rule):
+    """``BatchNormalization`` with ``training_mode=1`` (batch statistics). TensorRT 8.5's parser
+    rejects it ("does not support training_mode == 1", seen on the H200 with HF BiT). HF BiT's
+    weight standardization calls ``F.batch_norm(weight, training=True)`` on the conv weight: a
+    computation on constants only, the same at every input size, so it folds into the weight."""
+
+    id = "DS016"
+    title = "BatchNormalization in training mode (TensorRT rejects it): folded when it only normalizes weights"
+    ops = ("BatchNormalization",)
+
+    def check(self, ctx: Context, node: ir.Node) -> Finding | Refusal:
+        if not node.attributes.get_int("training_mode", 0):
+            return self.refuse(node, "inference mode (training_mode=0): TensorRT imports it")
+        y = node.outputs[0]
+        origin = origin_of(y, _MAX_FOLD_NODES)
+        foldable = origin.kind == "constant"
+        reason = (f"TensorRT 8.5's ONNX parser rejects BatchNormalization with training_mode=1 (statistics of "
+                  f"the batch); {TRT_CHECKED} fails to build the engine")
+        if foldable:
+            outputs = [o.name for n in origin.nodes for o in n.outputs if o is not None and o.name]
+            return self.finding(
+                node, severity="warning", fixable=True,
+                message=f"{reason}; here it normalizes constants only (a weight standardization)",
+                breaks_at=f"every shape: the engine build fails ({TRT_CHECKED})",
+                fix="fold it into an initializer: its value is the same at every input size",
+                details={"fold": outputs, "checked_against": TRT_CHECKED},
+            )
+        return self.finding(
+            node, severity="error", fixable=False,
+            message=f"{reason}; it normalizes data ({origin.why or 'it depends on the input'})",
+            breaks_at=f"every shape: the engine build fails ({TRT_CHECKED})",
+            fix="not rewritten: export the module in eval mode (model.eval()) so BatchNorm uses its running statistics",
+            details={"checked_against": TRT_CHECKED},
+        )
+
+    def rewrite(self, ctx: Context, node: ir.Node, finding: Finding) -> str:
+        graph = ctx.model.graph
+        y = node.outputs[0]
+        assert y is not None and y.name
+        arr = fold_value(ctx.proto, y.name, set(finding.details["fold"]))
+        if arr.size > _MAX_FOLD_WEIGHT_ELEMENTS:
+            return f"{finding.node}: not folded ({arr.size} elements)"
+        name = _unique_initializer(graph, f"{node.name}_folded")
+        folded = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)),
+                          const_value=ir.tensor(arr, name=name))
+        graph.register_initializer(folded)
+        ir.convenience.replace_all_uses_with(y, folded)
+        for i, out in enumerate(graph.outputs):
+            if out is y:
+                graph.outputs[i] = folded
+        ir_passes.RemoveUnusedNodesPass()(ctx.model)
+        return f"{finding.node}: training-mode BatchNormalization of constants folded into {name}"
+
+
+RULES: list[Rule] = [TensorRTUnsupported(), TrainingModeBatchNorm()]
