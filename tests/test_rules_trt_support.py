@@ -1,7 +1,10 @@
-"""DS016: BatchNormalization in training mode, which TensorRT 8.5's parser rejects at any shape.
+"""DS016: what TensorRT 8.5 rejects at any shape — BatchNormalization in training mode, conv
+weights computed in the graph.
 
-HF BiT standardizes its conv weights with ``F.batch_norm(weight, training=True)``: the exported
-node normalizes constants only and folds into the weight. One that normalizes data is reported.
+HF BiT standardizes its conv weights with ``F.batch_norm(weight, training=True)``: on the H200 the
+parser rejected the training-mode node, and once that was folded alone the build failed on the
+computed weights ("Cask convolution isConsistent"). The weights are constants only, the same at
+every size: they fold into initializers. A training-mode BatchNormalization of data is reported.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ def _bn_on_input(training: int) -> onnx.ModelProto:
              numpy_helper.from_array(np.zeros(c, np.float32), "bias"),
              numpy_helper.from_array(np.zeros(c, np.float32), "mean"),
              numpy_helper.from_array(np.ones(c, np.float32), "var")]
-    node = helper.make_node("BatchNormalization", ["x", "scale", "bias", "mean", "var"], ["y"], name="bn",
+    outputs = ["y", "run_mean", "run_var"] if training else ["y"]  # training mode has all three
+    node = helper.make_node("BatchNormalization", ["x", "scale", "bias", "mean", "var"], outputs, name="bn",
                             training_mode=training)
     graph = helper.make_graph(
         [node], "bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, "H", "W"])],
@@ -61,8 +65,12 @@ def test_weight_standardization_in_training_mode_is_folded_into_the_weight() -> 
     assert [n.attribute for n in model.graph.node if n.op_type == "BatchNormalization"]
     s0 = {"x": (1, 3, 32, 32)}
     result = fix_model(model, export_shape=s0)
-    found = _ds016(result.report)
-    assert len(found) == 2 and all(f.fixable and f.severity == "warning" for f in found)
+    found = [f for f in result.report.findings if f.rule == "DS016"]
+    assert [f.op for f in found] == ["Conv", "Conv"] and all(f.fixable for f in found)
+    assert "weights" in found[0].message
+    inits = {t.name for t in result.fixed.graph.initializer}
+    convs = [n for n in result.fixed.graph.node if n.op_type == "Conv"]
+    assert convs and all(n.input[1] in inits for n in convs)  # weights are initializers now
     assert not [n for n in result.fixed.graph.node if n.op_type == "BatchNormalization"]
     assert result.rolled_back == []
     assert_models_equivalent(model, result.fixed, s0)
@@ -72,6 +80,33 @@ def test_weight_standardization_in_training_mode_is_folded_into_the_weight() -> 
             want = net(x).numpy()
         (got,) = run_model(result.fixed, {"x": x.numpy()}).values()
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_training_mode_batchnorm_of_a_constant_is_folded() -> None:
+    # a standardized table added to the data (not a conv weight): the BatchNormalization rule folds it
+    c = M.C
+    table = numpy_helper.from_array(np.arange(2 * c * 3, dtype=np.float32).reshape(1, c, 6) ** 1.5, "table")
+    inits = [table, numpy_helper.from_array(np.ones(c, np.float32), "scale"),
+             numpy_helper.from_array(np.zeros(c, np.float32), "bias"),
+             numpy_helper.from_array(np.zeros(c, np.float32), "mean"),
+             numpy_helper.from_array(np.ones(c, np.float32), "var"),
+             numpy_helper.from_array(np.array([1, c, 1, 6], np.int64), "shape4")]
+    nodes = [helper.make_node("BatchNormalization", ["table", "scale", "bias", "mean", "var"],
+                              ["std", "run_mean", "run_var"], name="bn", training_mode=1),
+             helper.make_node("Reshape", ["std", "shape4"], ["std4"], name="std4"),
+             helper.make_node("Add", ["x", "std4"], ["y"], name="add")]
+    graph = helper.make_graph(
+        nodes, "bn_const", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, "H", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", c, "H", 6])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    s0 = {"x": (1, c, 5, 6)}
+    result = fix_model(model, export_shape=s0)
+    (finding,) = _ds016(result.report)
+    assert finding.fixable and finding.severity == "warning"
+    assert not [n for n in result.fixed.graph.node if n.op_type == "BatchNormalization"]
+    assert_models_equivalent(model, result.fixed, s0)
+    assert_models_equivalent(model, result.fixed, {"x": (3, c, 9, 6)})
 
 
 def test_batch_statistics_of_data_are_reported_not_folded() -> None:

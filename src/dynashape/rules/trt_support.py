@@ -43,11 +43,18 @@ CONSTANT_SLOTS: dict[str, dict[int, str]] = {
     "Unsqueeze": {1: "axes"},
     "Pad": {3: "axes"},
     "Resize": {1: "roi", 2: "scales"},
+    # weights computed in the graph from constants (HF BiT's weight standardization): TensorRT 8.5
+    # parsed BiT's once its training-mode BatchNormalization was folded, then failed the build
+    # with "Cask convolution isConsistent" on the computed weights
+    "Conv": {1: "weights"},
+    "ConvTranspose": {1: "weights"},
     **{op: {1: "axes"} for op in _REDUCE},
 }
+_WEIGHT_SLOTS = {"weights"}
 TRT_CHECKED = "TensorRT 8.5"
 _MAX_FOLD_NODES = 256
 _MAX_FOLD_ELEMENTS = 1 << 16
+_MAX_FOLD_WEIGHT_ELEMENTS = 1 << 24  # a folded weight replaces one of the same size
 
 
 def fold_value(proto: onnx.ModelProto, value_name: str, node_outputs: set[str]) -> np.ndarray:
@@ -92,7 +99,7 @@ class TensorRTUnsupported(Rule):
             kind, nodes, why = origin.kind, origin.nodes, origin.why
             if kind == "constant":
                 foldable[str(slot)] = [o.name for n in nodes for o in n.outputs if o is not None and o.name]
-            else:
+            elif what not in _WEIGHT_SLOTS:  # weights made from data (dynamic filters): not checked here
                 problems.append(
                     f"{what} ({value.name}) is not a constant: {why}; not supported by {TRT_CHECKED} "
                     f"(onnx-tensorrt operators.md: {node.op_type} {what} must be an initializer)"
@@ -137,14 +144,16 @@ class TensorRTUnsupported(Rule):
             value = node.inputs[slot]
             assert value is not None and value.name
             arr = fold_value(ctx.proto, value.name, set(outputs))
-            if arr.size > _MAX_FOLD_ELEMENTS:
+            what = CONSTANT_SLOTS[node.op_type][slot]
+            if arr.size > (_MAX_FOLD_WEIGHT_ELEMENTS if what in _WEIGHT_SLOTS else _MAX_FOLD_ELEMENTS):
                 continue
             name = _unique_initializer(graph, f"{node.name}_{CONSTANT_SLOTS[node.op_type][slot]}_folded")
             folded = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.from_numpy(
                 arr.dtype)), const_value=ir.tensor(arr, name=name))
             graph.register_initializer(folded)
             node.replace_input_with(slot, folded)
-            done.append(f"{CONSTANT_SLOTS[node.op_type][slot]}={arr.tolist()}")
+            shown = arr.tolist() if arr.size <= 16 else f"<{'x'.join(map(str, arr.shape))} tensor>"
+            done.append(f"{CONSTANT_SLOTS[node.op_type][slot]}={shown}")
         # the folded nodes are dead now unless something else reads them
         ir_passes.RemoveUnusedNodesPass()(ctx.model)
         return f"{finding.node}: folded {', '.join(done)} into initializers"
@@ -157,9 +166,6 @@ def _unique_initializer(graph: ir.Graph, base: str) -> str:
         name = f"{base}_{k}"
         k += 1
     return name
-
-
-_MAX_FOLD_WEIGHT_ELEMENTS = 1 << 24  # a folded weight replaces one of the same size
 
 
 class TrainingModeBatchNorm(Rule):
