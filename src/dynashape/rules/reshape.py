@@ -227,12 +227,7 @@ class FrozenReshapeTarget(Rule):
                 pieces.append(g.outputs[0])
             else:
                 pieces.append(const_i64(graph, f"{node.name}_c{i}", [v]))
-        cat = ir.node("Concat", pieces, attributes={"axis": 0}, name=new_name(graph, f"{node.name}_target"))
-        new_nodes.append(cat)
-        for n in new_nodes:
-            n.outputs[0].name = f"{n.name}_output"
-        graph.insert_before(node, new_nodes)
-        node.replace_input_with(1, cat.outputs[0])
+        _install_target(graph, node, pieces, new_nodes)
         return f"{node.name}: target entries {sorted(axes)} of {t0} from Shape({plan['tensor']}) (axes {axes})"
 
     def shadows_downstream(self, finding: Finding) -> bool:
@@ -289,12 +284,7 @@ class FrozenReshapeTarget(Rule):
                 pieces.append(g.outputs[0])
             else:
                 pieces.append(const_i64(graph, f"{node.name}_c{i}", [v]))
-        cat = ir.node("Concat", pieces, attributes={"axis": 0}, name=new_name(graph, f"{node.name}_target"))
-        new_nodes.append(cat)
-        for n in new_nodes:
-            n.outputs[0].name = f"{n.name}_output"
-        graph.insert_before(node, new_nodes)
-        node.replace_input_with(1, cat.outputs[0])
+        _install_target(graph, node, pieces, new_nodes)
         if plan["kind"] == "regroup":
             return f"{node.name}: target entries {entries} set, the computed ones kept"
         return f"{node.name}: target {t0} -> built from Shape({x.name})"
@@ -626,6 +616,16 @@ def _fails_upstream(ctx: Context, probe: Probe, value: ir.Value | None) -> bool:
         return False
     node = next((n for n in ctx.model.graph if n.name == failed), None)
     return node is not None and is_descendant(value, node)
+
+
+def _install_target(graph: ir.Graph, node: ir.Node, pieces: list[ir.Value], new_nodes: list[ir.Node]) -> None:
+    """Concat ``pieces`` into the reshape's new target; insert ``new_nodes`` and it before ``node``."""
+    cat = ir.node("Concat", pieces, attributes={"axis": 0}, name=new_name(graph, f"{node.name}_target"))
+    new_nodes.append(cat)
+    for n in new_nodes:
+        n.outputs[0].name = f"{n.name}_output"
+    graph.insert_before(node, new_nodes)
+    node.replace_input_with(1, cat.outputs[0])
 
 
 def _batch_sizes(ctx: Context) -> tuple[int, int]:
