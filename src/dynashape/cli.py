@@ -122,7 +122,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         else:
             console.print(f"[yellow]not proven:[/] {esc(_STATIC_ONLY)}")
         if report.lattice:
-            console.print(lattice_table(report.lattice, report.export_shape))
+            console.print(lattice_table(report.lattice, report.export_shape, report.export_shape_source != "unknown"))
         for out, axes in report.outputs_follow.items():
             broken = [a for a, ok in axes.items() if not ok]
             if broken:
@@ -333,7 +333,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         for line in describe_exports(result.differential):
             console.print(esc(line))
     if rep.lattice:
-        console.print(lattice_table(rep.lattice, rep.export_shape))
+        console.print(lattice_table(rep.lattice, rep.export_shape, rep.export_shape_source != "unknown"))
     for line in result.fix.applied:
         console.print(f"[green]fixed[/]   {esc(line)}")
     for f in result.fix.unfixed:

@@ -47,13 +47,15 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
-def lattice_table(lattice: Lattice, export_shape: ShapeMap) -> Table:
+def lattice_table(lattice: Lattice, export_shape: ShapeMap, export_known: bool = True) -> Table:
+    """``export_known``: False when S0 is unknown and ``export_shape`` only the size analysed at."""
     table = Table(title="Valid sizes (lattice)")
     for col in ("input", "axis", "export size", "min", "multiple"):
         table.add_column(col)
     for name, axes in lattice.items():
         for axis, lat in sorted(axes.items()):
-            table.add_row(name, str(axis), str(export_shape[name][axis]), str(lat.min),
+            export = str(export_shape[name][axis]) if export_known else f"? ({export_shape[name][axis]} analysed)"
+            table.add_row(name, str(axis), export, str(lat.min),
                           str(lat.multiple) if not lat.irregular else "only the export size")
     return table
 
@@ -81,7 +83,7 @@ def print_findings(console: Console, findings: list[Finding]) -> None:
     if findings:
         console.print(findings_table(findings))
     else:
-        console.print("[green]no hazards found[/]")
+        console.print("no hazards found by the static rules")
 
 
 # ---------------------------------------------------------------- heat map
