@@ -196,8 +196,7 @@ def cmd_fix(args: argparse.Namespace) -> int:
         if (f.rule, f.node) not in rolled:
             console.print(f"[yellow]not fixed[/] {f.rule} {esc(f.node)}: {esc(f.fix or f.message)}")
     if result.export_proof:
-        p = result.export_proof
-        console.print(f"proof: matches the original at the export shape (max abs error {p.max_abs_error:.2e})")
+        console.print(f"proof: {esc(_export_proof_text(result.export_proof))}")
     against = f"the original and {args.reference}" if result.reference else "the original"
     for p in result.other_proofs:
         style = {"same": "green", "repaired": "green", "worse": "red", "both fail": "red",
@@ -221,6 +220,19 @@ def cmd_fix(args: argparse.Namespace) -> int:
                       f"error finding(s) ({rules}): it is not correct at every shape; see 'not fixed' above[/]")
         return 1
     return 0
+
+
+def _export_proof_text(p: Any) -> str:
+    """What the proof at the export shape showed (a ProofRun)."""
+    from dynashape.shapes import format_shapes
+
+    where = format_shapes(p.shapes)
+    if p.verdict == "same":
+        return f"the fixed model matches the original at the export shape {where} (max abs error {p.max_abs_error:.2e})"
+    if p.verdict == "both fail":
+        return (f"the original fails at {where} too ({p.message}): it is not the export shape; "
+                "nothing was proven there (give --export-shape)")
+    return f"at the export shape {where}: {p.verdict} ({p.message})"
 
 
 def _fmt(shapes: Any) -> str:
@@ -302,7 +314,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     console = _console(args)
     from dynashape.doctor import run_doctor
     from dynashape.report import lattice_table, print_findings, sweep_table
-    from dynashape.shapes import format_shapes
 
     model_path = args.model
     torch_spec = None
@@ -339,8 +350,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for f in result.fix.unfixed:
         console.print(f"[yellow]not fixed[/] {f.rule} {esc(f.node)}: {esc(f.fix)}")
     if result.fix.export_proof:
-        console.print(f"proof: the fixed model matches the original at {esc(format_shapes(rep.export_shape))} "
-                      f"(max abs error {result.fix.export_proof.max_abs_error:.2e})")
+        console.print(f"proof: {esc(_export_proof_text(result.fix.export_proof))}")
     console.print(f"fixed model: {esc(str(result.fix.path))}")
     console.print(sweep_table(result.sweep))
     console.print(f"verify ({esc(result.sweep.reference)}): {esc(result.sweep.summary())}")

@@ -152,12 +152,22 @@ def fix_model(
         judge = _Judge(model, report.export_shape, reference)
         shapes = [report.export_shape, *proof_shapes(model, report.export_shape,
                                                        report.lattice if multiple is None else {}, ranges)]
-        for _ in range(len(_rewritten(report)) + 1):
+        budget = 2 * len(_rewritten(report)) + 2  # each round takes one rewrite back
+        while True:
             proofs = judge.prove(fixed, shapes)
             export_proof, others = proofs[0], proofs[1:]
             worse = [p for p in proofs if p.verdict == "worse"]
-            if not worse or not report.applied:
+            if not worse:
                 break
+            budget -= 1
+            if not _rewritten(report) or budget < 0:
+                judge.close()
+                raise DynashapeError(
+                    f"the rewritten model is worse than the original at {format_shapes(worse[0].shapes)} "
+                    f"({worse[0].message or 'wrong'}) and no rewrite left to take back explains it; nothing "
+                    "was written. This is a dynashape bug: please report it with the model"
+                    + (" (or try without --pad-to)" if multiple else "")
+                )
             key = _culprit(model, report, exclude, judge, [p.shapes for p in worse],
                            export_shape=export_shape, ranges=ranges, rules=rules)
             first = worse[0]
@@ -171,12 +181,6 @@ def fix_model(
             multiple = _pad_multiple(pad_to, report.lattice)
             fixed = _wrapped(report, multiple)
         judge.close()
-        if export_proof is not None and export_proof.verdict != "same":
-            raise DynashapeError(
-                f"the rewritten model does not match the original at the export shape "
-                f"{format_shapes(report.export_shape)} ({export_proof.message}); nothing was written. "
-                "This is a dynashape bug: please report it with the model"
-            )
     unfixed = [f for f in report.findings if not f.fixable and f.rule != "DS003"]
     if multiple is None:
         unfixed += [f for f in report.findings if f.rule == "DS003" and f.severity == "error"]
