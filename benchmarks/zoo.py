@@ -522,8 +522,8 @@ def classify(r: dict[str, Any]) -> dict[str, int]:
     # an export that is wrong at its own export shape (RT-DETR's traced query selection) is the
     # exporter's fault, not a shape hazard: its pairs are counted apart, loudly
     s0_key = r.get("s0")
-    unfaithful = s0_key in r.get("naive", {}) and r["naive"][s0_key]["status"] != "ok" and \
-        r["eager"].get(s0_key, {}).get("status") == "ok"
+    unfaithful = r.get("export", {}).get("status") == "ok" and s0_key in r.get("naive", {}) and \
+        r["naive"][s0_key]["status"] != "ok" and r["eager"].get(s0_key, {}).get("status") == "ok"
     for key, e in r["eager"].items():
         if e["status"] != "ok":
             continue
@@ -556,8 +556,8 @@ TOTAL_LABELS = [
     ("remaining", "wrong or failing after fix"),
     ("explained", "  of which explained by a check finding"),
     ("export_failed", "  of which the export itself failed (loud)"),
-    ("export_unfaithful", "pairs of exports wrong at their own export shape (loud)"),
     ("unexplained_error", "  of which runtime errors, unexplained (loud)"),
+    ("export_unfaithful", "pairs of exports wrong at their own export shape (loud, apart)"),
     ("silent_unexplained", "silently wrong after fix and unexplained (must be 0)"),
     ("broken_by_fix", "correct as exported, not after fix (must be 0)"),
 ]
