@@ -187,3 +187,13 @@ def test_ranges_to_profile_puts_opt_on_the_step() -> None:
     assert prof.to_json()["input"]["opt"] == [1, 3, 576, 1088]
     explicit = ranges_to_profile(parse_ranges("input:1x3x[128..1024:32]x64"), {"input": (1, 3, 256, 64)})
     assert explicit.inputs["input"].opt == (1, 3, 256, 64)
+
+
+@pytest.mark.parametrize("spec", ["input:1x3x²²⁴x224", "input:1x3x٢٢٤x224", "input:[1,3,²,4]",
+                                  "input:1x3x" + "9" * 4000 + "x224", "input:1x3x[1..٢٢٤]x224"])
+def test_non_ascii_or_huge_dimensions_are_one_line_errors(spec: str) -> None:
+    # str.isdigit accepts '²' (int refuses it) and \d matches Arabic-Indic digits: both used to
+    # reach int() and end in a traceback; a number of thousands of digits, in a huge allocation
+    with pytest.raises(DynashapeError) as err:
+        parse_ranges(spec, ["input"]) if "[1.." in spec else parse_shapes(spec, ["input"])
+    assert "\n" not in str(err.value)

@@ -21,7 +21,7 @@ from dynashape.errors import DynashapeError
 Shape = tuple[int, ...]
 ShapeMap = dict[str, Shape]
 
-_RANGE_AXIS = re.compile(r"^\[\s*(\d+)\s*\.\.\s*(\d+)\s*(?::\s*(\d+)\s*)?\]$")
+_RANGE_AXIS = re.compile(r"^\[\s*(\d{1,9})\s*\.\.\s*(\d{1,9})\s*(?::\s*(\d{1,9})\s*)?\]$", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -140,13 +140,19 @@ def _names_hint(valid_names: Sequence[str] | None) -> str:
     return " (the model's inputs: " + ", ".join(valid_names) + ")"
 
 
+_MAX_DIGITS = 9  # a dimension past 999,999,999 is a typo, not a tensor
+
+
 def _parse_int(text: str, item: str) -> int:
     text = text.strip()
-    if not text.isdigit():
+    # ASCII only: str.isdigit also accepts '²' and other digits int() refuses
+    if not (text.isascii() and text.isdigit()):
         raise DynashapeError(
-            f"cannot parse {text!r} in shape {item!r}: dimensions are non-negative integers, "
-            "e.g. input:1x3x224x224 or input:[1,3,224,224]"
+            f"cannot parse {text!r} in shape {item!r}: dimensions are non-negative integers written with "
+            "ASCII digits, e.g. input:1x3x224x224 or input:[1,3,224,224]"
         )
+    if len(text.lstrip("0")) > _MAX_DIGITS:
+        raise DynashapeError(f"dimension {text[:12]}... in shape {item!r} is too large (at most {_MAX_DIGITS} digits)")
     return int(text)
 
 
