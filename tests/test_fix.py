@@ -175,3 +175,32 @@ def test_proof_shapes_follow_the_range_and_include_a_batch() -> None:
     # the range's far end is skipped when it holds more than 8x the export shape's elements
     wide = parse_ranges(f"x:[1..4]x{M.C}x[32..1024]x[32..1024]", ["x"])
     assert {"x": (4, M.C, 1024, 1024)} not in proof_shapes(model, s0, {}, wide)
+
+
+def _doubled(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its first output multiplied by 2: wrong everywhere, S0 included."""
+    m = ir.serde.deserialize_model(model)
+    out = m.graph.outputs[0]
+    two = const_i64(m.graph, "two_i64", [2])
+    cast = ir.node("Cast", [two], attributes={"to": out.dtype}, num_outputs=1)
+    mul = ir.node("Mul", [out, cast.outputs[0]], num_outputs=1)
+    m.graph.extend([cast, mul])
+    mul.outputs[0].name, mul.outputs[0].shape, mul.outputs[0].type = "doubled", out.shape, out.type
+    m.graph.outputs[0] = mul.outputs[0]
+    return ir.serde.serialize_model(m)
+
+
+def test_a_worse_model_no_rewrite_explains_is_never_written(
+    demo: onnx.ModelProto, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whatever the rewrites, the written model must be no worse than the original. Break the
+    # step after the rules (the wrap that --pad-to would add): every rewrite is taken back in turn,
+    # none explains it, and fix refuses instead of writing a worse model.
+    import dynashape.fix as fixmod
+
+    monkeypatch.setattr(fixmod, "_wrapped", lambda report, multiple: _doubled(report.fixed_model))
+    out = tmp_path / "fixed.onnx"
+    with pytest.raises(DynashapeError, match=r"worse than the original.*nothing was written"):
+        result = fix_model(demo)
+        write_fixed(result, out)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
