@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from dynashape import cli
 from dynashape.demo import demo_onnx_path
 
 EXE = shutil.which("dynashape", path=os.path.dirname(sys.executable)) or "dynashape"
@@ -18,6 +19,14 @@ EXE = shutil.which("dynashape", path=os.path.dirname(sys.executable)) or "dynash
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([EXE, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def in_process(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The same command through ``cli.main`` (the console script's entry point), without the
+    interpreter start-up: for the error paths, where nothing heavy runs."""
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out, err)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], *words: str) -> None:
@@ -110,39 +119,41 @@ def test_doctor_demo_json(tmp_path: Path) -> None:
         (b"this is not onnx at all", ("not a valid ONNX",)),
     ],
 )
-def test_bad_files(tmp_path: Path, content: bytes, words: tuple[str, ...]) -> None:
+def test_bad_files(capsys: pytest.CaptureFixture[str], tmp_path: Path, content: bytes, words: tuple[str, ...]) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(content)
-    assert_one_line_error(run("check", str(bad)), *words)
+    assert_one_line_error(in_process(capsys, "check", str(bad)), *words)
 
 
-def test_truncated_model(tmp_path: Path) -> None:
+def test_truncated_model(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     data = demo_onnx_path().read_bytes()
     bad = tmp_path / "truncated.onnx"
     bad.write_bytes(data[: len(data) // 2])
-    assert_one_line_error(run("check", str(bad)))
+    assert_one_line_error(in_process(capsys, "check", str(bad)))
     out = tmp_path / "out.onnx"
-    assert_one_line_error(run("fix", str(bad), "-o", str(out)))
+    assert_one_line_error(in_process(capsys, "fix", str(bad), "-o", str(out)))
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["truncated.onnx"]
 
 
-def test_missing_file_and_missing_output_dir(tmp_path: Path) -> None:
-    assert_one_line_error(run("check", str(tmp_path / "nope.onnx")), "no such file")
-    assert_one_line_error(run("fix", str(demo_onnx_path()), "-o", str(tmp_path / "no" / "dir.onnx")),
+def test_missing_file_and_missing_output_dir(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert_one_line_error(in_process(capsys, "check", str(tmp_path / "nope.onnx")), "no such file")
+    assert_one_line_error(in_process(capsys, "fix", str(demo_onnx_path()), "-o", str(tmp_path / "no" / "x.onnx")),
                           "does not exist")
     out = tmp_path / "doctor-out"
-    assert_one_line_error(run("doctor", str(tmp_path / "nope.onnx"), "--out-dir", str(out)), "no such file")
+    assert_one_line_error(in_process(capsys, "doctor", str(tmp_path / "nope.onnx"), "--out-dir", str(out)),
+                          "no such file")
     assert not out.exists()  # a refused model leaves nothing behind
 
 
-def test_bad_specs() -> None:
+def test_bad_specs(capsys: pytest.CaptureFixture[str]) -> None:
     model = str(demo_onnx_path())
-    assert_one_line_error(run("check", model, "--range", "image:1x3x[128..1024:32]x512"), "unknown input", "input")
-    assert_one_line_error(run("check", model, "--range", "input:1x3x[1024..128]x512"), "larger than max")
-    assert_one_line_error(run("check", model, "--export-shape", "input:1x3xfoox512"), "cannot parse")
+    assert_one_line_error(in_process(capsys, "check", model, "--range", "image:1x3x[128..1024:32]x512"),
+                          "unknown input", "input")
+    assert_one_line_error(in_process(capsys, "check", model, "--range", "input:1x3x[1024..128]x512"), "larger than max")
+    assert_one_line_error(in_process(capsys, "check", model, "--export-shape", "input:1x3xfoox512"), "cannot parse")
 
 
-def test_no_dynamic_axis(tmp_path: Path) -> None:
+def test_no_dynamic_axis(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     import onnx
     from onnx import TensorProto, helper
 
@@ -151,10 +162,10 @@ def test_no_dynamic_axis(tmp_path: Path) -> None:
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])])
     path = tmp_path / "static.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
-    assert_one_line_error(run("check", str(path)), "no input has a dynamic axis")
+    assert_one_line_error(in_process(capsys, "check", str(path)), "no input has a dynamic axis")
 
 
-def test_old_opset(tmp_path: Path) -> None:
+def test_old_opset(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     import onnx
     from onnx import TensorProto, helper
 
@@ -163,4 +174,4 @@ def test_old_opset(tmp_path: Path) -> None:
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])])
     path = tmp_path / "old.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 9)]), path)
-    assert_one_line_error(run("check", str(path)), "opset 9")
+    assert_one_line_error(in_process(capsys, "check", str(path)), "opset 9")

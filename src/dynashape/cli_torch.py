@@ -1,7 +1,8 @@
 """The PyTorch side of the CLI: `dynashape export`, and the `--torch` options of `check`.
 
 ``register(subparsers)`` adds the ``export`` subcommand (its handler is ``args.func``, which
-returns the exit code: 0 done, 2 usage error). ``add_torch_check_arguments`` and
+returns the exit code: 0 done; a usage error is a ``DynashapeError``, exit 2 through
+``dynashape.cli.main``, the one entry point). ``add_torch_check_arguments`` and
 ``torch_differential`` (or ``torch_findings``) are what the ``check`` command calls for ``check
 MODEL.onnx --torch FILE.py:FACTORY --input ...``; ``describe_exports`` says what that cost.
 This is the only module of the PyTorch side that prints.
@@ -17,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import onnx
 
-from dynashape.cli_engine import guarded
 from dynashape.errors import DynashapeError
 from dynashape.findings import Finding, Lattice
 from dynashape.shapes import ShapeMap, format_shapes, parse_shapes
@@ -80,15 +80,17 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--exporter", choices=["legacy", "dynamo"], default="legacy")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17 legacy, 18 dynamo)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
-    p.set_defaults(func=guarded(run_export, "export"))
+    p.set_defaults(func=run_export)
     return p
 
 
 def run_export(args: argparse.Namespace) -> int:
     from dynashape.export import export_module, load_module
+    from dynashape.inputs import undeclared_inputs, validate_shapes
     from dynashape.model import check_output_path
 
     shapes = parse_shapes(args.input)
+    validate_shapes(undeclared_inputs(shapes), shapes={"--input": shapes})
     dynamic = parse_dynamic(args.dynamic, shapes)
     out = check_output_path(args.output, [])
     module = load_module(args.model)
@@ -114,12 +116,10 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m dynashape.cli_torch export ...` (the same command as `dynashape export`)."""
-    parser = argparse.ArgumentParser(prog="dynashape")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    """`python -m dynashape.cli_torch export ...`: the same as `dynashape export` (one entry point)."""
+    from dynashape.cli import main as cli_main
+
+    return cli_main(argv)
 
 
 # ------------------------------------------------------------------------ check --torch
@@ -179,6 +179,9 @@ def torch_differential(
         dynamic = None  # a static model: compare as if every non-channel axis were dynamic
     s1_text = getattr(args, "second_shape", None)
     s1 = parse_shapes(s1_text, names) if s1_text else None
+    from dynashape.inputs import validate_model_shapes
+
+    validate_model_shapes(model, shapes={"--input": s0 if shape_text else None, "--second-shape": s1})
     class_shapes = getattr(args, "class_shapes", 3)
     result = differential_export(
         spec, s0, dynamic=dynamic, exporter=getattr(args, "exporter", "legacy") or "legacy", s1=s1,

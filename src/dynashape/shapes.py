@@ -8,12 +8,17 @@ Accepted syntaxes (several inputs separated by commas):
   number is fixed, ``[a..b]`` has step 1)
 
 A name is split from its value at the *last* ``:`` so that names containing ``:`` survive.
+
+Specs are user input and bounded: ASCII digits only, at most ``MAX_DIGITS`` digits per size,
+``MAX_AXES`` axes per input and ``MAX_INPUTS`` inputs per spec; anything else is a
+``DynashapeError`` with one line saying what is wrong.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from dynashape.errors import DynashapeError
@@ -21,7 +26,12 @@ from dynashape.errors import DynashapeError
 Shape = tuple[int, ...]
 ShapeMap = dict[str, Shape]
 
-_RANGE_AXIS = re.compile(r"^\[\s*(\d{1,9})\s*\.\.\s*(\d{1,9})\s*(?::\s*(\d{1,9})\s*)?\]$", re.ASCII)
+MAX_DIGITS = 9  # a dimension past 999,999,999 is a typo, not a tensor
+MAX_AXES = 32  # ONNX sets no limit; TensorRT stops at 8, real models at about 6
+MAX_INPUTS = 1024  # decoders with a KV cache have a few hundred
+MAX_ENUMERATED = 1_000_000  # iter_shapes: a sweep past this many shapes needs a coarser step
+
+_RANGE_AXIS = re.compile(r"^\[\s*(\d+)\s*\.\.\s*(\d+)\s*(?::\s*(\d+)\s*)?\]$", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -36,8 +46,13 @@ class AxisRange:
     def fixed(self) -> bool:
         return self.min == self.max
 
-    def values(self) -> list[int]:
-        return list(range(self.min, self.max + 1, self.step))
+    def values(self) -> range:
+        """The sizes, lazily: a range of a billion sizes costs nothing until iterated."""
+        return range(self.min, self.max + 1, self.step)
+
+    @property
+    def count(self) -> int:
+        return len(self.values())
 
     def contains(self, size: int) -> bool:
         return self.min <= size <= self.max and (size - self.min) % self.step == 0
@@ -87,6 +102,11 @@ def format_shapes(shapes: ShapeMap) -> str:
     return ",".join(f"{name}:{format_shape(s)}" for name, s in shapes.items())
 
 
+def format_ranges(ranges: RangeMap) -> str:
+    """The spec :func:`parse_ranges` reads back into ``ranges``."""
+    return ",".join(f"{name}:{rng}" for name, rng in ranges.items())
+
+
 def _split_items(text: str) -> list[str]:
     """Split at commas that are not inside brackets."""
     items: list[str] = []
@@ -98,16 +118,26 @@ def _split_items(text: str) -> list[str]:
         elif ch == "]":
             depth -= 1
             if depth < 0:
-                raise DynashapeError(f"unbalanced ']' in shape spec {text!r}")
+                raise DynashapeError(f"unbalanced ']' in shape spec {_short(text)}")
         if ch == "," and depth == 0:
             items.append("".join(current))
             current = []
         else:
             current.append(ch)
     if depth != 0:
-        raise DynashapeError(f"unbalanced '[' in shape spec {text!r}")
+        raise DynashapeError(f"unbalanced '[' in shape spec {_short(text)}")
     items.append("".join(current))
-    return [i.strip() for i in items if i.strip()]
+    out = [i.strip() for i in items if i.strip()]
+    if len(out) > MAX_INPUTS:
+        raise DynashapeError(f"shape spec {_short(text)} names {len(out)} inputs; at most {MAX_INPUTS}")
+    return out
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """``text`` quoted for an error line, cut in the middle when long (a spec may be megabytes)."""
+    if len(text) <= limit:
+        return repr(text)
+    return repr(text[: limit // 2]) + f" ... ({len(text)} characters) ... " + repr(text[-limit // 4 :])
 
 
 def _split_name(item: str, valid_names: Sequence[str] | None) -> tuple[str, str]:
@@ -125,12 +155,12 @@ def _split_name(item: str, valid_names: Sequence[str] | None) -> tuple[str, str]
         if valid_names is not None and len(valid_names) == 1:
             return valid_names[0], item
         names = _names_hint(valid_names)
-        raise DynashapeError(f"shape {item!r} has no input name: write NAME:SHAPE{names}")
+        raise DynashapeError(f"shape {_short(item)} has no input name: write NAME:SHAPE{names}")
     name, value = item[:cut].strip(), item[cut + 1 :].strip()
     if not name:
-        raise DynashapeError(f"shape {item!r} has an empty input name{_names_hint(valid_names)}")
+        raise DynashapeError(f"shape {_short(item)} has an empty input name{_names_hint(valid_names)}")
     if valid_names is not None and name not in valid_names:
-        raise DynashapeError(f"unknown input name {name!r}{_names_hint(valid_names)}")
+        raise DynashapeError(f"unknown input name {_short(name, 40)}{_names_hint(valid_names)}")
     return name, value
 
 
@@ -140,32 +170,46 @@ def _names_hint(valid_names: Sequence[str] | None) -> str:
     return " (the model's inputs: " + ", ".join(valid_names) + ")"
 
 
-_MAX_DIGITS = 9  # a dimension past 999,999,999 is a typo, not a tensor
-
-
 def _parse_int(text: str, item: str) -> int:
     text = text.strip()
     # ASCII only: str.isdigit also accepts '²' and other digits int() refuses
     if not (text.isascii() and text.isdigit()):
+        hint = " (a size is positive)" if text.startswith("-") else ""
         raise DynashapeError(
-            f"cannot parse {text!r} in shape {item!r}: dimensions are non-negative integers written with "
-            "ASCII digits, e.g. input:1x3x224x224 or input:[1,3,224,224]"
+            f"cannot parse {_short(text, 24)} in shape {_short(item)}{hint}: sizes are whole numbers written "
+            "with ASCII digits, e.g. input:1x3x224x224 or input:[1,3,224,224]"
         )
-    if len(text.lstrip("0")) > _MAX_DIGITS:
-        raise DynashapeError(f"dimension {text[:12]}... in shape {item!r} is too large (at most {_MAX_DIGITS} digits)")
-    return int(text)
+    return _bounded(text, item)
+
+
+def _bounded(digits: str, item: str) -> int:
+    """``int(digits)`` for at most MAX_DIGITS significant digits (int() of 5,000 digits raises)."""
+    if len(digits.lstrip("0")) > MAX_DIGITS:
+        raise DynashapeError(
+            f"size {digits.lstrip('0')[:12]}... ({len(digits.lstrip('0'))} digits) in shape {_short(item)} is too "
+            f"large: at most {MAX_DIGITS} digits"
+        )
+    return int(digits)
+
+
+def _check_axes(count: int, item: str) -> None:
+    if count > MAX_AXES:
+        raise DynashapeError(f"shape {_short(item)} has {count} axes; at most {MAX_AXES}")
 
 
 def _parse_fixed_value(value: str, item: str) -> Shape:
     if not value:
-        raise DynashapeError(f"shape {item!r} is empty: write e.g. input:1x3x224x224")
+        raise DynashapeError(f"shape {_short(item)} is empty: write e.g. input:1x3x224x224")
     if value.startswith("["):
         if not value.endswith("]"):
-            raise DynashapeError(f"shape {item!r}: missing closing ']'")
+            raise DynashapeError(f"shape {_short(item)}: missing closing ']'")
         inner = value[1:-1].strip()
-        parts = [p for p in inner.split(",")] if inner else []
+        parts = inner.split(",") if inner else []
     else:
         parts = value.split("x")
+    _check_axes(len(parts), item)
+    if not parts:
+        raise DynashapeError(f"shape {_short(item)} has no axes: write e.g. input:[1,3,224,224]")
     return tuple(_parse_int(p, item) for p in parts)
 
 
@@ -175,10 +219,10 @@ def parse_shapes(text: str, valid_names: Sequence[str] | None = None) -> ShapeMa
     for item in _split_items(text):
         name, value = _split_name(item, valid_names)
         if name in result:
-            raise DynashapeError(f"input {name!r} is given twice in {text!r}")
+            raise DynashapeError(f"input {_short(name, 40)} is given twice in {_short(text)}")
         shape = _parse_fixed_value(value, item)
         if any(d == 0 for d in shape):
-            raise DynashapeError(f"shape {item!r} has a zero dimension")
+            raise DynashapeError(f"shape {_short(item)} has a zero dimension; sizes are at least 1")
         result[name] = shape
     if not result:
         raise DynashapeError("empty shape spec: write e.g. input:1x3x224x224")
@@ -189,21 +233,25 @@ def _parse_axis_range(text: str, item: str) -> AxisRange:
     text = text.strip()
     m = _RANGE_AXIS.match(text)
     if m:
-        lo, hi, step = int(m.group(1)), int(m.group(2)), int(m.group(3) or 1)
+        lo, hi = _bounded(m.group(1), item), _bounded(m.group(2), item)
+        step = _bounded(m.group(3), item) if m.group(3) is not None else 1
         if lo <= 0 or step <= 0:
-            raise DynashapeError(f"range {text!r} in {item!r}: sizes and steps must be positive")
+            raise DynashapeError(
+                f"range {_short(text, 40)} in {_short(item)}: sizes and steps are at least 1, e.g. [128..1024:32]"
+            )
         if lo > hi:
             raise DynashapeError(
-                f"range {text!r} in {item!r}: min {lo} is larger than max {hi}; write [min..max:step]"
+                f"range {_short(text, 40)} in {_short(item)}: min {lo} is larger than max {hi}; write [min..max:step]"
             )
         return AxisRange(lo, hi, step)
-    if text.startswith("["):
+    if text.startswith("[") or ".." in text:
         raise DynashapeError(
-            f"cannot parse axis {text!r} in {item!r}: a range is [min..max] or [min..max:step]"
+            f"cannot parse axis {_short(text, 40)} in {_short(item)}: a range is [min..max] or [min..max:step] "
+            "with whole numbers, e.g. [128..1024:32]"
         )
     v = _parse_int(text, item)
     if v == 0:
-        raise DynashapeError(f"shape {item!r} has a zero dimension")
+        raise DynashapeError(f"shape {_short(item)} has a zero dimension; sizes are at least 1")
     return AxisRange(v, v, 1)
 
 
@@ -232,11 +280,18 @@ def parse_ranges(text: str, valid_names: Sequence[str] | None = None) -> RangeMa
     for item in _split_items(text):
         name, value = _split_name(item, valid_names)
         if name in result:
-            raise DynashapeError(f"input {name!r} is given twice in {text!r}")
+            raise DynashapeError(f"input {_short(name, 40)} is given twice in {_short(text)}")
+        if not value:
+            raise DynashapeError(f"range {_short(item)} is empty: write e.g. input:1x3x[128..1024:32]x512")
         if value.startswith("[") and ".." not in value:
-            axes = tuple(AxisRange(d, d) for d in _parse_fixed_value(value, item))
+            shape = _parse_fixed_value(value, item)
+            if any(d == 0 for d in shape):
+                raise DynashapeError(f"shape {_short(item)} has a zero dimension; sizes are at least 1")
+            axes = tuple(AxisRange(d, d) for d in shape)
         else:
-            axes = tuple(_parse_axis_range(p, item) for p in _split_axes(value))
+            parts = _split_axes(value)
+            _check_axes(len(parts), item)
+            axes = tuple(_parse_axis_range(p, item) for p in parts)
         result[name] = ShapeRange(axes)
     if not result:
         raise DynashapeError("empty range spec: write e.g. input:1x3x[128..1024:32]x[128..1024:32]")
@@ -346,11 +401,26 @@ def ranges_to_profile(ranges: RangeMap, opt: ShapeMap | None = None) -> Profile:
     return profile
 
 
-def iter_shapes(ranges: RangeMap) -> Iterable[ShapeMap]:
-    """Every shape combination of a range map (use only for small ranges)."""
+def count_shapes(ranges: RangeMap) -> int:
+    """How many shapes :func:`iter_shapes` yields."""
+    return math.prod(a.count for rng in ranges.values() for a in rng.axes)
+
+
+def _count_text(n: int) -> str:
+    return f"{n:,}" if n < 10**12 else f"about 10^{len(str(n)) - 1}"
+
+
+def iter_shapes(ranges: RangeMap, limit: int = MAX_ENUMERATED) -> Iterator[ShapeMap]:
+    """Every shape combination of a range map, lazily; more than ``limit`` is refused at the call
+    (give a coarser step)."""
     import itertools
 
+    total = count_shapes(ranges)
+    if total > limit:
+        raise DynashapeError(
+            f"the range {_short(format_ranges(ranges), 120)} holds {_count_text(total)} shapes, too many to enumerate "
+            f"(at most {limit}); give a coarser step, e.g. [128..1024:32]"
+        )
     names = list(ranges)
-    per_input = [list(itertools.product(*(a.values() for a in ranges[n].axes))) for n in names]
-    for combo in itertools.product(*per_input):
-        yield {n: tuple(s) for n, s in zip(names, combo)}
+    per_input = [itertools.product(*(a.values() for a in ranges[n].axes)) for n in names]
+    return ({n: tuple(s) for n, s in zip(names, combo)} for combo in itertools.product(*per_input))
