@@ -6,7 +6,8 @@ The dynamic engine has one profile 1x3x256x256 / 1x3x512x512 / 4x3x1024x2048; ea
 gets its own static engine (min = opt = max) built with the same options and a shared timing
 cache. Prints median latencies and the dynamic/static ratio per shape and precision, and PyTorch
 eager (``dynashape.demo.model:build``) on the same GPU. Without --model the demo is fixed in memory
-with ``dynashape.fix.fix_model``. Needs TensorRT and a GPU; numbers are ratios from one run.
+with ``dynashape.fix.fix_model``. With --cuda-graph, dynamic and static engines are both timed as
+CUDA-graph replays (trtexec's --useCudaGraph). Needs TensorRT and a GPU; numbers are ratios from one run.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--budget", type=float, default=2.0, help="seconds of timing per shape and runtime")
     ap.add_argument("--json", help="also write all results here")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="time CUDA-graph replays of the dynamic and of the static engines (the same treatment)")
     args = ap.parse_args(argv)
 
     shapes = [parse_shapes(s, ["input"]) for s in args.shapes]
@@ -64,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                 engine, shapes, static=True, source_model=model, torch_spec=args.torch or None,
                 torch_python=args.torch_python, fp16=fp16, warmup=args.warmup, iters=args.iters,
                 budget_s=args.budget, progress=lambda msg: print(f"  {msg}", flush=True),
+                cuda_graph=args.cuda_graph, infer=False,
             )
 
     first = next(iter(results.values()))

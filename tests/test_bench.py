@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from trt_fixtures import conv_model, skip_gpu_tests_without_trt  # noqa: F401
@@ -45,6 +45,7 @@ def test_ratios_and_json() -> None:
 
 def test_sample_wall_sync_respects_iters_and_minimum(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bench, "_torch_cuda", lambda: None)
+    monkeypatch.setattr(bench, "_cuda_events", lambda: None)
     monkeypatch.setattr(bench, "_batch_size", lambda launch, sync: 1)
     calls = {"launch": 0, "sync": 0}
 
@@ -73,6 +74,7 @@ class FakeClock:
 def test_wall_sync_batches_launches_and_divides_out_the_sync(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = FakeClock()
     monkeypatch.setattr(bench, "_torch_cuda", lambda: None)
+    monkeypatch.setattr(bench, "_cuda_events", lambda: None)
     monkeypatch.setattr(bench.time, "perf_counter", clock)
     launches = 0
 
@@ -93,6 +95,7 @@ def test_wall_sync_batches_launches_and_divides_out_the_sync(monkeypatch: pytest
 
 def test_time_engine_times_only_the_launch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bench, "_torch_cuda", lambda: None)
+    monkeypatch.setattr(bench, "_cuda_events", lambda: None)
     monkeypatch.setattr(bench, "_batch_size", lambda launch, sync: 1)
     seen: dict[str, Any] = {}
 
@@ -184,3 +187,162 @@ def test_bench_dynamic_against_static(tmp_path: Path) -> None:
     assert [r.shapes["input"] for r in default.rows] == [(1, 3, 32, 32), (1, 3, 64, 64), (2, 3, 128, 128)]
     with pytest.raises(DynashapeError, match="outside every optimization profile"):
         bench.run_bench(engine_path, [{"input": (4, 3, 32, 32)}])
+
+
+# --------------------------------------------------------------------------- end-to-end infer rows (CPU)
+
+
+def _infer(numpy_ms: float, device_ms: float, bound_ms: float, first_ms: float) -> bench.InferTiming:
+    return bench.InferTiming(
+        first_call_ms=first_ms, numpy=_stats(numpy_ms), device=_stats(device_ms),
+        device_pipelined=_stats(device_ms * 0.5), copy_bound_ms=bound_ms, h2d_bytes=100, d2h_bytes=50,
+    )
+
+
+def test_infer_ratios_and_json() -> None:
+    row = ShapeResult({"input": (1, 3, 8, 8)}, dynamic=_stats(0.5), infer=_infer(1.5, 0.55, 0.5, 3.0))
+    assert row.device_vs_engine == pytest.approx(1.1)
+    assert row.pipelined_vs_engine == pytest.approx(0.55)
+    assert row.numpy_vs_bound == pytest.approx(1.5)  # 1.5 / (0.5 copy bound + 0.5 engine)
+    assert row.first_vs_steady == pytest.approx(2.0)
+    data = row.to_json()
+    assert data["infer"]["copy_bound_ms"] == 0.5 and data["infer"]["h2d_bytes"] == 100
+    assert data["numpy_vs_bound"] == pytest.approx(1.5)
+    bare = ShapeResult({"input": (1,)}, dynamic=_stats(1.0))
+    assert bare.device_vs_engine is None and bare.numpy_vs_bound is None and bare.first_vs_steady is None
+
+
+class FakeEvent:
+    """cudart.Event on a fake device: each recorded event reads the fake clock."""
+
+    clock = 0.0
+
+    def __init__(self) -> None:
+        self.at = 0.0
+        self.streams: list[int] = []
+
+    def record(self, stream: int) -> None:
+        self.at = FakeEvent.clock
+        self.streams.append(stream)
+
+    def synchronize(self) -> None:
+        pass
+
+    def elapsed_ms(self, start: FakeEvent) -> float:
+        return self.at - start.at
+
+    def free(self) -> None:
+        pass
+
+
+def test_sample_uses_cuda_events_on_the_engine_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[FakeEvent] = []
+
+    def event() -> FakeEvent:
+        made.append(FakeEvent())
+        return made[-1]
+
+    monkeypatch.setattr(bench, "_cuda_events", lambda: SimpleNamespace(Event=event))
+
+    def launch() -> None:
+        FakeEvent.clock += 0.25
+
+    s = bench._sample(launch, lambda: None, warmup=1, iters=25, budget_s=1.0, stream_ptr=77)
+    assert s.method == "cuda-events" and s.iters == 25 and s.median_ms == pytest.approx(0.25)
+    assert made and all(set(e.streams) == {77} for e in made)
+    # events=False (pipelined calls) falls back to wall time even with events available
+    monkeypatch.setattr(bench, "_batch_size", lambda launch, sync: 1)
+    s = bench._sample(launch, lambda: None, warmup=0, iters=20, budget_s=0.0, stream_ptr=77, events=False)
+    assert s.method == "wall-sync"
+
+
+def test_sample_calls_counts_calls() -> None:
+    calls = []
+    s = bench._sample_calls(lambda: calls.append(1), warmup=4, iters=30, budget_s=5.0)
+    assert s.method == "wall" and s.iters == 30 and len(calls) == 34
+
+
+# --------------------------------------------------------------------------- CLI: run/bench options (CPU)
+
+
+def test_bench_cli_passes_cuda_graph_and_infer(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                                tmp_path: Path) -> None:
+    from dynashape import cli_engine
+
+    seen: dict[str, Any] = {}
+
+    def fake_run_bench(engine: Any, shapes: Any, **kwargs: Any) -> BenchResult:
+        seen.update(kwargs)
+        row = ShapeResult({"input": (1, 3, 8, 8)}, dynamic=_stats(0.5),
+                          infer=_infer(1.5, 0.55, 0.5, 3.0) if kwargs["infer"] else None)
+        return BenchResult("m.engine", "fp32", "Fake GPU", "8.5.3.1", [row], cuda_graph=kwargs["cuda_graph"],
+                           warmup_s=0.25, h2d_gbps=50.0, d2h_gbps=40.0)
+
+    monkeypatch.setattr(bench, "run_bench", fake_run_bench)
+    engine = str(tmp_path / "m.engine")
+    assert cli_engine.main(["bench", engine, "--cuda-graph"]) == 0
+    out = capsys.readouterr().out
+    assert seen["cuda_graph"] is True and seen["infer"] is True
+    assert "CUDA graphs" in out and "end-to-end infer" in out and "50.0 GB/s" in out and "1.10x" in out
+    assert cli_engine.main(["bench", engine, "--no-infer"]) == 0
+    out = capsys.readouterr().out
+    assert seen["cuda_graph"] is False and seen["infer"] is False and "end-to-end infer" not in out
+
+
+class FakeRunEngine:
+    """Engine.load stand-in for `run`: records the options and counts calls."""
+
+    loaded: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self) -> None:
+        from dynashape.engine import TensorInfo
+
+        self.inputs = [TensorInfo("input", "float32", (-1, 3, -1, -1), True)]
+        self.input_names = ["input"]
+        self.profiles = [Profile().add("input", (1, 3, 8, 8), (1, 3, 16, 16), (1, 3, 64, 64))]
+        self.graphs = SimpleNamespace(failed={})
+        self.calls = 0
+        self.warmed = False
+
+    def select_profile(self, shapes: Any) -> int:
+        return 0
+
+    def warmup(self, shapes: Any = None) -> float:
+        self.warmed = True
+        return 0.5
+
+    def infer(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        self.calls += 1
+        return {"output": feeds["input"] * 2}
+
+    def __enter__(self) -> FakeRunEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def test_run_cli_reports_first_call_and_steady(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from dynashape import cli_engine
+    from dynashape.engine import Engine
+
+    made: list[FakeRunEngine] = []
+
+    def load(cls: Any, path: str, **kwargs: Any) -> FakeRunEngine:
+        FakeRunEngine.loaded.update(kwargs)
+        made.append(FakeRunEngine())
+        return made[-1]
+
+    monkeypatch.setattr(Engine, "load", classmethod(load))
+    assert cli_engine.main(["run", "m.engine", "--cuda-graph", "--repeat", "3"]) == 0
+    out = capsys.readouterr().out
+    assert FakeRunEngine.loaded == {"cuda_graph": True}
+    assert made[-1].calls == 4 and made[-1].warmed
+    assert "warm-up 0.50 s" in out and "first call" in out and "median of 3" in out and "CUDA graph" in out
+    assert cli_engine.main(["run", "m.engine", "--no-warmup", "--repeat", "0"]) == 0
+    out = capsys.readouterr().out
+    assert made[-1].calls == 1 and not made[-1].warmed and "no warm-up" in out and "median" not in out
+    assert cli_engine.main(["run", "m.engine", "--repeat", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--repeat -1" in err and "Traceback" not in err

@@ -64,13 +64,21 @@ def test_build_without_tensorrt_is_one_line_exit_2(
     code, _, err = _run(capsys, "build", str(model), "-o", str(tmp_path / "c.engine"),
                         "--min", "input:1x3x16x16", "--max", "input:[1,3,64,64]")
     assert code == 2
-    # check's DS003 notes may come first; the error itself is one line
-    assert err.strip().splitlines()[-1].startswith("dynashape build: error: TensorRT is not installed")
-    assert "Traceback" not in err and not (tmp_path / "c.engine").exists()
+    _one_line_error(err, "TensorRT is not installed")  # before check runs: no DS003 note first
+    assert not (tmp_path / "c.engine").exists()
+
+
+def test_build_says_tensorrt_is_missing_before_the_hazard_gate(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, no_trt: None
+) -> None:
+    code, _, err = _run(capsys, "build", str(demo_onnx_path()), "-o", str(tmp_path / "d.engine"))
+    assert code == 2
+    _one_line_error(err, "TensorRT is not installed")
+    assert "refusing" not in err and "DS001" not in err
 
 
 def test_build_refuses_the_unfixed_demo_naming_rules_and_nodes(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, fake_trt: Path
 ) -> None:
     code, _, err = _run(capsys, "build", str(demo_onnx_path()), "-o", str(tmp_path / "d.engine"))
     assert code == 1
@@ -296,9 +304,13 @@ class _FakeEngine:
         self.inputs = [TensorInfo("input", "float32", (-1, 3, -1, -1), True)]
         self.profiles = [Profile().add("input", (1, 3, 8, 8), (1, 3, 16, 16), (1, 3, 64, 64))]
         self.input_names = ["input"]
+        self.graphs = engine_mod.cudart.GraphCache()
 
     def select_profile(self, shapes: Any) -> int:
         return engine_mod.select_profile(self.profiles, shapes)
+
+    def warmup(self, shapes: Any = None) -> float:
+        return 0.0
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.select_profile({n: a.shape for n, a in feeds.items()})
@@ -311,10 +323,35 @@ class _FakeEngine:
         pass
 
 
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--shape", "input:1x3x16"], "has 3 axes, but input 'input' has 4"),
+        (["--shape", "input:1x4x16x16"], "axis 1 is fixed at 3"),
+        (["--shape", "input:1x3x[16..32]x16"], "cannot parse"),
+        (["--shape", "image:1x3x16x16"], "unknown input name 'image'"),
+    ],
+)
+def test_run_checks_shapes_against_the_engine_inputs(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, argv: list[str], needle: str
+) -> None:
+    monkeypatch.setattr(engine_mod.Engine, "load", classmethod(lambda cls, path, **kw: _FakeEngine()))
+    code, _, err = _run(capsys, "run", "m.engine", *argv)
+    assert code == 2
+    _one_line_error(err, needle)
+
+
+def test_bench_checks_shapes_against_the_sidecar_inputs(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    BuiltEngine(b"plan", _fake_info([])).save(tmp_path / "m.engine")
+    code, _, err = _run(capsys, "bench", str(tmp_path / "m.engine"), "--shapes", "input:1x3x16x16", "input:1x3x16")
+    assert code == 2
+    _one_line_error(err, "--shapes input:1x3x16 has 3 axes")
+
+
 def test_run_reads_npy_and_writes_npz(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(engine_mod.Engine, "load", classmethod(lambda cls, path: _FakeEngine()))
+    monkeypatch.setattr(engine_mod.Engine, "load", classmethod(lambda cls, path, **kw: _FakeEngine()))
     x = np.arange(3 * 20 * 24, dtype=np.float32).reshape(1, 3, 20, 24)
     np.save(tmp_path / "x.npy", x)
     out = tmp_path / "out.npz"

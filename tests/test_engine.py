@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from trt_fixtures import (  # noqa: F401  (the autouse fixture skips gpu tests w
     two_input_model,
 )
 
-from dynashape import trt_compat
+from dynashape import cudart, trt_compat
 from dynashape.backends.ort import run_model
 from dynashape.engine import (
     BuildError,
@@ -23,15 +24,18 @@ from dynashape.engine import (
     BuiltEngine,
     Engine,
     EngineInfo,
+    HostFeed,
     TensorInfo,
     _check_profiles,
     build_engine,
     check_sidecar,
+    classify_feeds,
     nodes_in_messages,
     profile_from_lattice,
     profile_from_shapes,
     read_sidecar,
     select_profile,
+    shape_key,
     sidecar_path,
 )
 from dynashape.errors import DynashapeError
@@ -341,3 +345,294 @@ def test_unfixed_demo_fails_with_tensorrt_lines_and_fixed_one_matches() -> None:
     with build_engine(fixed, [prof]).load() as eng:
         for hw in [(128, 128), (512, 512), (1024, 1024), (256, 768), (640, 480), (1024, 128)]:
             _compare_with_ort(eng, fixed, {"input": (1, 3, *hw)})
+
+
+# --------------------------------------------------------------------------- feeds, keys, graph cache (CPU)
+
+
+class FakeDeviceArray:
+    """Anything exposing __cuda_array_interface__ (as PyTorch CUDA tensors and CuPy arrays do)."""
+
+    def __init__(self, shape: tuple[int, ...], typestr: str = "<f4", ptr: int = 0x7F0000000000,
+                 strides: tuple[int, ...] | None = None, stream: int | None = None) -> None:
+        self.__cuda_array_interface__ = {
+            "shape": shape, "typestr": typestr, "data": (ptr, False), "strides": strides, "version": 3,
+            **({"stream": stream} if stream is not None else {}),
+        }
+
+
+INPUTS = [TensorInfo("a", "float32", (-1, 4), True), TensorInfo("b", "int32", (-1,), True)]
+
+
+def test_classify_feeds_host_and_device() -> None:
+    feeds = classify_feeds(INPUTS, {"a": FakeDeviceArray((2, 4), stream=7), "b": [1, 2, 3]})
+    a, b = feeds["a"], feeds["b"]
+    assert isinstance(a, cudart.DeviceFeed) and a.ptr == 0x7F0000000000 and a.shape == (2, 4)
+    assert a.dtype == np.float32 and a.stream == 7 and a.nbytes == 32
+    assert isinstance(b, HostFeed) and b.array.dtype == np.int32 and b.shape == (3,)
+    # host arrays are cast when safe and made contiguous; numpy never counts as a device array
+    host = classify_feeds(INPUTS, {"a": np.zeros((3, 4), np.float16), "b": np.arange(2, dtype=np.int32)})
+    assert isinstance(host["a"], HostFeed) and host["a"].array.dtype == np.float32
+    assert cudart.device_feed(np.zeros(3)) is None
+    # C-contiguous strides given explicitly are fine; the default stream 0 means "nothing to wait for"
+    contiguous = FakeDeviceArray((2, 4), strides=(16, 4), stream=0)
+    dev = classify_feeds(INPUTS, {"a": contiguous, "b": np.zeros(1, np.int32)})["a"]
+    assert isinstance(dev, cudart.DeviceFeed) and dev.stream is None
+
+
+def test_classify_feeds_refusals() -> None:
+    ok_b = np.zeros(2, np.int32)
+    with pytest.raises(DynashapeError, match=r"'a' is a float16 device array, the engine expects float32"):
+        classify_feeds(INPUTS, {"a": FakeDeviceArray((2, 4), "<f2"), "b": ok_b})
+    with pytest.raises(DynashapeError, match=r"not contiguous.*contiguous"):
+        classify_feeds(INPUTS, {"a": FakeDeviceArray((2, 4), strides=(4, 8)), "b": ok_b})
+    with pytest.raises(DynashapeError, match=r"'a' has shape 8, the engine expects rank 2"):
+        classify_feeds(INPUTS, {"a": FakeDeviceArray((8,)), "b": ok_b})
+    with pytest.raises(DynashapeError, match="'b' is float32, the engine expects int32"):
+        classify_feeds(INPUTS, {"a": np.zeros((1, 4), np.float32), "b": np.zeros(2, np.float32)})
+    with pytest.raises(DynashapeError, match="unknown input 'c'"):
+        classify_feeds(INPUTS, {"a": np.zeros((1, 4), np.float32), "b": ok_b, "c": ok_b})
+    with pytest.raises(DynashapeError, match="no value for input 'b'"):
+        classify_feeds(INPUTS, {"a": np.zeros((1, 4), np.float32)})
+    with pytest.raises(DynashapeError, match="null pointer"):
+        classify_feeds(INPUTS, {"a": FakeDeviceArray((1, 4), ptr=0), "b": ok_b})
+
+
+def test_dlpack_objects_on_the_host_are_host_arrays() -> None:
+    class CpuDlpack:  # a DLPack producer on the CPU (device type 1): np.asarray takes it
+        def __dlpack_device__(self) -> tuple[int, int]:
+            return (1, 0)
+
+        def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+            return np.ones((1, 4), np.float32)
+
+    assert cudart.device_feed(CpuDlpack()) is None
+    feeds = classify_feeds(INPUTS, {"a": CpuDlpack(), "b": np.zeros(1, np.int32)})
+    assert isinstance(feeds["a"], HostFeed) and feeds["a"].array.sum() == 4
+
+
+def test_shape_key_orders_by_the_engine_inputs() -> None:
+    key = shape_key(1, ["a", "b"], {"b": (3,), "a": (2, 4)})
+    assert key == (1, ((2, 4), (3,)))
+    assert key != shape_key(0, ["a", "b"], {"b": (3,), "a": (2, 4)})
+    assert hash(key) == hash(shape_key(1, ["a", "b"], {"a": [2, 4], "b": [3]}))
+
+
+class FakeGraph:
+    def __init__(self, name: str, freed: list[str]) -> None:
+        self.name, self.freed = name, freed
+
+    def free(self) -> None:
+        self.freed.append(self.name)
+
+
+def test_graph_cache_is_a_bounded_lru() -> None:
+    freed: list[str] = []
+    cache = cudart.GraphCache(capacity=2)
+    cache.put("a", FakeGraph("a", freed))
+    cache.put("b", FakeGraph("b", freed))
+    assert cache.get("a").name == "a"  # a is now the most recent
+    cache.put("c", FakeGraph("c", freed))
+    assert freed == ["b"] and cache.keys() == ["a", "c"] and len(cache) == 2
+    assert cache.get("b") is None and cache.evictions == 1 and cache.captures == 3
+    cache.put("c", FakeGraph("c2", freed))  # replacing a key frees the old graph
+    assert freed == ["b", "c"] and len(cache) == 2
+    cache.fail("d", "capture failed")
+    assert "d" in cache.failed and "d" not in cache
+    cache.clear()
+    assert len(cache) == 0 and sorted(freed) == ["a", "b", "c", "c2"]
+    with pytest.raises(ValueError):
+        cudart.GraphCache(0)
+
+
+def test_copy_bound() -> None:
+    bw = cudart.CopyBandwidth(h2d_gbps=50.0, d2h_gbps=25.0, nbytes=1 << 20)
+    assert bw.bound_ms(50_000_000, 25_000_000) == pytest.approx(2.0)
+    assert bw.bound_ms(0, 0) <= 1e-5
+
+
+def test_cuda_errors_are_one_line_without_a_gpu() -> None:
+    if cudart.cuda_available() is None:
+        pytest.skip("a GPU is present")
+    reason = cudart.cuda_available()
+    assert reason and "\n" not in reason
+
+
+# --------------------------------------------------------------------------- device arrays, graphs, warm-up (GPU)
+
+
+def _max_diff(a: dict[str, Any], b: dict[str, Any]) -> float:
+    assert list(a) == list(b)
+    return max(float(np.max(np.abs(np.asarray(a[n]) - np.asarray(b[n])))) for n in a)
+
+
+@pytest.mark.gpu
+def test_device_inputs_and_outputs_equal_numpy(tmp_path: Path) -> None:
+    model = two_input_model()
+    prof = Profile()
+    for name in ("a", "b"):
+        prof.add(name, (1, 4, 1), (2, 4, 100), (4, 4, 1000))
+    with build_engine(model, [prof]).load() as eng:
+        for n, length in [(1, 7), (4, 1000), (2, 100)]:
+            feeds = random_feeds(model, {"a": (n, 4, length), "b": (n, 4, length)}, seed=n + length)
+            host = eng.infer(feeds)
+            allocations = eng.allocations
+            device = {k: cudart.DeviceArray.from_numpy(v) for k, v in feeds.items()}
+            got = eng.infer(device)  # device in, host out
+            assert _max_diff(got, host) <= 1e-5
+            assert eng.allocations == allocations  # device inputs are bound in place: no new buffers
+            views = eng.infer(device, device_outputs=True)  # device in, device out
+            assert all(isinstance(v, cudart.DeviceArray) for v in views.values())
+            assert {k: v.shape for k, v in views.items()} == {k: v.shape for k, v in host.items()}
+            assert _max_diff({k: v.to_numpy() for k, v in views.items()}, host) <= 1e-5
+            mixed = eng.infer({"a": device["a"], "b": feeds["b"]})  # one of each
+            assert _max_diff(mixed, host) <= 1e-5
+            queued = eng.infer(device, device_outputs=True, synchronize=False)
+            assert queued["sum"].stream == eng.stream.ptr  # consumers order themselves after it
+            assert _max_diff({k: v.to_numpy() for k, v in queued.items()}, host) <= 1e-5
+            for arr in device.values():
+                arr.free()
+        with pytest.raises(DynashapeError, match="device array, the engine expects float32"):
+            eng.infer({"a": cudart.DeviceArray.empty((1, 4, 8), np.float16), "b": np.zeros((1, 4, 8), np.float32)})
+        with pytest.raises(DynashapeError, match="needs device_outputs"):
+            eng.infer(random_feeds(model, {"a": (1, 4, 8), "b": (1, 4, 8)}), synchronize=False)
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_equal_plain_runs_and_the_cache_stays_bounded() -> None:
+    model = conv_model(seed=3)
+    shapes = [(1, 3, 16, 16), (2, 3, 96, 128), (1, 3, 48, 64)]
+    built = build_engine(model, [RANGE])
+    with built.load() as plain, built.load() as eng:
+        eng.cuda_graph = True
+        eng.graphs = cudart.GraphCache(capacity=2)
+        eng.warmup()
+        want = {s: plain.infer(random_feeds(model, {"input": s}, seed=sum(s))) for s in shapes}
+        for _round in range(3):  # alternate: each shape is captured, evicted, replayed, captured again
+            for s in shapes:
+                feeds = random_feeds(model, {"input": s}, seed=sum(s))
+                assert _max_diff(eng.infer(feeds), want[s]) <= 1e-5, s
+                dev = cudart.DeviceArray.from_numpy(feeds["input"])
+                assert _max_diff(eng.infer({"input": dev}), want[s]) <= 1e-5, s  # copied in on the device
+                dev.free()
+                assert len(eng.graphs) <= 2
+        assert eng.graphs.captures >= 3 and eng.graphs.evictions >= 1 and not eng.graphs.failed
+        # the same shape twice in a row is replayed, not captured again
+        captures = eng.graphs.captures
+        feeds = random_feeds(model, {"input": shapes[0]}, seed=sum(shapes[0]))
+        for _ in range(3):
+            assert _max_diff(eng.infer(feeds), want[shapes[0]]) <= 1e-5
+        assert eng.graphs.captures - captures <= 1
+        run = eng.prepare(feeds, cuda_graph=True)
+        assert run.graph is not None
+        run.launch()
+        run.synchronize()
+
+
+@pytest.mark.gpu
+def test_cuda_graph_capture_failure_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = conv_model(seed=4)
+    real = cudart.capture_graph
+
+    def breaking(stream: Any, work: Any) -> Any:  # a synchronize inside a capture is illegal
+        return real(stream, lambda: (stream.synchronize(), work())[1])
+
+    monkeypatch.setattr(cudart, "capture_graph", breaking)
+    with build_engine(model, [RANGE]).load() as eng:
+        eng.cuda_graph = True
+        for s in [(1, 3, 32, 32), (2, 3, 64, 96)]:
+            feeds = random_feeds(model, {"input": s}, seed=sum(s))
+            want = eng.infer(feeds, cuda_graph=False)
+            for _ in range(3):
+                assert _max_diff(eng.infer(feeds), want) <= 1e-5
+        assert len(eng.graphs) == 0 and len(eng.graphs.failed) == 2
+        assert all("capture" in reason for reason in eng.graphs.failed.values())
+        run = eng.prepare(feeds, cuda_graph=True)  # falls back to the plain launch too
+        assert run.graph is None
+        run.launch()
+        run.synchronize()
+
+
+@pytest.mark.gpu
+def test_warmup_creates_every_context_and_the_largest_buffers() -> None:
+    model = conv_model(seed=5)
+    small = _profile((1, 3, 8, 8), (1, 3, 32, 32), (1, 3, 64, 64))
+    large = _profile((1, 3, 48, 48), (1, 3, 128, 128), (2, 3, 256, 256))
+    with build_engine(model, [small, large]).load() as eng:
+        assert eng.contexts == []
+        seconds = eng.warmup()
+        assert seconds > 0 and eng.contexts == [0, 1]
+        allocations = eng.allocations
+        for s in [(2, 3, 256, 256), (1, 3, 8, 8), (1, 3, 200, 100), (1, 3, 64, 64)]:
+            _compare_with_ort(eng, model, {"input": s})
+        assert eng.allocations == allocations  # nothing grew after the warm-up
+        eng.warmup([{"input": (1, 3, 40, 40)}])  # given shapes run too; nothing new to allocate
+        assert eng.allocations == allocations
+
+
+class FakePinned:
+    """cudart.PinnedBuffer without CUDA: plain host bytes."""
+
+    made = 0
+
+    def __init__(self, nbytes: int = 0) -> None:
+        FakePinned.made += 1
+        self.array = np.zeros(max(1, nbytes), np.uint8)
+        self.nbytes = nbytes
+        self.freed = False
+
+    @property
+    def ptr(self) -> int:
+        return int(self.array.__array_interface__["data"][0])
+
+    def free(self) -> None:
+        self.freed = True
+
+
+def test_pinned_output_blocks_come_back_only_when_every_view_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    from dynashape.engine import _PinnedOutputs
+
+    monkeypatch.setattr(cudart, "PinnedBuffer", FakePinned)
+    pool = _PinnedOutputs(limit=2)
+    pool.block_bytes = 64  # warm-up's largest size: a block made for a small shape fits any later one
+    block = pool.take(16)
+    assert block is not None and block.nbytes == 64 and pool.made == 1
+    block.array[:16] = np.arange(16, dtype=np.uint8)
+    out = pool.lend(block, (2, 2), np.dtype(np.float32))
+    assert out.shape == (2, 2) and out.dtype == np.float32 and out.flags.writeable
+    assert out.tobytes() == bytes(range(16))  # the array is the block: no copy
+    row = out[1]
+    del out
+    gc.collect()
+    assert pool.free == []  # a view still holds it
+    del row
+    gc.collect()
+    assert pool.free == [block]
+    again = pool.take(64)
+    assert again is block and pool.made == 1  # reused, not made anew
+    kept = [pool.lend(again, (4,), np.dtype(np.float32)), pool.lend(pool.take(8), (2,), np.dtype(np.float32))]
+    assert pool.made == 2 and pool.take(8) is None  # the caller holds both: the caller gets a copy instead
+    del kept[1]
+    gc.collect()
+    bigger = pool.take(128)  # the free block is too small: it is replaced, the count stays bounded
+    assert bigger is not None and bigger.nbytes == 128 and pool.made == 2 and pool.free == []
+    pool.give_back(bigger)
+    pool.close()
+    del kept
+    gc.collect()
+    assert block.freed and pool.made == 0 and pool.free == []  # after close, blocks are freed, not kept
+
+
+def test_capture_log_collects_only_inside_the_block() -> None:
+    holder = trt_compat._HOLDER
+    with trt_compat.capture_log() as outer:
+        with trt_compat.capture_log() as inner:
+            for cap in holder.captures:
+                cap.errors.append("bad shape")
+        assert inner.errors == ["bad shape"] and outer.errors == ["bad shape"]
+        for cap in holder.captures:
+            cap.warnings.append("slow")
+    assert outer.warnings == ["slow"] and inner.warnings == []
+    assert holder.captures == []

@@ -14,19 +14,13 @@ OPSET = 17
 
 @functools.lru_cache(maxsize=1)
 def trt_gpu_reason() -> str | None:
-    """None when TensorRT imports and a CUDA stream can be made, else why not."""
-    from dynashape import trt_compat
+    """None when TensorRT imports and cuda-python sees a GPU, else why not."""
+    from dynashape import cudart, trt_compat
 
     reason = trt_compat.tensorrt_available()
     if reason is not None:
         return reason
-    try:
-        from polygraphy import cuda
-
-        cuda.Stream().free()
-    except Exception as exc:  # no polygraphy, no libcudart, or no GPU
-        return f"no usable GPU ({type(exc).__name__}: {exc})"
-    return None
+    return cudart.cuda_available()
 
 
 def require_trt_gpu() -> None:

@@ -1,9 +1,15 @@
 """Latency of an engine per shape, against static engines and PyTorch eager on the same GPU.
 
-Timing: CUDA events around ``execute_async_v3`` when torch with CUDA is importable in this
-process; otherwise the stream-synchronized wall time of each launch (``launch(); sync()``),
-which adds the launch overhead (microseconds) to every sample. The method is recorded in the
-result. Inputs are copied to the device once per shape; only the engine is timed.
+Engine time: CUDA events (cuda-python, :mod:`dynashape.cudart`) around ``execute_async_v3``, or
+around the replay of its CUDA graph with ``cuda_graph``; without events, the stream-synchronized
+wall time of back-to-back launches. Inputs are copied to the device once per shape; only the
+engine is timed. The method is recorded in the result.
+
+End-to-end ``Engine.infer`` (``infer=True``): per shape, the first call after ``warmup()``, then
+steady calls with NumPy inputs and outputs (host wall time per call, each call synchronized),
+with device inputs and outputs (likewise, and pipelined: calls queued back to back with one
+synchronization per batch), and the copy bound: the shape's input and output bytes over the
+pinned host<->device bandwidth measured in the same run.
 
 PyTorch eager can run in another interpreter (``torch_python``), for machines where TensorRT
 lives in one Python and torch in another: ``python -m dynashape.bench --worker ...`` is that
@@ -68,6 +74,26 @@ class LatencyStats:
 
 
 @dataclass
+class InferTiming:
+    """End-to-end ``Engine.infer`` at one shape, next to the engine's own time."""
+
+    first_call_ms: float
+    numpy: LatencyStats
+    device: LatencyStats
+    device_pipelined: LatencyStats
+    copy_bound_ms: float
+    h2d_bytes: int
+    d2h_bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "first_call_ms": self.first_call_ms, "numpy": asdict(self.numpy), "device": asdict(self.device),
+            "device_pipelined": asdict(self.device_pipelined), "copy_bound_ms": self.copy_bound_ms,
+            "h2d_bytes": self.h2d_bytes, "d2h_bytes": self.d2h_bytes,
+        }
+
+
+@dataclass
 class ShapeResult:
     """One row: a shape and its latency in each runtime that ran."""
 
@@ -76,7 +102,37 @@ class ShapeResult:
     static: LatencyStats | None = None
     static_build_s: float | None = None
     torch: LatencyStats | None = None
+    infer: InferTiming | None = None
     errors: list[str] = field(default_factory=list)
+
+    @property
+    def device_vs_engine(self) -> float | None:
+        """Device-input ``infer`` (each call synchronized) over the engine's time."""
+        if self.infer is None or self.dynamic is None or self.dynamic.median_ms <= 0:
+            return None
+        return self.infer.device.median_ms / self.dynamic.median_ms
+
+    @property
+    def pipelined_vs_engine(self) -> float | None:
+        """Device-input ``infer`` queued back to back over the engine's time."""
+        if self.infer is None or self.dynamic is None or self.dynamic.median_ms <= 0:
+            return None
+        return self.infer.device_pipelined.median_ms / self.dynamic.median_ms
+
+    @property
+    def numpy_vs_bound(self) -> float | None:
+        """NumPy-input ``infer`` over (copy bound + engine time)."""
+        if self.infer is None or self.dynamic is None:
+            return None
+        bound = self.infer.copy_bound_ms + self.dynamic.median_ms
+        return self.infer.numpy.median_ms / bound if bound > 0 else None
+
+    @property
+    def first_vs_steady(self) -> float | None:
+        """The first call at this shape (after warm-up) over the steady NumPy-input call."""
+        if self.infer is None or self.infer.numpy.median_ms <= 0:
+            return None
+        return self.infer.first_call_ms / self.infer.numpy.median_ms
 
     @property
     def dynamic_vs_static(self) -> float | None:
@@ -99,6 +155,11 @@ class ShapeResult:
             "torch": asdict(self.torch) if self.torch else None,
             "dynamic_vs_static": self.dynamic_vs_static,
             "torch_vs_dynamic": self.torch_vs_dynamic,
+            "infer": self.infer.to_json() if self.infer else None,
+            "device_vs_engine": self.device_vs_engine,
+            "pipelined_vs_engine": self.pipelined_vs_engine,
+            "numpy_vs_bound": self.numpy_vs_bound,
+            "first_vs_steady": self.first_vs_steady,
             "errors": self.errors,
         }
 
@@ -111,6 +172,10 @@ class BenchResult:
     tensorrt_version: str
     rows: list[ShapeResult]
     notes: list[str] = field(default_factory=list)
+    cuda_graph: bool = False
+    warmup_s: float | None = None
+    h2d_gbps: float | None = None
+    d2h_gbps: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -118,6 +183,10 @@ class BenchResult:
             "precision": self.precision,
             "device": self.device,
             "tensorrt_version": self.tensorrt_version,
+            "cuda_graph": self.cuda_graph,
+            "warmup_s": self.warmup_s,
+            "h2d_gbps": self.h2d_gbps,
+            "d2h_gbps": self.d2h_gbps,
             "rows": [r.to_json() for r in self.rows],
             "notes": self.notes,
         }
@@ -142,6 +211,13 @@ def _torch_cuda() -> Any:
         return None
 
 
+def _cuda_events() -> Any:
+    """:mod:`dynashape.cudart` when cuda-python sees a GPU (for CUDA events), else None."""
+    from dynashape import cudart
+
+    return cudart if cudart.cuda_available() is None else None
+
+
 def _sample(
     launch: Callable[[], None],
     sync: Callable[[], None],
@@ -150,8 +226,10 @@ def _sample(
     iters: int,
     budget_s: float,
     stream_ptr: int | None = None,
+    events: bool = True,
 ) -> LatencyStats:
-    """Time ``launch`` per call: CUDA events when torch has CUDA, else synchronized wall time.
+    """Time ``launch`` per call: CUDA events on ``stream_ptr`` when cuda-python has a GPU (and
+    ``events``), else synchronized wall time.
 
     Without events, one sample is the wall time of ``batch`` back-to-back launches and one
     synchronize, divided by ``batch``: launches queue on the stream, so this measures the
@@ -162,18 +240,32 @@ def _sample(
     for _ in range(warmup):
         launch()
     sync()
-    torch = _torch_cuda()
+    cuda = _cuda_events() if events and stream_ptr is not None else None
+    torch = _torch_cuda() if events and cuda is None else None
     samples: list[float] = []
     deadline = time.perf_counter() + budget_s
-    if torch is not None:
+    if torch is not None:  # a Python with torch but without cuda-python: torch's events
         stream = torch.cuda.ExternalStream(stream_ptr) if stream_ptr else torch.cuda.current_stream()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        t_start, t_end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         while len(samples) < iters and (len(samples) < MIN_ITERS or time.perf_counter() < deadline):
-            start.record(stream)
+            t_start.record(stream)
             launch()
-            end.record(stream)
-            end.synchronize()
-            samples.append(float(start.elapsed_time(end)))
+            t_end.record(stream)
+            t_end.synchronize()
+            samples.append(float(t_start.elapsed_time(t_end)))
+        return LatencyStats.from_samples(samples, "cuda-events")
+    if cuda is not None:
+        start, end = cuda.Event(), cuda.Event()
+        try:
+            while len(samples) < iters and (len(samples) < MIN_ITERS or time.perf_counter() < deadline):
+                start.record(stream_ptr)
+                launch()
+                end.record(stream_ptr)
+                end.synchronize()
+                samples.append(end.elapsed_ms(start))
+        finally:
+            start.free()
+            end.free()
         return LatencyStats.from_samples(samples, "cuda-events")
     batch = _batch_size(launch, sync)
     while len(samples) < iters and (len(samples) < MIN_ITERS or time.perf_counter() < deadline):
@@ -212,6 +304,19 @@ def random_inputs(shapes: ShapeMap, dtypes: dict[str, str], seed: int = 0) -> di
     return out
 
 
+def _sample_calls(call: Callable[[], Any], *, warmup: int, iters: int, budget_s: float) -> LatencyStats:
+    """Host wall time per call of ``call``, which waits for its own work."""
+    for _ in range(warmup):
+        call()
+    samples: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(samples) < iters and (len(samples) < MIN_ITERS or time.perf_counter() < deadline):
+        t0 = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return LatencyStats.from_samples(samples, "wall")
+
+
 def time_engine(
     engine: Any,
     shapes: ShapeMap,
@@ -220,11 +325,16 @@ def time_engine(
     iters: int = DEFAULT_ITERS,
     budget_s: float = DEFAULT_BUDGET_S,
     profile: int | None = None,
+    cuda_graph: bool = False,
 ) -> LatencyStats:
     """Latency of ``engine`` (a dynashape Engine) at one shape, inputs already on the device;
-    ``profile`` forces one of its optimization profiles."""
+    ``profile`` forces one of its optimization profiles; ``cuda_graph`` times the replay of the
+    CUDA graph captured at this shape (when capture fails: the plain launch)."""
     feeds = random_inputs(shapes, {t.name: t.dtype for t in engine.inputs})
-    run = engine.prepare(feeds) if profile is None else engine.prepare(feeds, profile=profile)
+    kwargs: dict[str, Any] = {"cuda_graph": True} if cuda_graph else {}
+    if profile is not None:
+        kwargs["profile"] = profile
+    run = engine.prepare(feeds, **kwargs)
     return _sample(
         run.launch, run.synchronize, warmup=warmup, iters=iters, budget_s=budget_s,
         stream_ptr=run.stream.ptr,
@@ -246,8 +356,10 @@ def compare_static(
     iters: int = DEFAULT_ITERS,
     budget_s: float = DEFAULT_BUDGET_S,
     progress: ProgressFn | None = None,
+    cuda_graph: bool = False,
 ) -> list[tuple[LatencyStats | None, float | None, str | None]]:
-    """Build one static engine per shape (min = opt = max) and time it there.
+    """Build one static engine per shape (min = opt = max) and time it there (with
+    ``cuda_graph``: its CUDA graph's replay, the same treatment as the dynamic engine's).
 
     Returns ``(latency, build seconds, error)`` per shape; a failed build is reported in its row
     rather than ending the run. One timing cache is shared by all builds (a temporary one when
@@ -277,7 +389,8 @@ def compare_static(
                 continue
             build_s = time.perf_counter() - t0
             with Engine(built.data, built.info, where=f"static engine {label}") as eng:
-                stats = time_engine(eng, shapes, warmup=warmup, iters=iters, budget_s=budget_s)
+                stats = time_engine(eng, shapes, warmup=warmup, iters=iters, budget_s=budget_s,
+                                    cuda_graph=cuda_graph)
             results.append((stats, build_s, None))
     return results
 
@@ -317,9 +430,10 @@ def bench_torch(
             def launch(args: list[Any] = args) -> None:
                 module(*args)
 
-            out.append(
-                _sample(launch, torch.cuda.synchronize, warmup=warmup, iters=iters, budget_s=budget_s)
-            )
+            out.append(_sample(
+                launch, torch.cuda.synchronize, warmup=warmup, iters=iters, budget_s=budget_s,
+                stream_ptr=torch.cuda.current_stream().cuda_stream,
+            ))
     return out
 
 
@@ -386,6 +500,55 @@ def _worker_main(argv: Sequence[str]) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- end-to-end infer
+
+
+def copy_bytes(engine: Any, shapes: ShapeMap) -> tuple[int, int]:
+    """(input bytes, output bytes) of one call of ``engine`` at ``shapes``."""
+    out_shapes = engine.output_shapes(shapes)
+    h2d = sum(math.prod(shapes[t.name]) * np.dtype(t.dtype).itemsize for t in engine.inputs)
+    d2h = sum(math.prod(out_shapes[t.name]) * np.dtype(t.dtype).itemsize for t in engine.outputs)
+    return h2d, d2h
+
+
+def time_infer(
+    engine: Any,
+    shapes: ShapeMap,
+    bandwidth: Any,
+    *,
+    warmup: int = DEFAULT_WARMUP,
+    iters: int = DEFAULT_ITERS,
+    budget_s: float = DEFAULT_BUDGET_S,
+) -> InferTiming:
+    """``engine.infer`` at one shape: the first call (the engine should be warmed up already),
+    then steady NumPy-input calls, device-input calls (synchronized per call, and pipelined),
+    and the copy bound from ``bandwidth`` (a :class:`dynashape.cudart.CopyBandwidth`)."""
+    from dynashape import cudart
+
+    feeds = random_inputs(shapes, {t.name: t.dtype for t in engine.inputs}, seed=1)
+    t0 = time.perf_counter()
+    engine.infer(feeds)
+    first_ms = (time.perf_counter() - t0) * 1e3
+    numpy_stats = _sample_calls(lambda: engine.infer(feeds), warmup=warmup, iters=iters, budget_s=budget_s)
+    device = {name: cudart.DeviceArray.from_numpy(arr) for name, arr in feeds.items()}
+    try:
+        device_stats = _sample_calls(
+            lambda: engine.infer(device, device_outputs=True), warmup=warmup, iters=iters, budget_s=budget_s,
+        )
+        pipelined = _sample(
+            lambda: engine.infer(device, device_outputs=True, synchronize=False), engine.stream.synchronize,
+            warmup=warmup, iters=iters, budget_s=budget_s, events=False,
+        )
+    finally:
+        for arr in device.values():
+            arr.free()
+    h2d, d2h = copy_bytes(engine, shapes)
+    return InferTiming(
+        first_call_ms=first_ms, numpy=numpy_stats, device=device_stats, device_pipelined=pipelined,
+        copy_bound_ms=bandwidth.bound_ms(h2d, d2h), h2d_bytes=h2d, d2h_bytes=d2h,
+    )
+
+
 # --------------------------------------------------------------------------- the whole bench
 
 
@@ -402,20 +565,25 @@ def run_bench(
     iters: int = DEFAULT_ITERS,
     budget_s: float = DEFAULT_BUDGET_S,
     progress: ProgressFn | None = None,
+    cuda_graph: bool = False,
+    infer: bool = True,
 ) -> BenchResult:
     """Time the engine at each shape (default: every profile's min/opt/max), optionally against
     static engines built from its source model and against PyTorch eager.
 
     ``fp16`` (default: as the engine was built) sets the precision of the static engines and of
-    PyTorch eager, so all three columns compare like with like.
+    PyTorch eager, so all three columns compare like with like. ``cuda_graph`` times the engine
+    (and the static engines) as CUDA-graph replays and runs ``infer`` with graphs. ``infer``
+    (default) also times end-to-end ``Engine.infer`` after ``warmup()`` (see :func:`time_infer`).
     """
-    from dynashape import trt_compat
+    from dynashape import cudart, trt_compat
     from dynashape.engine import Engine
     from dynashape.model import sha256_file
 
     report = progress or (lambda _msg: None)
     notes: list[str] = []
-    with Engine.load(engine_path) as eng:
+    warmup_s = bandwidth = None
+    with Engine.load(engine_path, cuda_graph=cuda_graph) as eng:
         info = eng.info
         if fp16 is None:
             fp16 = bool(info and info.build_options.fp16)
@@ -424,18 +592,29 @@ def run_bench(
         for shapes in shape_list:
             eng.select_profile(shapes)  # refuse shapes outside the engine before any work
         rows = [ShapeResult(shapes=dict(s)) for s in shape_list]
+        if infer:
+            report("measuring pinned copy bandwidth")
+            bandwidth = cudart.measure_copy_bandwidth()
+            report("warming up")
+            warmup_s = eng.warmup()
+            for row in rows:  # first calls before anything else runs at these shapes
+                report(f"infer at {format_shapes(row.shapes)}")
+                row.infer = time_infer(eng, row.shapes, bandwidth, warmup=warmup, iters=iters, budget_s=budget_s)
         for row in rows:
             report(f"engine at {format_shapes(row.shapes)}")
-            row.dynamic = time_engine(eng, row.shapes, warmup=warmup, iters=iters, budget_s=budget_s)
+            row.dynamic = time_engine(eng, row.shapes, warmup=warmup, iters=iters, budget_s=budget_s,
+                                      cuda_graph=cuda_graph)
         timing = rows[0].dynamic.method if rows and rows[0].dynamic else "none"
-        notes.append(f"timing: {timing}")
+        notes.append(f"timing: {timing}" + (" of CUDA-graph replays" if cuda_graph else ""))
+        if cuda_graph and eng.graphs.failed:
+            notes.append(f"CUDA graph capture failed at {len(eng.graphs.failed)} shape(s); those ran without")
     if static:
         model = _source_model(engine_path, info, source_model, sha256_file)
         results = compare_static(
             model, [r.shapes for r in rows], fp16=fp16,
             workspace=info.build_options.workspace_mib if info else None,
             tactic_sources=info.build_options.tactic_sources if info else None,
-            warmup=warmup, iters=iters, budget_s=budget_s, progress=report,
+            warmup=warmup, iters=iters, budget_s=budget_s, progress=report, cuda_graph=cuda_graph,
         )
         for row, (stats, build_s, err) in zip(rows, results, strict=True):
             row.static, row.static_build_s = stats, build_s
@@ -468,6 +647,10 @@ def run_bench(
         tensorrt_version=trt_compat.trt_version(),
         rows=rows,
         notes=[n for n in notes if n],
+        cuda_graph=cuda_graph,
+        warmup_s=warmup_s,
+        h2d_gbps=bandwidth.h2d_gbps if bandwidth is not None else None,
+        d2h_gbps=bandwidth.d2h_gbps if bandwidth is not None else None,
     )
 
 

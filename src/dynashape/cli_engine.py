@@ -2,8 +2,8 @@
 
 ``cli.py`` calls ``register(subparsers)``; each subcommand stores its handler as ``func`` and the
 handler returns the exit code: 0 done, 1 refused or failed (hazards found, TensorRT's build
-failed), 2 a usage or environment error, printed as one line. ``python -m dynashape.cli_engine``
-runs these three alone.
+failed); a usage or environment error is a ``DynashapeError``, which ``dynashape.cli.main`` (the
+one entry point, also behind ``python -m dynashape.cli_engine``) prints as one line with exit 2.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from dynashape.findings import Finding
 from dynashape.shapes import Profile, ShapeMap, format_shape, format_shapes, make_profile, parse_shapes
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[argparse.Namespace], int]
 
 _PROFILE_HELP = (
     "one optimization profile as three shape specs, MIN OPT MAX, each like --min "
@@ -82,7 +80,7 @@ def register(subparsers: Any) -> None:
     b.add_argument("--tactic-sources", default=trt_compat.DEFAULT_TACTIC_SOURCES, metavar="LIST",
                    help=_TACTIC_HELP)
     b.add_argument("--force", action="store_true", help="build even when `check` finds hazards")
-    b.set_defaults(func=guarded(cmd_build, "build"))
+    b.set_defaults(func=cmd_build)
 
     r = subparsers.add_parser(
         "run",
@@ -100,7 +98,14 @@ def register(subparsers: Any) -> None:
                    help="an input's value from a .npy file (repeatable)")
     r.add_argument("-o", "--output", metavar="OUT.npz", help="save the outputs here")
     r.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
-    r.set_defaults(func=guarded(cmd_run, "run"))
+    r.add_argument("--cuda-graph", action="store_true",
+                   help="capture each shape's run into a CUDA graph once and replay it (as trtexec's "
+                        "--useCudaGraph); a shape whose capture fails runs without")
+    r.add_argument("--repeat", type=int, default=10, metavar="N",
+                   help="after the first call, N more calls timed as the steady latency (default 10)")
+    r.add_argument("--no-warmup", action="store_true",
+                   help="skip the warm-up (contexts and largest buffers made up front), to see a cold first call")
+    r.set_defaults(func=cmd_run)
 
     n = subparsers.add_parser(
         "bench",
@@ -126,24 +131,13 @@ def register(subparsers: Any) -> None:
     n.add_argument("--warmup", type=int, default=10, help="warm-up runs per shape (default 10)")
     n.add_argument("--iters", type=int, default=200, help="timed runs per shape, at most (default 200)")
     n.add_argument("--json", action="store_true", help="print the results as JSON")
-    n.set_defaults(func=guarded(cmd_bench, "bench"))
-
-
-def guarded(handler: Handler, name: str) -> Handler:
-    """User mistakes as one line and exit 2; bugs stay loud (a traceback)."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except DynashapeError as exc:
-            print(f"dynashape {name}: error: {exc}", file=sys.stderr)
-            return exc.exit_code
-        except KeyboardInterrupt:
-            print(f"dynashape {name}: interrupted", file=sys.stderr)
-            return 130
-
-    run.__name__ = handler.__name__
-    return run
+    n.add_argument("--cuda-graph", action="store_true",
+                   help="time CUDA-graph replays of the engine (and of the static engines), as trtexec's "
+                        "--useCudaGraph, and run infer with graphs")
+    n.add_argument("--no-infer", action="store_true",
+                   help="time only the engine, not end-to-end infer (device and NumPy inputs, copy bound, "
+                        "first call)")
+    n.set_defaults(func=cmd_bench)
 
 
 def _console() -> Any:
@@ -221,6 +215,7 @@ def _timing_cache(args: argparse.Namespace, model_path: str) -> str | None:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from dynashape.engine import BuildError, build_engine, profile_from_lattice
+    from dynashape.inputs import model_inputs, validate_shapes
     from dynashape.model import check_output_path, graph_inputs, load_model
 
     planned = args.profiles is not None
@@ -241,6 +236,16 @@ def cmd_build(args: argparse.Namespace) -> int:
     inputs = graph_inputs(model)
     names = [i.name for i in inputs]
     profiles = _profiles_from_args(args, names)
+    probes = [parse_shapes(text, names) for text in args.probes]
+    declared = model_inputs(model)
+    bounds = {f"--{key}": [{name: getattr(p, key) for name, p in prof} for prof in profiles]
+              for key in ("min", "opt", "max")}
+    validate_shapes(declared, shapes=bounds, runs=False)  # the engine is built, not run, at these
+    validate_shapes(declared, shapes={"--probes": probes})
+    # before the hazard gate: a user without TensorRT learns that first, not after a list of hazards
+    reason = trt_compat.tensorrt_available()
+    if reason is not None:
+        raise DynashapeError(reason)
 
     report = _run_check(model, args.model)
     findings: list[Finding] = list(report.findings) if report is not None else []
@@ -273,11 +278,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             print(f"dynashape build: profile from the export shape and lattice: {profiles[0]}",
                   file=sys.stderr)
 
-    reason = trt_compat.tensorrt_available()
-    if reason is not None:
-        raise DynashapeError(reason)
     cache = _timing_cache(args, args.model)
-    probes = [parse_shapes(text, names) for text in args.probes]
 
     console = _console()
     start = time.perf_counter()
@@ -409,8 +410,13 @@ def _load_npy(path: str, name: str) -> np.ndarray:
     return arr
 
 
+def _shapes_of(feeds: dict[str, np.ndarray]) -> ShapeMap:
+    return {name: tuple(int(d) for d in arr.shape) for name, arr in feeds.items()}
+
+
 def _feeds_from_args(args: argparse.Namespace, engine: Any) -> dict[str, np.ndarray]:
     from dynashape.bench import random_inputs
+    from dynashape.inputs import engine_inputs, validate_shapes
 
     names = engine.input_names
     feeds: dict[str, np.ndarray] = {}
@@ -430,6 +436,7 @@ def _feeds_from_args(args: argparse.Namespace, engine: Any) -> dict[str, np.ndar
                     )
                 continue
             shapes[name] = shape
+    validate_shapes(engine_inputs(engine.inputs), shapes={"--shape": shapes, "--input": _shapes_of(feeds)})
     missing = [n for n in names if n not in feeds and n not in shapes]
     for name in missing:
         shapes[name] = engine.profiles[0].inputs[name].opt
@@ -446,15 +453,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dynashape.engine import Engine
     from dynashape.model import atomic_path, check_output_path
 
+    if args.repeat < 0:
+        raise DynashapeError(f"--repeat {args.repeat}: give 0 or more calls")
     out = check_output_path(args.output, [args.engine]) if args.output else None
-    with Engine.load(args.engine) as engine:
+    with Engine.load(args.engine, cuda_graph=args.cuda_graph) as engine:
         feeds = _feeds_from_args(args, engine)
         shapes = {n: tuple(a.shape) for n, a in feeds.items()}
         index = engine.select_profile(shapes)
+        warm_s = None if args.no_warmup else engine.warmup()
         start = time.perf_counter()
         outputs = engine.infer(feeds)
-        ms = (time.perf_counter() - start) * 1e3
-    table = Table(title=f"{Path(args.engine).name} at {format_shapes(shapes)} (profile {index}, {ms:.1f} ms)")
+        first_ms = (time.perf_counter() - start) * 1e3
+        steady = []
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            engine.infer(feeds)
+            steady.append((time.perf_counter() - t0) * 1e3)
+        graph_failures = list(engine.graphs.failed.values())
+    table = Table(title=f"{Path(args.engine).name} at {format_shapes(shapes)} (profile {index})")
     for col in ("output", "shape", "dtype", "min", "max", "mean"):
         table.add_column(col, justify="left" if col in ("output", "dtype") else "right")
     for name, arr in outputs.items():
@@ -466,6 +482,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     Console().print(table)
+    timing = [f"warm-up {warm_s:.2f} s" if warm_s is not None else "no warm-up",
+              f"first call {first_ms:.2f} ms"]
+    if steady:
+        timing.append(f"steady {float(np.median(steady)):.3f} ms (median of {len(steady)})")
+    if args.cuda_graph:
+        timing.append("CUDA graph" if not graph_failures else f"no CUDA graph ({graph_failures[0]})")
+    print("; ".join(timing))
     if out is not None:
         with atomic_path(out) as tmp, open(tmp, "wb") as fh:
             arrays: dict[str, Any] = dict(outputs)
@@ -494,18 +517,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     info = read_sidecar(args.engine) if Path(args.engine).is_file() else None
     names = [t.name for t in info.inputs] if info is not None else None
     shape_list = [parse_shapes(text, names) for text in args.shapes]
+    if info is not None:
+        from dynashape.inputs import engine_inputs, validate_shapes
+
+        validate_shapes(engine_inputs(info.inputs), shapes={"--shapes": shape_list})
     console = _console()
     with console.status("benchmarking ...") as status:
         result = run_bench(
             args.engine, shape_list, static=args.compare_static, source_model=args.model,
             torch_spec=args.torch, torch_python=args.torch_python, fp16=args.fp16,
             warmup=args.warmup, iters=args.iters, progress=lambda msg: status.update(msg),
+            cuda_graph=args.cuda_graph, infer=not args.no_infer,
         )
     if args.json:
         print(to_json(result))
         return 0
     table = Table(title=f"{Path(args.engine).name}: {result.precision}, {result.device}, "
-                        f"TensorRT {result.tensorrt_version}, latency in ms")
+                        f"TensorRT {result.tensorrt_version}, latency in ms"
+                        + (", CUDA graphs" if result.cuda_graph else ""))
     cols = ["shape", "TRT p50", "TRT p99"]
     if args.compare_static:
         cols += ["static p50", "dyn/static"]
@@ -524,6 +553,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     Console().print(table)
+    if any(row.infer for row in result.rows):
+        Console().print(_infer_table(result))
     for row in result.rows:
         for err in row.errors:
             print(f"  {format_shapes(row.shapes)}: {err}")
@@ -532,19 +563,38 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _infer_table(result: Any) -> Any:
+    """End-to-end ``Engine.infer`` next to the engine's time, per shape."""
+    from rich.table import Table
+
+    bw = (f"; pinned copies {result.h2d_gbps:.1f} GB/s in, {result.d2h_gbps:.1f} GB/s out"
+          if result.h2d_gbps else "")
+    warm = f"; warm-up {result.warmup_s:.2f} s" if result.warmup_s is not None else ""
+    table = Table(title=f"end-to-end infer, median ms{bw}{warm}")
+    cols = ["shape", "engine", "device in", "dev/engine", "pipelined/engine", "numpy in", "copy bound",
+            "numpy/(copy+engine)", "first call", "first/steady"]
+    for col in cols:
+        table.add_column(col, justify="left" if col == "shape" else "right")
+    for row in result.rows:
+        inf = row.infer
+        if inf is None:
+            continue
+        table.add_row(
+            format_shapes(row.shapes), _ms(row.dynamic), _ms(inf.device), _ratio(row.device_vs_engine),
+            _ratio(row.pipelined_vs_engine), _ms(inf.numpy), f"{inf.copy_bound_ms:.3f}",
+            _ratio(row.numpy_vs_bound), f"{inf.first_call_ms:.3f}", _ratio(row.first_vs_steady),
+        )
+    return table
+
+
 # --------------------------------------------------------------------------- standalone
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dynashape", description="TensorRT engines (build, run, bench)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (TensorRT too)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    code: int = args.func(args)
-    return code
+    """`python -m dynashape.cli_engine build ...`: the same as `dynashape build ...` (one entry point)."""
+    from dynashape.cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

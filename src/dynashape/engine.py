@@ -6,12 +6,14 @@ build options and build time). Loading checks the plan against the sidecar befor
 it, so a truncated file or an engine from another TensorRT/GPU is refused with a sentence rather
 than a deserialization crash.
 
-Version-specific TensorRT calls go through :mod:`dynashape.trt_compat`; device memory and streams
-come from Polygraphy (``polygraphy.cuda``). ``tensorrt`` and ``polygraphy`` are imported lazily.
+Version-specific TensorRT calls go through :mod:`dynashape.trt_compat`; streams, device and pinned
+memory, events and CUDA graphs through :mod:`dynashape.cudart` (cuda-python). ``tensorrt`` and
+``cuda`` are imported lazily.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -28,7 +30,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from dynashape import __version__, trt_compat
+from dynashape import __version__, cudart, trt_compat
 from dynashape.errors import DynashapeError
 from dynashape.model import atomic_path, sha256_file, write_json_atomic
 from dynashape.planning import ProfilePlan
@@ -519,47 +521,192 @@ def _nodes_named(model_bytes: bytes, lines: Sequence[str]) -> list[str]:
 
 # --------------------------------------------------------------------------- running
 
+#: CUDA graphs kept per engine (one per (profile, shape)); the least recently used is dropped.
+DEFAULT_GRAPH_CACHE = 16
+#: host arrays at least this large are staged through pinned memory by several threads in chunks,
+#: each chunk's copy to the device queued as soon as it is staged (the copies overlap the staging)
+PARALLEL_STAGING_BYTES = 4 << 20
+STAGING_CHUNK_BYTES = 2 << 20
+#: pinned blocks per output that host outputs may occupy at once (see _PinnedOutputs)
+PINNED_OUTPUT_BLOCKS = 4
 
-class _Cuda:
-    """Polygraphy's CUDA wrappers, imported on first use."""
 
-    def __init__(self) -> None:
-        try:
-            from polygraphy import cuda
-            from polygraphy.datatype import DataType
-        except ImportError as exc:
+class _Lent:
+    """The owner NumPy sees behind one host output living in a pinned block: every view of the
+    output keeps it alive, so the block comes back only when the caller has dropped them all."""
+
+    def __init__(self, block: cudart.PinnedBuffer, shape: Shape, dtype: np.dtype[Any]) -> None:
+        self.block = block
+        self.__array_interface__ = {
+            "shape": shape, "typestr": dtype.str, "data": (block.ptr, False), "version": 3,
+        }
+
+
+class _PinnedOutputs:
+    """Pinned blocks that one output's host arrays are returned in: the copy from the device lands
+    in the very array the caller gets (no second host copy, no page faults), and a block is reused
+    once the caller has dropped every array on it. At most ``limit`` blocks are made; when all are
+    held by the caller, the output is copied out of the staging buffer instead."""
+
+    def __init__(self, limit: int = PINNED_OUTPUT_BLOCKS) -> None:
+        self.limit = limit
+        self.free: list[cudart.PinnedBuffer] = []
+        self.made = 0
+        self.block_bytes = 0  # the largest this output can be (from warmup), so blocks fit any shape
+        self.closed = False
+
+    def take(self, nbytes: int) -> cudart.PinnedBuffer | None:
+        fits = [b for b in self.free if b.nbytes >= nbytes]
+        if fits:
+            block = min(fits, key=lambda b: b.nbytes)
+            self.free.remove(block)
+            return block
+        if self.free and self.made >= self.limit:  # only smaller blocks are free: replace one
+            small = min(self.free, key=lambda b: b.nbytes)
+            self.free.remove(small)
+            small.free()
+            self.made -= 1
+        if self.made >= self.limit:
+            return None
+        self.made += 1
+        return cudart.PinnedBuffer(max(nbytes, self.block_bytes))
+
+    def give_back(self, block: cudart.PinnedBuffer) -> None:
+        if self.closed:
+            block.free()
+            self.made -= 1
+        else:
+            self.free.append(block)
+
+    def lend(self, block: cudart.PinnedBuffer, shape: Shape, dtype: np.dtype[Any]) -> np.ndarray:
+        import weakref
+
+        owner = _Lent(block, shape, dtype)
+        weakref.finalize(owner, self.give_back, block).atexit = False
+        return np.asarray(owner)
+
+    def close(self) -> None:
+        self.closed = True
+        for block in self.free:
+            block.free()
+        self.made -= len(self.free)
+        self.free.clear()
+
+ShapeKey = tuple[int, tuple[Shape, ...]]
+
+
+def shape_key(profile: int, input_names: Sequence[str], shapes: ShapeMap) -> ShapeKey:
+    """The key of one (profile, input shapes) pair, in the engine's input order: what a CUDA graph
+    and the context's bound shapes are cached by."""
+    return profile, tuple(tuple(int(d) for d in shapes[n]) for n in input_names)
+
+
+@dataclass(frozen=True)
+class HostFeed:
+    """An input that is a host array (NumPy or anything ``np.asarray`` takes), cast and contiguous."""
+
+    array: np.ndarray
+
+    @property
+    def shape(self) -> Shape:
+        return self.array.shape
+
+
+Feed = HostFeed | cudart.DeviceFeed
+
+
+@functools.lru_cache(maxsize=32)
+def _np_dtype(name: str) -> np.dtype[Any]:
+    return np.dtype(name)
+
+
+def classify_feeds(inputs: Sequence[TensorInfo], feeds: Mapping[str, Any]) -> dict[str, Feed]:
+    """Each input as a HostFeed or a DeviceFeed (CUDA memory through ``__cuda_array_interface__`` or
+    DLPack), checked against the engine's names, ranks and types. Host arrays are cast when NumPy
+    can do so safely; device arrays must already have the engine's type (no hidden device copy)."""
+    if len(feeds) != len(inputs) or any(t.name not in feeds for t in inputs):
+        valid = [t.name for t in inputs]
+        unknown = [n for n in feeds if n not in valid]
+        if unknown:
+            raise DynashapeError(f"unknown input {unknown[0]!r} (the engine's inputs: {', '.join(valid)})")
+        missing = [n for n in valid if n not in feeds]
+        raise DynashapeError(f"no value for input {missing[0]!r} (the engine's inputs: {', '.join(valid)})")
+    out: dict[str, Feed] = {}
+    for t in inputs:
+        value = feeds[t.name]
+        want = _np_dtype(t.dtype)
+        dev = None if isinstance(value, np.ndarray) else cudart.device_feed(value, f"input {t.name!r}")
+        shape: tuple[int, ...]
+        feed: Feed
+        if dev is not None:
+            if dev.dtype != want:
+                raise DynashapeError(
+                    f"input {t.name!r} is a {dev.dtype} device array, the engine expects {want}; "
+                    "convert it on the device first"
+                )
+            shape, feed = dev.shape, dev
+        else:
+            arr = np.asarray(value)
+            if arr.dtype != want:
+                if not np.can_cast(arr.dtype, want, casting="same_kind"):
+                    raise DynashapeError(f"input {t.name!r} is {arr.dtype}, the engine expects {want}")
+                arr = arr.astype(want)
+            shape, feed = tuple(arr.shape), HostFeed(np.ascontiguousarray(arr))
+        if len(shape) != len(t.shape):
             raise DynashapeError(
-                f"polygraphy is needed for device memory ({exc}); pip install 'dynashape[tensorrt]'"
-            ) from None
-        self.cuda = cuda
-        self.DataType = DataType
+                f"input {t.name!r} has shape {format_shape(shape)}, the engine expects rank "
+                f"{len(t.shape)} ({format_shape(t.shape).replace('-1', '?')})"
+            )
+        out[t.name] = feed
+    return out
 
 
 @dataclass
 class PreparedRun:
-    """An execution context bound to device buffers holding one set of inputs (for timing)."""
+    """An execution context bound to device buffers holding one set of inputs (for timing).
+    With ``graph``, ``launch()`` replays the CUDA graph captured for this shape."""
 
     context: Any
     stream: Any
     output_shapes: dict[str, Shape]
+    graph: Any = None
 
     def launch(self) -> None:
-        if not self.context.execute_async_v3(self.stream.ptr):
+        if self.graph is not None:
+            self.graph.launch(self.stream)
+        elif not self.context.execute_async_v3(self.stream.ptr):
             raise DynashapeError("TensorRT's execute_async_v3 failed; see the log above")
 
     def synchronize(self) -> None:
         self.stream.synchronize()
 
 
+@dataclass
+class _ContextState:
+    """What one profile's execution context is set to now."""
+
+    context: Any
+    key: ShapeKey | None = None  # the input shapes set
+    out_shapes: dict[str, Shape] = field(default_factory=dict)
+    out_nbytes: dict[str, int] = field(default_factory=dict)
+    addresses: dict[str, int] = field(default_factory=dict)
+    enqueued: ShapeKey | None = None  # the shapes of its last plain (uncaptured) enqueue
+
+
 class Engine:
     """A deserialized engine that infers at any shape inside its profiles.
 
     ``with Engine.load("model.engine") as eng: outs = eng.infer({"input": x})``. One execution
-    context per profile, created when a shape first needs it; device buffers are kept between
-    calls and reallocated only when a tensor grows.
+    context per profile; device buffers grow when a tensor does and are otherwise kept, and
+    ``warmup()`` creates all of it up front. Inputs may be NumPy arrays (staged through reused
+    pinned buffers, copied asynchronously, one synchronization per call) or CUDA arrays (PyTorch,
+    CuPy, :class:`dynashape.cudart.DeviceArray`: bound in place, no copy). With
+    ``cuda_graph=True`` each (profile, shape) is captured once into a CUDA graph and replayed,
+    at most ``graph_cache`` graphs kept; a shape whose capture fails runs uncaptured.
     """
 
-    def __init__(self, data: bytes, info: EngineInfo | None = None, where: str = "engine") -> None:
+    def __init__(self, data: bytes, info: EngineInfo | None = None, where: str = "engine", *,
+                 cuda_graph: bool = False, graph_cache: int = DEFAULT_GRAPH_CACHE) -> None:
         trt = trt_compat.import_trt()
         self.where = where
         self._runtime = trt.Runtime(trt_compat.trt_logger())
@@ -590,16 +737,23 @@ class Engine:
                 prof.add(t.name, *trt_compat.profile_shapes(engine, t.name, idx))
             self.profiles.append(prof)
         self.info = info
-        self._contexts: dict[int, Any] = {}
-        self._buffers: dict[str, Any] = {}
-        self._cuda: _Cuda | None = None
-        self._stream: Any = None
+        self.cuda_graph = cuda_graph
+        self.graphs = cudart.GraphCache(graph_cache)
+        self._contexts: dict[int, _ContextState] = {}
+        self._buffers: dict[str, cudart.DeviceBuffer] = {}
+        self._pinned: dict[str, cudart.PinnedBuffer] = {}
+        self._lent = {t.name: _PinnedOutputs() for t in self.outputs}
+        self._stream: cudart.Stream | None = None
+        self._pool: Any = None
+        self._profile_of: dict[tuple[Shape, ...], int] = {}
+        self._in_flight = False  # a call returned without waiting (synchronize=False)
         self.allocations = 0  # device (re)allocations so far, for tests and curiosity
 
     # ----- construction
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Engine:
+    def load(cls, path: str | os.PathLike[str], *, cuda_graph: bool = False,
+             graph_cache: int = DEFAULT_GRAPH_CACHE) -> Engine:
         """Load ``path`` after checking it against its sidecar (a missing sidecar is a warning)."""
         p = Path(path)
         if not p.exists():
@@ -621,7 +775,7 @@ class Engine:
         else:
             for warning in check_sidecar(info, data, trt_compat.runtime_env(), where=str(p)):
                 log.warning("%s", warning)
-        return cls(data, info, where=str(p))
+        return cls(data, info, where=str(p), cuda_graph=cuda_graph, graph_cache=graph_cache)
 
     # ----- facts
 
@@ -633,142 +787,370 @@ class Engine:
     def output_names(self) -> list[str]:
         return [t.name for t in self.outputs]
 
+    @property
+    def contexts(self) -> list[int]:
+        """The profiles whose execution context exists."""
+        return sorted(self._contexts)
+
+    @property
+    def stream(self) -> cudart.Stream:
+        """The engine's CUDA stream (non-blocking; every copy and run of this engine goes on it)."""
+        if self._stream is None:
+            reason = cudart.cuda_available()
+            if reason is not None:
+                raise DynashapeError(reason)
+            self._stream = cudart.Stream()
+        return self._stream
+
     def select_profile(self, shapes: ShapeMap) -> int:
         return select_profile(self.profiles, shapes, self.info.plan if self.info is not None else None)
 
-    # ----- running
+    def _profile_for(self, shapes: ShapeMap, profile: int | None, dims: tuple[Shape, ...] | None = None) -> int:
+        if profile is not None:
+            if 0 <= profile < len(self.profiles) and self.profiles[profile].contains(shapes):
+                return profile
+            raise DynashapeError(f"shape {format_shapes(shapes)} is not inside profile {profile} of the engine")
+        key = dims if dims is not None else tuple(tuple(shapes[n]) for n in self.input_names)
+        index = self._profile_of.get(key)
+        if index is None:
+            index = self.select_profile(shapes)
+            if len(self._profile_of) >= 4096:
+                self._profile_of.clear()
+            self._profile_of[key] = index
+        return index
 
-    def _cuda_mod(self) -> _Cuda:
-        if self._cuda is None:
-            self._cuda = _Cuda()
-            self._stream = self._cuda.cuda.Stream()
-        return self._cuda
+    # ----- state on the device
 
-    def _context(self, index: int) -> Any:
-        ctx = self._contexts.get(index)
-        if ctx is None:
-            self._cuda_mod()
+    def _context(self, index: int) -> _ContextState:
+        state = self._contexts.get(index)
+        if state is None:
+            stream = self.stream
             ctx = self._engine.create_execution_context()
             if ctx is None:
                 raise DynashapeError(
                     f"{self.where}: TensorRT could not create an execution context (out of memory?)"
                 )
-            ctx.set_optimization_profile_async(index, self._stream.ptr)
-            self._stream.synchronize()
-            self._contexts[index] = ctx
+            ctx.set_optimization_profile_async(index, stream.ptr)
+            stream.synchronize()
+            state = _ContextState(ctx)
+            self._contexts[index] = state
             log.debug("created the execution context for profile %d", index)
-        return ctx
+        return state
 
-    def _buffer(self, name: str, shape: Shape, dtype: str) -> Any:
-        cu = self._cuda_mod()
+    def _device_buffer(self, name: str, nbytes: int) -> int:
         buf = self._buffers.get(name)
         if buf is None:
-            buf = cu.cuda.DeviceArray(shape=shape, dtype=cu.DataType.from_dtype(np.dtype(dtype)))
-            self._buffers[name] = buf
+            buf = self._buffers[name] = cudart.DeviceBuffer()
+        if buf.ensure(nbytes):
             self.allocations += 1
-            return buf
-        before = buf.allocated_nbytes
-        buf.resize(shape)
-        if buf.allocated_nbytes != before:
-            self.allocations += 1
+            if len(self.graphs):
+                log.debug("buffer %r grew: dropping %d CUDA graph(s)", name, len(self.graphs))
+                self.graphs.clear()  # graphs have the old addresses baked in
+        return buf.ptr
+
+    def _pinned_buffer(self, name: str, nbytes: int) -> cudart.PinnedBuffer:
+        buf = self._pinned.get(name)
+        if buf is None:
+            buf = self._pinned[name] = cudart.PinnedBuffer()
+        buf.ensure(nbytes)
         return buf
 
-    def _check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        valid = self.input_names
-        unknown = [n for n in feeds if n not in valid]
-        if unknown:
-            raise DynashapeError(f"unknown input {unknown[0]!r} (the engine's inputs: {', '.join(valid)})")
-        missing = [n for n in valid if n not in feeds]
-        if missing:
-            raise DynashapeError(
-                f"no value for input {missing[0]!r} (the engine's inputs: {', '.join(valid)})"
-            )
-        arrays = {}
-        for t in self.inputs:
-            arr = np.asarray(feeds[t.name])
-            want = np.dtype(t.dtype)
-            if arr.dtype != want:
-                if not np.can_cast(arr.dtype, want, casting="same_kind"):
-                    raise DynashapeError(f"input {t.name!r} is {arr.dtype}, the engine expects {want}")
-                arr = arr.astype(want)
-            if len(arr.shape) != len(t.shape):
-                raise DynashapeError(
-                    f"input {t.name!r} has shape {format_shape(arr.shape)}, the engine expects rank "
-                    f"{len(t.shape)} ({format_shape(t.shape).replace('-1', '?')})"
-                )
-            arrays[t.name] = np.ascontiguousarray(arr)
-        return arrays
-
-    def _bind(self, shapes: ShapeMap, profile: int | None = None) -> tuple[Any, dict[str, Shape]]:
-        if profile is None:
-            index = self.select_profile(shapes)
-        elif 0 <= profile < len(self.profiles) and self.profiles[profile].contains(shapes):
-            index = profile
-        else:
-            raise DynashapeError(f"shape {format_shapes(shapes)} is not inside profile {profile} of the engine")
-        ctx = self._context(index)
+    def _set_shapes(self, index: int, shapes: ShapeMap, dims: tuple[Shape, ...] | None = None) -> _ContextState:
+        state = self._contexts.get(index) or self._context(index)
+        key = (index, dims) if dims is not None else shape_key(index, self.input_names, shapes)
+        if state.key == key:
+            return state
+        ctx = state.context
         with trt_compat.capture_log() as cap:
-            for name, shape in shapes.items():
-                if not ctx.set_input_shape(name, shape):
+            for name in self.input_names:
+                if not ctx.set_input_shape(name, tuple(shapes[name])):
                     raise DynashapeError(
-                        f"TensorRT refuses shape {format_shape(shape)} for input {name!r}: "
+                        f"TensorRT refuses shape {format_shape(shapes[name])} for input {name!r}: "
                         f"{cap.errors[0] if cap.errors else 'no reason given'}"
                     )
         out_shapes: dict[str, Shape] = {}
         for t in self.outputs:
             shape = tuple(int(d) for d in ctx.get_tensor_shape(t.name))
             if any(d < 0 for d in shape):
+                state.key = None
                 raise DynashapeError(
                     f"output {t.name!r} has a data-dependent shape ({format_shape(shape)}); "
                     "engines with such outputs are not supported yet"
                 )
             out_shapes[t.name] = shape
+        state.key, state.out_shapes = key, out_shapes
+        state.out_nbytes = {t.name: self._nbytes(out_shapes[t.name], t.dtype) for t in self.outputs}
+        return state
+
+    def output_shapes(self, shapes: ShapeMap, profile: int | None = None) -> dict[str, Shape]:
+        """The output shapes at input ``shapes`` (sets them on the profile's context)."""
+        return dict(self._set_shapes(self._profile_for(shapes, profile), shapes).out_shapes)
+
+    def _set_address(self, state: _ContextState, name: str, ptr: int) -> None:
+        if state.addresses.get(name) != ptr:
+            state.context.set_tensor_address(name, ptr)
+            state.addresses[name] = ptr
+
+    def _nbytes(self, shape: Shape, dtype: str) -> int:
+        return math.prod(shape) * _np_dtype(dtype).itemsize
+
+    # ----- warm-up
+
+    def warmup(self, shapes: Iterable[ShapeMap] | None = None) -> float:
+        """Make up front what a first call at a new shape would otherwise wait for: every
+        profile's execution context; device buffers and pinned input staging at the largest size
+        any profile allows; two pinned output blocks per output; then one run per profile at its
+        min, opt and max shapes (which also starts the staging threads), and one at each of
+        ``shapes`` (twice with ``cuda_graph``: the second run captures the graph). The profiles
+        come from the engine, which the sidecar's plan describes. Returns the seconds spent."""
+        start = time.perf_counter()
+        need: dict[str, int] = {}
+        for index, prof in enumerate(self.profiles):
+            biggest = {name: p.max for name, p in prof}
+            state = self._set_shapes(index, biggest)
+            for t in self.inputs:
+                need[t.name] = max(need.get(t.name, 0), self._nbytes(biggest[t.name], t.dtype))
+            for t in self.outputs:
+                need[t.name] = max(need.get(t.name, 0), state.out_nbytes[t.name])
+        for name, nbytes in need.items():
+            self._device_buffer(name, nbytes)
         for t in self.inputs:
-            ctx.set_tensor_address(t.name, self._buffer(t.name, shapes[t.name], t.dtype).ptr)
+            self._pinned_buffer(t.name, need[t.name])
         for t in self.outputs:
-            ctx.set_tensor_address(t.name, self._buffer(t.name, out_shapes[t.name], t.dtype).ptr)
-        return ctx, out_shapes
+            pool = self._lent[t.name]
+            pool.block_bytes = max(pool.block_bytes, need[t.name])
+            blocks = [pool.take(need[t.name]) for _ in range(min(2, pool.limit))]
+            for block in blocks:
+                if block is not None:
+                    pool.give_back(block)
+        runs: list[tuple[ShapeMap, int | None]] = []
+        for index, prof in enumerate(self.profiles):
+            for pick in ("min", "opt", "max"):
+                picked: ShapeMap = {name: getattr(p, pick) for name, p in prof}
+                if (picked, index) not in runs:
+                    runs.append((picked, index))
+        runs += [(dict(s), None) for s in shapes or []]
+        dtypes = {t.name: np.dtype(t.dtype) for t in self.inputs}
+        for run_shapes, run_profile in runs:
+            feeds = {n: np.zeros(run_shapes[n], dtypes[n]) for n in self.input_names}
+            for _ in range(2 if self.cuda_graph else 1):  # with graphs, the second run captures
+                self.infer(feeds, profile=run_profile)
+        seconds = time.perf_counter() - start
+        log.info("warm-up: %d context(s), %.1f MB of buffers, %d run(s) in %.2f s",
+                 len(self._contexts), sum(need.values()) / 1e6, len(runs), seconds)
+        return seconds
 
-    def prepare(self, feeds: Mapping[str, np.ndarray], profile: int | None = None) -> PreparedRun:
-        """Bind buffers and copy ``feeds`` in once; ``launch()`` then runs only the engine.
-        ``profile`` forces an optimization profile (default: the one ``select_profile`` picks)."""
-        arrays = self._check_feeds(feeds)
-        ctx, out_shapes = self._bind({n: tuple(a.shape) for n, a in arrays.items()}, profile)
-        for name, arr in arrays.items():
-            self._buffers[name].copy_from(arr, self._stream)
-        self._stream.synchronize()
-        return PreparedRun(ctx, self._stream, out_shapes)
+    # ----- running
 
-    def infer(self, feeds: Mapping[str, np.ndarray], profile: int | None = None) -> dict[str, np.ndarray]:
-        """Run once at the feeds' shapes; returns fresh host arrays by output name.
-        ``profile`` forces an optimization profile (default: the one ``select_profile`` picks)."""
-        arrays = self._check_feeds(feeds)
-        ctx, out_shapes = self._bind({n: tuple(a.shape) for n, a in arrays.items()}, profile)
-        stream = self._stream
-        for name, arr in arrays.items():
-            self._buffers[name].copy_from(arr, stream)
+    def _bind(self, feeds: Mapping[str, Feed], profile: int | None, graph: bool) -> tuple[_ContextState, int]:
+        """Set shapes and addresses for one run and queue the input copies; returns the context
+        and its profile. Device feeds are bound in place, except under a CUDA graph, whose
+        addresses are fixed: there they are copied into the engine's buffers on the device."""
+        shapes = {n: f.shape for n, f in feeds.items()}
+        dims = tuple(shapes[n] for n in self.input_names)
+        index = self._profile_for(shapes, profile, dims)
+        state = self._set_shapes(index, shapes, dims)
+        stream = self._stream or self.stream
+        for t in self.inputs:
+            feed = feeds[t.name]
+            nbytes = self._nbytes(feed.shape, t.dtype)
+            if isinstance(feed, cudart.DeviceFeed):
+                if feed.stream is not None and feed.stream != stream.ptr:
+                    stream.wait_for_stream(feed.stream)
+                if not graph:
+                    self._set_address(state, t.name, feed.ptr)
+                    continue
+                ptr = self._device_buffer(t.name, nbytes)
+                self._set_address(state, t.name, ptr)
+                if nbytes:
+                    cudart.copy_dtod(ptr, feed.ptr, nbytes, stream)
+            else:
+                ptr = self._device_buffer(t.name, nbytes)
+                self._set_address(state, t.name, ptr)
+                self._stage_in(t.name, feed.array, ptr)
+        for t in self.outputs:
+            self._set_address(state, t.name, self._device_buffer(t.name, state.out_nbytes[t.name]))
+        return state, index
+
+    def _stage_in(self, name: str, arr: np.ndarray, dst: int) -> None:
+        """Copy a host array to the device through its reused pinned buffer; large arrays are
+        staged in chunks by several threads, each chunk's copy queued as soon as it is staged."""
+        nbytes = arr.nbytes
+        if not nbytes:
+            return
+        stream = self.stream
+        if self._in_flight:  # the last call may still be copying out of this pinned buffer
+            stream.synchronize()
+            self._in_flight = False
+        pinned = self._pinned_buffer(name, nbytes)
+        src = arr.reshape(-1).view(np.uint8)
+        if nbytes < PARALLEL_STAGING_BYTES:
+            np.copyto(pinned.array[:nbytes], src)
+            cudart.copy_htod(dst, pinned.ptr, nbytes, stream)
+            return
+        chunks = [(lo, min(lo + STAGING_CHUNK_BYTES, nbytes)) for lo in range(0, nbytes, STAGING_CHUNK_BYTES)]
+        pool = self._threads()
+
+        def stage(lo: int, hi: int) -> None:
+            np.copyto(pinned.array[lo:hi], src[lo:hi])
+
+        futures = [pool.submit(stage, lo, hi) for lo, hi in chunks]
+        for (lo, hi), fut in zip(chunks, futures, strict=True):
+            fut.result()
+            cudart.copy_htod(dst + lo, pinned.ptr + lo, hi - lo, stream)
+
+    def _threads(self) -> Any:
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=max(2, min(8, os.cpu_count() or 2)),
+                                            thread_name_prefix="dynashape-staging")
+        return self._pool
+
+    def _execute(self, state: _ContextState, index: int, graph: bool, feeds: Mapping[str, Feed]) -> None:
+        stream = self._stream or self.stream
+        if graph and state.key is not None:
+            key = state.key
+            g = self.graphs.get(key)
+            if g is not None:
+                g.launch(stream)
+                return
+            if key not in self.graphs.failed and state.enqueued == key:
+                # TensorRT has run once at this shape outside a capture: capture now, then replay
+                try:
+                    g = cudart.capture_graph(stream, lambda: bool(state.context.execute_async_v3(stream.ptr)))
+                except cudart.CaptureError as exc:
+                    self.graphs.fail(key, str(exc))
+                    log.warning("%s: no CUDA graph at %s, running without one: %s",
+                                self.where, format_shapes({n: f.shape for n, f in feeds.items()}), exc)
+                else:
+                    self.graphs.put(key, g)
+                    g.launch(stream)
+                    return
         with trt_compat.capture_log() as cap:
-            ok = ctx.execute_async_v3(stream.ptr)
+            ok = state.context.execute_async_v3(stream.ptr)
         if not ok:
-            at = format_shapes({n: a.shape for n, a in arrays.items()})
             raise DynashapeError(
-                f"{self.where}: TensorRT failed to run at {at}: "
+                f"{self.where}: TensorRT failed to run at {format_shapes({n: f.shape for n, f in feeds.items()})}: "
                 f"{cap.errors[0] if cap.errors else 'no reason given'}"
             )
+        state.enqueued = state.key
+
+    def prepare(self, feeds: Mapping[str, Any], profile: int | None = None, *,
+                cuda_graph: bool = False) -> PreparedRun:
+        """Bind buffers and copy ``feeds`` in once; ``launch()`` then runs only the engine (with
+        ``cuda_graph``, replays the graph captured at this shape). ``profile`` forces an
+        optimization profile (default: the one ``select_profile`` picks)."""
+        checked = classify_feeds(self.inputs, feeds)
+        state, index = self._bind(checked, profile, cuda_graph)
+        self._execute(state, index, False, checked)  # TensorRT wants one run after a shape change
+        graph = None
+        if cuda_graph and state.key is not None:
+            graph = self.graphs.get(state.key)
+            if graph is None and state.key not in self.graphs.failed:
+                self._execute(state, index, True, checked)
+                graph = self.graphs.get(state.key)
+        self.stream.synchronize()
+        return PreparedRun(state.context, self.stream, dict(state.out_shapes), graph)
+
+    def infer(
+        self,
+        feeds: Mapping[str, Any],
+        profile: int | None = None,
+        *,
+        device_outputs: bool = False,
+        cuda_graph: bool | None = None,
+        synchronize: bool = True,
+    ) -> dict[str, Any]:
+        """Run once at the feeds' shapes; returns the outputs by name.
+
+        ``feeds`` map input names to NumPy arrays or CUDA arrays (``__cuda_array_interface__`` or
+        DLPack: PyTorch, CuPy, :class:`~dynashape.cudart.DeviceArray`). Outputs are fresh NumPy
+        arrays, or with ``device_outputs`` DeviceArray views of the engine's output buffers (no
+        copy; valid until the next call: copy them to keep them). ``synchronize=False`` (device
+        outputs only) returns without waiting: the views carry the engine's stream, which
+        consumers of ``__cuda_array_interface__`` order themselves after. ``profile`` forces an
+        optimization profile; ``cuda_graph`` overrides the engine's setting for this call.
+        """
+        if not synchronize and not device_outputs:
+            raise DynashapeError("synchronize=False needs device_outputs=True (host outputs must be waited for)")
+        checked = classify_feeds(self.inputs, feeds)
+        graph = self.cuda_graph if cuda_graph is None else cuda_graph
+        state, index = self._bind(checked, profile, graph)
+        self._execute(state, index, graph, checked)
+        stream = self._stream or self.stream
+        if device_outputs:
+            outs: dict[str, Any] = {
+                t.name: cudart.DeviceArray.view(self._buffers[t.name].ptr, state.out_shapes[t.name],
+                                                _np_dtype(t.dtype), stream.ptr, self)
+                for t in self.outputs
+            }
+            if synchronize:
+                stream.synchronize()
+            self._in_flight = not synchronize
+            return outs
+        # each output is copied straight into a pinned block lent to the caller (or, when the
+        # caller holds them all, into the staging buffer and then into a fresh array)
+        lent: dict[str, tuple[cudart.PinnedBuffer, bool]] = {}
+        try:
+            for t in self.outputs:
+                nbytes = state.out_nbytes[t.name]
+                block = self._lent[t.name].take(nbytes)
+                staged = block is None
+                if block is None:
+                    block = self._pinned_buffer(t.name, nbytes)
+                lent[t.name] = (block, staged)
+                if nbytes:
+                    cudart.copy_dtoh(block.ptr, self._buffers[t.name].ptr, nbytes, stream)
+            stream.synchronize()
+        except BaseException:
+            for name, (block, staged) in lent.items():
+                if not staged:
+                    self._lent[name].give_back(block)
+            raise
+        self._in_flight = False
         outputs: dict[str, np.ndarray] = {}
         for t in self.outputs:
-            host = np.empty(out_shapes[t.name], dtype=np.dtype(t.dtype))
-            self._buffers[t.name].copy_to(host, stream)
-            outputs[t.name] = host
-        stream.synchronize()
+            block, staged = lent[t.name]
+            shape, dtype = state.out_shapes[t.name], _np_dtype(t.dtype)
+            if staged:
+                outputs[t.name] = self._copy_out(block.view(shape, dtype))
+            else:
+                outputs[t.name] = self._lent[t.name].lend(block, shape, dtype)
         return outputs
 
+    def _copy_out(self, view: np.ndarray) -> np.ndarray:
+        """A fresh array with the pinned buffer's contents (several threads for large ones)."""
+        out = np.empty_like(view)
+        nbytes = view.nbytes
+        if nbytes < PARALLEL_STAGING_BYTES:
+            np.copyto(out, view)
+            return out
+        src, dst = view.reshape(-1).view(np.uint8), out.reshape(-1).view(np.uint8)
+        chunks = [(lo, min(lo + STAGING_CHUNK_BYTES, nbytes)) for lo in range(0, nbytes, STAGING_CHUNK_BYTES)]
+        futures = [self._threads().submit(np.copyto, dst[lo:hi], src[lo:hi]) for lo, hi in chunks]
+        for fut in futures:
+            fut.result()
+        return out
+
     def close(self) -> None:
-        """Free device memory and TensorRT objects (contexts before the engine before the runtime)."""
+        """Free graphs, device and pinned memory and TensorRT objects (contexts before the engine
+        before the runtime)."""
+        if self._stream is not None:
+            self._stream.synchronize()
+        self.graphs.clear()
         for buf in self._buffers.values():
             buf.free()
         self._buffers.clear()
+        for pinned in self._pinned.values():
+            pinned.free()
+        self._pinned.clear()
+        for pool in self._lent.values():
+            pool.close()  # blocks the caller still holds are freed when the caller drops them
         self._contexts.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         if self._stream is not None:
             self._stream.free()
             self._stream = None
