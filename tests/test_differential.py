@@ -426,3 +426,25 @@ def test_check_torch_cli_says_how_many_exports_and_why(tmp_path: Path, capsys: p
     data = json.loads(capsys.readouterr().out)
     assert data["differential"]["exports"] == 3 and len(data["differential"]["runs"]) == 3
     assert all(r["reason"] for r in data["differential"]["runs"])
+
+
+def test_intermediates_are_computed_a_window_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The search holds a bounded share of the intermediates: with a tiny budget it runs the model
+    window by window, gives the same tensors as one run with every output, and finds the same node."""
+    from dynashape import differential
+    from dynashape.differential import Intermediates, run_intermediates
+
+    net = load_module("dynashape.demo.model:build")
+    model = export_module(net, {"input": (1, 3, 256, 256)}).model
+    before = model.SerializeToString()
+    feeds = random_feeds(model, {"input": (1, 3, 256, 256)})
+    everything = run_intermediates(model, feeds)
+    lazy = Intermediates(model, feeds, budget=64 * 1024, window=4)
+    assert set(lazy) == set(everything)
+    for name in lazy.order:
+        np.testing.assert_array_equal(lazy[name], everything[name])
+    assert lazy.runs > len(lazy) // 4 and lazy.window == 1  # the budget shrank the window
+    assert model.SerializeToString() == before  # outputs swapped for each run, then put back
+    monkeypatch.setattr(differential, "INTERMEDIATES_BUDGET", 64 * 1024)
+    d = first_divergent_node(model, random_feeds(model, {"input": (1, 3, 320, 320)}), net)
+    assert d is not None and d.details["fails_at"] == "/Add" and "it feeds /Resize (Resize)" in d.message

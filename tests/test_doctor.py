@@ -116,3 +116,44 @@ def test_doctor_with_clean_module_is_proven(tmp_path: Path) -> None:
     result = run_doctor(None, out_dir=tmp_path, heatmap=False, tensorrt=False, torch_spec=demo_torch_spec())
     assert result.sweep.proof == "independent" and result.proven, result.sweep.summary()
     assert not [f for f in result.extra_findings if f.rule == "DS009"]
+
+
+_FIXED_SIZE = '''
+import torch
+from torch import nn
+
+
+class FixedSize(nn.Module):
+    """Like torchvision's ViT: position embeddings for one image size, and a check that refuses others."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.pos = nn.Parameter(torch.randn(1, 4, 16, 16))
+
+    def forward(self, x):
+        torch._assert(x.shape[2] == 16 and x.shape[3] == 16, "Wrong image size! Expected 16")
+        return self.conv(x) + self.pos
+'''
+
+
+@pytest.mark.torch
+@needs_torch
+def test_doctor_goes_on_when_the_module_runs_at_one_size_only(tmp_path: Path) -> None:
+    from dynashape.export import export_module, load_module
+
+    path = tmp_path / "fixed_size.py"
+    path.write_text(_FIXED_SIZE)
+    spec = f"{path}:FixedSize"
+    onnx_path = tmp_path / "fixed_size.onnx"
+    export_module(load_module(spec), {"input": (1, 3, 16, 16)}, path=onnx_path)
+    result = run_doctor(str(onnx_path), out_dir=tmp_path / "out", torch_spec=spec, tensorrt=False,
+                        ranges=None, heatmap=True)
+    assert result.differential is None
+    assert result.notes and result.notes[0].startswith("no differential export:")
+    assert "Expected 16" in result.notes[0]
+    assert not result.healthy and not result.proven  # PyTorch refuses the other sizes: not a clean bill
+    assert result.to_json()["notes"] == result.notes
+    # the heat map says what it sampled, capped
+    assert result.heatmap_sampled.startswith("17x17 sizes of input: axis 2 8..24 every 1, axis 3 8..24 every 1")

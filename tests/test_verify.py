@@ -109,3 +109,122 @@ def test_sizes_only_sweep_is_not_ok(demo, fixed) -> None:
 def test_unknown_reference_is_a_user_error(demo) -> None:
     with pytest.raises(DynashapeError, match="unknown reference"):
         make_reference("tf:model", demo)
+
+
+# ---------------------------------------------------------------- the reference is not the exported model
+
+_FACTORIES = '''
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Net(nn.Module):
+    """The pooled row is frozen to the export height: wrong (not failing) at any other height."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y * F.avg_pool2d(y, (int(y.shape[2]), 1))[:, :, :1]
+
+
+def seeded():
+    torch.manual_seed(0)
+    return Net().eval()
+
+
+def unseeded():
+    return Net().eval()  # a fresh random init each call: not the weights that were exported
+'''
+S0 = {"input": (1, 3, 16, 16)}
+TALLER = {"input": (1, 3, 32, 16)}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory):
+    pytest.importorskip("torch")
+    from dynashape.export import export_module, load_module
+
+    path = tmp_path_factory.mktemp("factories") / "factories.py"
+    path.write_text(_FACTORIES)
+    model = export_module(load_module(f"{path}:seeded"), S0).model
+    return path, model
+
+
+def test_reference_with_the_exported_weights_judges_every_shape(exported) -> None:
+    path, model = exported
+    sweep = verify(model, [TALLER, S0], make_reference(f"torch:{path}:seeded", model), export_shape=S0)
+    assert [r.shapes for r in sweep.results] == [S0, TALLER]  # the export shape runs first
+    assert [r.status for r in sweep.results] == ["ok", "wrong"]  # the frozen pool is wrong off S0
+    assert sweep.reference_mismatch == "" and "not the exported model" not in sweep.summary()
+    assert sweep.to_json()["reference_mismatch"] is None
+
+
+def test_unseeded_reference_is_not_the_exported_model(exported) -> None:
+    path, model = exported
+    sweep = verify(model, [S0, TALLER, {"input": (1, 3, 16, 32)}], make_reference(f"torch:{path}:unseeded", model),
+                   export_shape=S0)
+    assert [r.status for r in sweep.results] == ["wrong", "untrusted", "untrusted"]
+    assert "reference differs at the export shape" in sweep.results[0].message
+    assert sweep.reference_mismatch.startswith("at the export shape input:1x3x16x16 itself")
+    line = sweep.summary()
+    assert "0 wrong" not in line and "2 untrusted" in line
+    assert "not the exported model" in line and "torch.manual_seed" in line and ".eval()" in line
+    assert "cannot be trusted" in line
+    assert sweep.failed and not sweep.proven
+    assert sweep.to_json()["counts"]["untrusted"] == 2
+
+
+def test_cli_verify_says_the_reference_is_not_the_exported_model(exported, tmp_path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from dynashape import cli
+    from dynashape.model import save_model
+
+    path, model = exported
+    onnx_path = save_model(model, tmp_path / "net.onnx")
+    argv = ["verify", str(onnx_path), "--range", "input:1x3x[16..32:16]x[16..32:16]"]
+    assert cli.main([*argv, "--reference", f"torch:{path}:unseeded"]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "the reference is not the exported model" in out and "untrusted" in out
+    assert cli.main([*argv, "--reference", f"torch:{path}:seeded"]) == 1  # the model is wrong off S0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "not the exported model" not in out and "untrusted" not in out and " wrong " in out
+
+
+def test_a_model_ort_cannot_load_is_one_line(demo, fixed) -> None:
+    from onnx import helper
+
+    custom = onnx.ModelProto()
+    custom.CopyFrom(demo)
+    out = custom.graph.output[0].name
+    custom.graph.node.append(helper.make_node("Foo", [out], ["y"], domain="com.example", name="custom"))
+    custom.graph.output[0].name = "y"
+    custom.opset_import.append(helper.make_opsetid("com.example", 1))
+    with pytest.raises(DynashapeError, match=r"ort cannot load the model: .*com\.example:Foo") as err:
+        verify(custom, [{"input": (1, 3, 512, 512)}], make_reference(None, custom))
+    assert "\n" not in str(err.value)
+
+
+def test_onnx_runtime_logs_nothing_of_its_own(demo, fixed, capfd: pytest.CaptureFixture[str]) -> None:
+    """ORT's own log lines (red, with ANSI codes) never reach the terminal: its errors are ours."""
+    rep = fixed.report
+    shapes = [{"input": (1, 3, 512, 512)}, {"input": (1, 3, 200, 136)}]
+    sweep = verify(demo, shapes, make_reference("respecialized", fixed.fixed, demo, rep), lattice=rep.lattice)
+    assert sweep.results[1].status == "error" and "/Add" in sweep.results[1].message
+    captured = capfd.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_respecialized_reference_leaves_the_original_as_it_was(demo, fixed) -> None:
+    rep = fixed.report
+    before = demo.SerializeToString()
+    ref = make_reference("respecialized", fixed.fixed, demo, rep)
+    at_256 = ref.model_at({"input": (1, 3, 256, 256)})
+    assert demo.SerializeToString() == before  # patched in place for the run, then restored
+    pools = [n for n in at_256.graph.node if n.op_type == "AveragePool"]
+    assert pools and all(16 in list(a.ints) for n in pools for a in n.attribute if a.name == "kernel_shape")
+    sweep = verify(fixed.fixed, [{"input": (1, 3, 256, 384)}], ref, lattice=rep.lattice)
+    assert sweep.results[0].status == "same" and demo.SerializeToString() == before

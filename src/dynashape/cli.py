@@ -1,9 +1,17 @@
 """The `dynashape` command: parse arguments, call the library, print. Nothing else lives here.
 
-Exit codes: 0 success / clean, 1 findings (check) or failed shapes (verify, doctor), 2 usage or
-input errors (one line on stderr, no traceback). As with Polygraphy and trtexec, 0 means nothing
-failed, not that the numbers were proven: `verify` without --reference torch:/onnx: and `doctor`
-on an ONNX file alone print (and put in --json) that the outputs were not compared with PyTorch.
+Exit codes, the same for every command (``main`` is the only entry point; ``build``, ``run``,
+``bench`` and ``export`` are registered from cli_engine.py and cli_torch.py and go through it too):
+
+* 0: success / clean;
+* 1: findings (check), failed shapes (verify, doctor), a refused or failed build;
+* 2: a usage or input error: one line on stderr saying what is wrong and what to do, no traceback;
+* 3: an internal error, a bug in dynashape: the traceback, then one line with the versions;
+* 130: interrupted (Ctrl-C), one line, no traceback; 141: the reader of stdout went away (``| head``).
+
+As with Polygraphy and trtexec, 0 means nothing failed, not that the numbers were proven: `verify`
+without --reference torch:/onnx: and `doctor` on an ONNX file alone print (and put in --json) that
+the outputs were not compared with PyTorch.
 """
 
 from __future__ import annotations
@@ -12,7 +20,10 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
+import platform
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,17 +43,26 @@ _EXPORT_HELP = "the shape the model was exported at, e.g. input:1x3x512x512 (def
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        print(f"dynashape: error: {message}", file=sys.stderr)
+        # one line, as for every user error; the usage is one --help away
+        print(f"dynashape: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
         raise SystemExit(2)
 
 
+_PIPE_WIDTH = 140  # no terminal and no COLUMNS: logs and files are read in wide viewers and grepped
+_MIN_WIDTH = 40
+
+
 def _console(args: argparse.Namespace) -> Console:
+    """The width is COLUMNS when set (rich reads it), else the terminal's; piped or captured
+    output with neither is laid out at 140 columns, so lines a user greps for are not wrapped
+    for a terminal that is not there. Tables change layout below their readable width."""
     # with --json, human output goes to stderr so stdout stays machine-readable
     stderr = bool(getattr(args, "json", False))
     console = Console(stderr=stderr, highlight=False, soft_wrap=False)
-    if not console.is_terminal:
-        console = Console(stderr=stderr, highlight=False, soft_wrap=False, width=140)
+    columns = os.environ.get("COLUMNS", "")
+    width = console.width if console.is_terminal or columns.isdigit() else _PIPE_WIDTH
+    if width != console.width or width < _MIN_WIDTH:
+        console = Console(stderr=stderr, highlight=False, soft_wrap=False, width=max(width, _MIN_WIDTH))
     return console
 
 
@@ -65,18 +85,30 @@ def _load(path: str) -> Any:
     return load_model(path)
 
 
-def _export_shape(args: argparse.Namespace, model: Any) -> Any:
+def _export_shape(args: argparse.Namespace, model: Any, runs: bool = True) -> Any:
+    """--export-shape, parsed and checked against the model's inputs (``runs``: its memory too)."""
+    from dynashape.inputs import validate_model_shapes
     from dynashape.model import input_names
     from dynashape.shapes import parse_shapes
 
-    return parse_shapes(args.export_shape, input_names(model)) if args.export_shape else None
+    if not getattr(args, "export_shape", None):
+        return None
+    shapes = parse_shapes(args.export_shape, input_names(model))
+    validate_model_shapes(model, shapes={"--export-shape": shapes}, runs=runs)
+    return shapes
 
 
-def _ranges(args: argparse.Namespace, model: Any) -> Any:
+def _ranges(args: argparse.Namespace, model: Any, runs: bool = True) -> Any:
+    """--range, parsed and checked against the model's inputs (``runs``: a sweep's memory too)."""
+    from dynashape.inputs import validate_model_shapes
     from dynashape.model import input_names
     from dynashape.shapes import parse_ranges
 
-    return parse_ranges(args.range, input_names(model)) if getattr(args, "range", None) else None
+    if not getattr(args, "range", None):
+        return None
+    ranges = parse_ranges(args.range, input_names(model))
+    validate_model_shapes(model, ranges={"--range": ranges}, runs=runs)
+    return ranges
 
 
 # ---------------------------------------------------------------- check
@@ -96,7 +128,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     from dynashape.report import lattice_table, print_findings
 
     model = _load(args.model)
-    report = check_model(model, export_shape=_export_shape(args, model), ranges=_ranges(args, model), path=args.model)
+    export_shape, ranges = _export_shape(args, model, runs=False), _ranges(args, model, runs=False)
+    if args.heatmap:
+        _check_heatmap_target(args.heatmap, args.model, model)
+    report = check_model(model, export_shape=export_shape, ranges=ranges, path=args.model)
     findings = list(report.findings)
     # not the ONNX lattice: it is where the graph lacking the branch runs; the module's own valid
     # sizes are learned by exporting (a size it rejects is recorded and finer ones skipped)
@@ -141,16 +176,24 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if findings else 0
 
 
+def _check_heatmap_target(target: str, model_path: str, model: Any) -> None:
+    """Before the analysis: the heat map needs a writable path and two dynamic spatial axes."""
+    from dynashape.model import check_output_path, graph_inputs
+
+    check_output_path(target, [model_path])
+    if not any(len([a for a in i.dynamic_axes if a >= 2]) >= 2 for i in graph_inputs(model)):
+        raise DynashapeError("--heatmap maps the valid sizes over two dynamic spatial axes, and no input of "
+                             f"{model_path} has two; leave out --heatmap")
+
+
 _STATIC_ONLY = ("static check of the ONNX graph only: a Python `if` on a size that the export did not take "
                 "leaves no trace in it; run `check MODEL --torch FILE.py:FACTORY` to export at shapes chosen to "
                 "take other branches, or `verify --reference torch:FILE.py:FACTORY`")
 
 
 def _torch_differential(args: argparse.Namespace, model: Any) -> Any:
-    try:
-        from dynashape.cli_torch import torch_differential
-    except ImportError as exc:
-        raise DynashapeError(f"--torch needs the PyTorch extra: pip install 'dynashape[torch]' ({exc})") from None
+    from dynashape.cli_torch import torch_differential
+
     return torch_differential(args, model)
 
 
@@ -160,6 +203,7 @@ def _torch_differential(args: argparse.Namespace, model: Any) -> Any:
 def cmd_fix(args: argparse.Namespace) -> int:
     console = _console(args)
     from dynashape.fix import fix_model, write_fixed
+    from dynashape.inputs import require_ort_runnable
     from dynashape.model import check_output_path
 
     if not args.dry_run:
@@ -167,13 +211,15 @@ def cmd_fix(args: argparse.Namespace) -> int:
             raise DynashapeError("fix needs -o OUT.onnx (or --dry-run)")
         check_output_path(args.output, [args.model])
     model = _load(args.model)
+    require_ort_runnable(model, "fix", args.model)  # its proofs run the original and the rewrite there
+    export_shape, ranges = _export_shape(args, model), _ranges(args, model)
     reference = None
     if args.reference:
         from dynashape.verify import make_reference
 
         reference = make_reference(args.reference, model)
     try:
-        result = fix_model(model, export_shape=_export_shape(args, model), ranges=_ranges(args, model),
+        result = fix_model(model, export_shape=export_shape, ranges=ranges,
                            pad_to=args.pad_to, reference=reference, reference_label=args.reference)
     finally:
         if reference is not None:
@@ -246,24 +292,47 @@ def _fmt(shapes: Any) -> str:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     console = _console(args)
+    from dynashape.backends.ort import RunError
     from dynashape.check import check_model
+    from dynashape.inputs import require_ort_runnable, validate_model_shapes
+    from dynashape.model import require_dynamic
     from dynashape.report import sweep_table
-    from dynashape.verify import default_ranges, make_reference, output_follow_check, sweep_shapes, verify
+    from dynashape.verify import (
+        OnnxReference,
+        default_ranges,
+        known_export_shape,
+        make_reference,
+        output_follow_check,
+        sweep_shapes,
+        verify,
+    )
 
+    _check_tolerances(args)
     model = _load(args.model)
-    report = check_model(model, export_shape=_export_shape(args, model), ranges=_ranges(args, model))
-    ranges = _ranges(args, model) or default_ranges(model, report.export_shape, report.lattice)
+    require_dynamic(model, args.model)
+    if args.backend == "ort":
+        require_ort_runnable(model, "verify", args.model)
+    given_ranges = _ranges(args, model)
+    report = check_model(model, export_shape=_export_shape(args, model), ranges=given_ranges)
+    ranges = given_ranges or default_ranges(model, report.export_shape, report.lattice)
     shapes = sweep_shapes(model, report.export_shape, ranges, report.lattice)
+    validate_model_shapes(model, shapes={"the sweep": shapes})
     reference = make_reference(args.reference, model, model, report)
+    if isinstance(reference, OnnxReference):
+        require_ort_runnable(reference.model, "verify --reference onnx:", args.reference[len("onnx:"):])
     runner_factory = None
     if args.backend == "trt":
         runner_factory = _trt_runner_factory(model, shapes)
     diagnose = _diagnoser(args, model)
     progress, update = _progress(console, "verifying")
-    with progress:
-        sweep = verify(model, shapes, reference, runner_factory, lattice=report.lattice,
-                       follow=output_follow_check(model, report.export_shape), atol=args.atol, rtol=args.rtol,
-                       backend=args.backend, progress=update, diagnose=diagnose)
+    try:
+        with progress:
+            sweep = verify(model, shapes, reference, runner_factory, lattice=report.lattice,
+                           follow=output_follow_check(model, report.export_shape), atol=args.atol, rtol=args.rtol,
+                           backend=args.backend, progress=update, diagnose=diagnose,
+                           export_shape=known_export_shape(report))
+    except RunError as exc:  # a failure at one shape is a result; one that escapes is the session's own
+        raise DynashapeError(f"{args.model} does not load in ONNX Runtime: {exc}") from None
     if args.json:
         print(json.dumps(sweep.to_json(), indent=2, default=str))
     else:
@@ -272,11 +341,29 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if sweep.all_ok else 1
 
 
+def _check_tolerances(args: argparse.Namespace) -> None:
+    for flag, value in (("--atol", args.atol), ("--rtol", args.rtol)):
+        if not value >= 0:  # also refuses nan
+            raise DynashapeError(f"{flag} {value}: a tolerance is a number >= 0, e.g. {flag} 1e-4")
+
+
+def _check_out_dir(path: str) -> None:
+    """--out-dir: a directory, or a path where one can be made (not a file, not read-only)."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise DynashapeError(f"--out-dir {out} is a file; give a directory (it is created if missing)")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise DynashapeError(f"--out-dir {out}: {existing} is a file, so the directory cannot be made there")
+    if not os.access(existing if str(existing) else ".", os.W_OK | os.X_OK):
+        raise DynashapeError(f"--out-dir {out}: cannot write in {existing}; choose another --out-dir")
+
+
 def _trt_runner_factory(model: Any, shapes: Any) -> Callable[[], Any]:
-    try:
-        from dynashape.trt_compat import tensorrt_available
-    except ImportError:
-        raise DynashapeError("--backend trt: the TensorRT backend is not installed") from None
+    from dynashape.trt_compat import tensorrt_available
+
     reason = tensorrt_available()
     if reason:
         raise DynashapeError(f"--backend trt: {reason}")
@@ -317,15 +404,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     model_path = args.model
     torch_spec = None
+    _check_out_dir(args.out_dir)
     if model_path and not model_path.endswith(".onnx") and ":" in model_path:
         model_path, torch_spec = _export_for_doctor(args, console)
     export_shape = None
     ranges = None
-    if args.export_shape or args.range:
-        model = _load(model_path) if model_path else None
-        if model is not None:
-            export_shape = _export_shape(args, model)
-            ranges = _ranges(args, model)
+    if model_path:
+        from dynashape.inputs import require_ort_runnable
+
+        model = _load(model_path)
+        export_shape = _export_shape(args, model)
+        ranges = _ranges(args, model)
+        require_ort_runnable(model, "doctor", model_path)
     progress, update = _progress(console, "verifying")
     with progress:
         result = run_doctor(model_path, out_dir=args.out_dir, export_shape=export_shape, ranges=ranges,
@@ -360,7 +450,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     else:
         console.print(f"TensorRT: {trt.status} ({esc(trt.reason)})")
     if result.heatmap:
-        console.print(f"shape-validity heat map: {esc(str(result.heatmap))}")
+        console.print(f"shape-validity heat map: {esc(str(result.heatmap))} ({esc(result.heatmap_sampled)})")
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {esc(note)}")
     if result.proven:
         console.print("[green]proven:[/] every shape matched the reference and no hazard is left")
     elif result.healthy:
@@ -369,23 +461,19 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _export_for_doctor(args: argparse.Namespace, console: Console) -> tuple[str, str]:
-    try:
-        from dynashape.export import export_module, load_module
-    except ImportError as exc:
-        raise DynashapeError(f"doctor FILE.py:FACTORY needs PyTorch: pip install 'dynashape[torch]' ({exc})") from None
-    from dynashape.model import save_model
+    from dynashape.export import export_spec_in_child
+    from dynashape.inputs import undeclared_inputs, validate_shapes
     from dynashape.shapes import parse_shapes
 
     if not args.input:
         raise DynashapeError("doctor FILE.py:FACTORY needs --input NAME:SHAPE, e.g. --input input:1x3x512x512")
     spec = args.model
     shapes = parse_shapes(args.input)
-    module = load_module(spec)
-    exported = export_module(module, shapes, None)
+    validate_shapes(undeclared_inputs(shapes), shapes={"--input": shapes})
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "model.onnx"
-    save_model(exported.model, path)
+    export_spec_in_child(spec, shapes, path)  # the exporter's memory peak stays in the child
     console.print(f"exported {esc(spec)} at {esc(args.input)} -> {esc(str(path))}")
     return str(path), spec
 
@@ -394,7 +482,10 @@ def _export_for_doctor(args: argparse.Namespace, console: Console) -> tuple[str,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="dynashape", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = _Parser(prog="dynashape", description="Find, fix and prove the sizes an ONNX export baked in; "
+                     "build TensorRT engines that are correct at every input shape in range.",
+                     epilog="exit codes: 0 clean, 1 findings or failed shapes, 2 a usage or input error, "
+                     "3 a bug in dynashape, 130 interrupted")
     parser.add_argument("--version", action="version", version=f"dynashape {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -452,39 +543,116 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_doctor)
 
-    for module in ("dynashape.cli_engine", "dynashape.cli_torch"):
-        try:
-            mod = __import__(module, fromlist=["register"])
-        except ImportError:
-            continue
-        mod.register(sub)
+    # unconditional: these modules import without torch or TensorRT (both are imported lazily), so
+    # an ImportError here is a bug and must be loud, not a command silently missing from the list
+    from dynashape import cli_engine, cli_torch, cli_triton
+
+    cli_engine.register(sub)
+    cli_torch.register(sub)
+    cli_triton.register(sub)
     return parser
 
 
 def _add_torch_check_arguments(p: argparse.ArgumentParser) -> None:
-    try:
-        from dynashape.cli_torch import add_torch_check_arguments
-    except ImportError:
-        return
+    from dynashape.cli_torch import add_torch_check_arguments
+
     add_torch_check_arguments(p)
 
 
+# ---------------------------------------------------------------- entry point and exit codes
+
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 3
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # as a shell reports a command killed by SIGPIPE
+
+# optional dependencies a command imports lazily -> the extra that installs them
+_EXTRAS = {"torch": "torch", "onnxscript": "torch", "tensorrt": "tensorrt",
+           "cuda": "tensorrt", "matplotlib": "plot"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The only entry point of every command: its exit code (see the module's docstring)."""
+    return run_guarded(lambda: _dispatch(argv))
+
+
+def _dispatch(argv: Sequence[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors: argparse has printed
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USER_ERROR)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+        parser.print_help(sys.stderr)
+        return EXIT_USER_ERROR
+    return int(args.func(args))
+
+
+def run_guarded(command: Callable[[], int]) -> int:
+    """Run a command; turn what escapes it into an exit code and at most one line (bugs: a traceback)."""
     try:
-        return int(args.func(args))
-    except DynashapeError as exc:
-        print(f"dynashape: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("dynashape: interrupted", file=sys.stderr)
-        return 130
+        return command()
+    except BaseException as exc:  # the one place where every exception ends
+        if isinstance(exc, SystemExit):
+            raise
+        if _interrupted(exc):
+            print("dynashape: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if isinstance(exc, BrokenPipeError):  # `dynashape check --json | head`: the reader left
+            _silence_stdout()
+            return EXIT_BROKEN_PIPE
+        if isinstance(exc, DynashapeError):
+            print(f"dynashape: error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        missing = _missing_extra(exc)
+        if missing:
+            print(f"dynashape: error: {missing}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        if not isinstance(exc, Exception):
+            raise  # GeneratorExit and the like are not ours to swallow
+        traceback.print_exc()
+        print(f"dynashape: internal error: this is a bug in dynashape {__version__} (Python "
+              f"{platform.python_version()}, {platform.system()}); please report it to the dynashape "
+              "maintainers with the command line and the traceback above", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (captured output)
+        pass
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """A KeyboardInterrupt, or an exception raised while one was handled (Ctrl-C during a lazy
+    `import onnxruntime` can surface as an ImportError whose __context__ is the interrupt)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        cur = todo.pop()
+        if cur is None or id(cur) in seen:
+            continue
+        if isinstance(cur, KeyboardInterrupt):
+            return True
+        seen.add(id(cur))
+        todo += [cur.__cause__, cur.__context__]
+    return False
+
+
+def _missing_extra(exc: BaseException) -> str | None:
+    """One line for an optional dependency that is not installed (torch, TensorRT, matplotlib)."""
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return None
+    top = exc.name.split(".")[0]
+    extra = _EXTRAS.get(top)
+    if extra is None:
+        return None
+    return f"this needs {top}, which is not installed: pip install 'dynashape[{extra}]'"
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -759,6 +759,77 @@ def run_intermediates(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> d
         return runner.infer(feeds)
 
 
+INTERMEDIATES_BUDGET = 256 * 2**20  # bytes of intermediate tensors held at once by the search
+
+
+class Intermediates(Mapping[str, np.ndarray]):
+    """Every tensor a model computes at ``feeds``, computed on demand a window of node outputs
+    at a time (in graph order), so that about ``budget`` bytes of them are held at once: all of
+    a Swin-T's at 4x3x448x448 are gigabytes. Read in graph order, the model runs about (total
+    bytes / budget) times; ONNX Runtime computes only what the requested outputs need."""
+
+    def __init__(self, model: onnx.ModelProto, feeds: dict[str, np.ndarray],
+                 budget: int | None = None, window: int = 32) -> None:
+        self.model = model
+        self.feeds = feeds
+        self.budget = INTERMEDIATES_BUDGET if budget is None else budget
+        self.order = list(dict.fromkeys(o for n in model.graph.node for o in n.output if o))
+        self._index = {name: i for i, name in enumerate(self.order)}
+        self.window = window  # node outputs per run, adapted to the budget
+        self.runs = 0
+        self._values: dict[str, np.ndarray] = {}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._index
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._values:
+            start = self._index[name]
+            self._values = {}  # drop the last window before computing the next
+            self._values = _run_outputs(self.model, self.order[start : start + self.window], self.feeds)
+            self.runs += 1
+            held = sum(v.nbytes for v in self._values.values())
+            if held > self.budget:
+                self.window = max(1, self.window // 2)
+            elif held < self.budget // 4:
+                self.window = min(2 * self.window, 4096)
+        return self._values[name]
+
+
+def _run_outputs(model: onnx.ModelProto, names: list[str], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``names`` computed at ``feeds``. The model's outputs are swapped in place for the
+    session and put back (no copy of its weights)."""
+    from dynashape.backends.ort import OrtRunner
+
+    outputs = [onnx.ValueInfoProto() for _ in model.graph.output]
+    for saved, out in zip(outputs, model.graph.output, strict=True):
+        saved.CopyFrom(out)
+    try:
+        del model.graph.output[:]
+        for name in names:
+            model.graph.output.add().name = name  # untyped: ONNX Runtime fills the type in
+        runner = OrtRunner(model)  # serializes the model here
+    finally:
+        del model.graph.output[:]
+        model.graph.output.extend(outputs)
+    with runner:
+        return runner.infer(feeds)
+
+
+def _runs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> None:
+    """Raise ``RunError`` where ONNX Runtime fails on the model at ``feeds`` (outputs dropped)."""
+    from dynashape.backends.ort import OrtRunner
+
+    with OrtRunner(model) as runner:
+        runner.infer(feeds)
+
+
 def _compare(got: np.ndarray, ref: np.ndarray, atol: float, rtol: float) -> tuple[str, float] | None:
     """None when they agree; else ("shape"|"value", max abs error)."""
     if got.shape != ref.shape:
@@ -814,8 +885,10 @@ def first_divergent_node(
     from dynashape.backends.ort import RunError
 
     failure: DivergentNode | None = None
+    got: Mapping[str, np.ndarray]
     try:
-        got = run_intermediates(model, feeds)
+        _runs(model, feeds)
+        got = Intermediates(model, feeds)
     except RunError as exc:
         node = _node_by_name(model, exc.node)
         failure = DivergentNode(
@@ -842,7 +915,7 @@ def first_divergent_node(
 
 def _intermediates_before(
     model: onnx.ModelProto, feeds: dict[str, np.ndarray], failing: onnx.NodeProto | None
-) -> dict[str, np.ndarray] | None:
+) -> Mapping[str, np.ndarray] | None:
     """Every tensor computed up to the inputs of ``failing``, or None if that cannot run either."""
     from dynashape.backends.ort import RunError
 
@@ -870,7 +943,8 @@ def _intermediates_before(
     for name in wanted:
         upstream.graph.output.add().name = name  # untyped: ONNX Runtime fills the type in
     try:
-        return run_intermediates(upstream, feeds)
+        _runs(upstream, feeds)
+        return Intermediates(upstream, feeds)
     except RunError as exc:
         log.debug("cannot run the graph up to %s either: %s", failing.name, exc)
         return None
@@ -878,7 +952,7 @@ def _intermediates_before(
 
 def _first_divergent(
     model: onnx.ModelProto,
-    got: dict[str, np.ndarray],
+    got: Mapping[str, np.ndarray],
     feeds: dict[str, np.ndarray],
     reference: torch.nn.Module | str | onnx.ModelProto,
     atol: float,
@@ -914,7 +988,7 @@ def _first_divergent(
 
 def _compare_with_reference(
     model: onnx.ModelProto,
-    got: dict[str, np.ndarray],
+    got: Mapping[str, np.ndarray],
     ref_model: onnx.ModelProto,
     feeds: dict[str, np.ndarray],
     atol: float,
@@ -923,9 +997,10 @@ def _compare_with_reference(
     from dynashape.backends.ort import RunError
 
     try:
-        ref = run_intermediates(ref_model, feeds)
+        _runs(ref_model, feeds)
     except RunError as exc:
         raise DynashapeError(f"the reference model itself fails at this shape: {exc}") from None
+    ref = Intermediates(ref_model, feeds)
     nodes, ref_nodes = list(model.graph.node), list(ref_model.graph.node)
     for i, j in _pairs(align(nodes, ref_nodes)):
         node, rnode = nodes[i], ref_nodes[j]
@@ -956,7 +1031,7 @@ def _compare_with_reference(
 
 def _compare_module_outputs(
     model: onnx.ModelProto,
-    got: dict[str, np.ndarray],
+    got: Mapping[str, np.ndarray],
     module: torch.nn.Module,
     feeds: dict[str, np.ndarray],
     atol: float,

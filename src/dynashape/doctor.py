@@ -24,12 +24,14 @@ from typing import Any
 import onnx
 
 from dynashape.check import CheckReport, check_model
+from dynashape.errors import DynashapeError
 from dynashape.fix import FixResult, fix_model, write_fixed
 from dynashape.model import load_model
 from dynashape.shapes import RangeMap, ShapeMap, format_shapes, parse_shapes
 from dynashape.verify import (
     SweepResult,
     default_ranges,
+    known_export_shape,
     make_reference,
     sweep_shapes,
     verify,
@@ -62,6 +64,8 @@ class DoctorResult:
     heatmap: str | None = None
     extra_findings: list[Any] = field(default_factory=list)  # from the differential export
     differential: Any = None  # DifferentialResult when the model came from a module
+    heatmap_sampled: str = ""  # what the heat map probed: "15x15 sizes of input: axis 2 112..336 every 16, ..."
+    notes: list[str] = field(default_factory=list)  # steps that could not run, and why
 
     @property
     def healthy(self) -> bool:
@@ -95,11 +99,14 @@ class DoctorResult:
         data["verify"] = self.sweep.to_json()
         data["tensorrt"] = self.tensorrt.to_json()
         data["heatmap"] = self.heatmap
+        data["heatmap_sampled"] = self.heatmap_sampled or None
+        data["notes"] = self.notes
         return data
 
 
 def tensorrt_step(fixed: onnx.ModelProto, shapes: list[ShapeMap], reference_factory: Callable[[], Any],
-                  lattice: Any, progress: Callable[[int, int, ShapeMap], None] | None = None) -> TensorRTStep:
+                  lattice: Any, progress: Callable[[int, int, ShapeMap], None] | None = None,
+                  export_shape: ShapeMap | None = None) -> TensorRTStep:
     """Build an engine over the sweep's shapes and verify it, when TensorRT and a GPU are here."""
     try:
         from dynashape.trt_compat import tensorrt_available
@@ -112,7 +119,8 @@ def tensorrt_step(fixed: onnx.ModelProto, shapes: list[ShapeMap], reference_fact
 
     try:
         sweep = verify(fixed, shapes, reference_factory(), lambda: engine_runner_for_shapes(fixed, shapes),
-                       lattice=lattice, backend="tensorrt", atol=1e-3, rtol=1e-3, progress=progress)
+                       lattice=lattice, backend="tensorrt", atol=1e-3, rtol=1e-3, progress=progress,
+                       export_shape=export_shape)
     except Exception as exc:  # a TensorRT build failure is a result of the doctor, not a crash
         log.debug("TensorRT step failed", exc_info=True)
         return TensorRTStep("failed", str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
@@ -151,8 +159,16 @@ def run_doctor(
     rng = ranges or default_ranges(original, report.export_shape, lattice)
     shapes = sweep_shapes(original, report.export_shape, rng, lattice)
     diff = None
+    notes: list[str] = []
     if torch_spec and differential:
-        diff = _differential(torch_spec, original, report)
+        try:
+            diff = _differential(torch_spec, original, report)
+        except DynashapeError as exc:
+            # a module that runs at its export size only (ViT's fixed position embeddings) has no
+            # second export to compare: the doctor goes on with what the ONNX graph shows
+            notes.append(f"no differential export: {exc}")
+            log.warning("no differential export: %s", exc)
+    if diff is not None:
         # where a branch flips the exported graph is wrong: verify there against PyTorch too
         for b in diff.branches:
             for shape in b.flips_at:
@@ -166,16 +182,18 @@ def run_doctor(
         return make_reference(reference, result.fixed, original, report)
 
     log.info("verifying %d shapes against %s", len(shapes), reference)
-    sweep = verify(result.fixed, shapes, make_ref(), lattice=lattice, progress=progress)
-    trt = tensorrt_step(result.fixed, shapes, make_ref, lattice, progress) if tensorrt else TensorRTStep(
+    s0 = known_export_shape(report)
+    sweep = verify(result.fixed, shapes, make_ref(), lattice=lattice, progress=progress, export_shape=s0)
+    trt = tensorrt_step(result.fixed, shapes, make_ref, lattice, progress, s0) if tensorrt else TensorRTStep(
         "skipped", "disabled with --no-tensorrt")
-    heatmap_path = None
-    if heatmap:
-        heatmap_path = str(write_doctor_heatmap(original, result.fixed, report, out / f"{path.stem}.validity.png"))
+    heat = None
+    if heatmap and _heatmap_input(original) is not None:
+        heat = write_doctor_heatmap(original, result.fixed, report, out / f"{path.stem}.validity.png")
     # a value the check found too is fixed (or reported) there; what only the export shows stays
     known = {f.node for f in report.findings}
     extra = [f for f in diff.findings if f.rule == "DS009" or f.node not in known] if diff is not None else []
-    return DoctorResult(str(path), report, result, sweep, trt, heatmap_path, extra, diff)
+    return DoctorResult(str(path), report, result, sweep, trt, str(heat.path) if heat else None, extra, diff,
+                        heat.sampled if heat else "", notes)
 
 
 def _differential(torch_spec: str, original: onnx.ModelProto, report: CheckReport) -> Any:
@@ -191,14 +209,33 @@ def _differential(torch_spec: str, original: onnx.ModelProto, report: CheckRepor
     return differential_export(torch_spec, report.export_shape, dynamic=dynamic)
 
 
-def write_doctor_heatmap(original: onnx.ModelProto, fixed: onnx.ModelProto, report: CheckReport,
-                         target: Path) -> Path:
+def _heatmap_input(model: onnx.ModelProto) -> Any:
     from dynashape.model import graph_inputs
+
+    return next((i for i in graph_inputs(model) if len([a for a in i.dynamic_axes if a >= 2]) >= 2), None)
+
+
+@dataclass(frozen=True)
+class HeatMap:
+    """A written heat map and what it sampled (the grid is capped, see ``report.grid_sizes``)."""
+
+    path: Path
+    sampled: str
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.sampled})"
+
+
+def write_doctor_heatmap(original: onnx.ModelProto, fixed: onnx.ModelProto, report: CheckReport,
+                         target: Path) -> HeatMap:
+    """The validity of the original and the fixed graph over the input's two spatial axes,
+    from S0/2 to 3*S0/2, at most ``HEATMAP_MAX_POINTS`` sizes per axis, probed one at a time."""
     from dynashape.report import grid_sizes, validity_grid, write_heatmap
 
-    info = next((i for i in graph_inputs(original) if len([a for a in i.dynamic_axes if a >= 2]) >= 2), None)
+    info = _heatmap_input(original)
     if info is None:
-        raise ValueError("no input with two dynamic spatial axes")
+        raise DynashapeError("a heat map needs an input with two dynamic spatial axes (N, C, H, W); "
+                             "this model has none")
     axes = tuple(a for a in info.dynamic_axes if a >= 2)[:2]
     s0 = report.export_shape[info.name]
     rows = grid_sizes(max(8, s0[axes[0]] // 2), s0[axes[0]] * 3 // 2)
@@ -207,7 +244,9 @@ def write_doctor_heatmap(original: onnx.ModelProto, fixed: onnx.ModelProto, repo
         validity_grid(original, report.export_shape, info.name, (axes[0], axes[1]), rows, cols, "as exported"),
         validity_grid(fixed, report.export_shape, info.name, (axes[0], axes[1]), rows, cols, "after dynashape fix"),
     ]
-    return write_heatmap(grids, target)
+    sampled = f"{grids[0].sampled()}; as exported and after the fix"
+    log.info("heat map: %s", sampled)
+    return HeatMap(write_heatmap(grids, target), sampled)
 
 
 def _torch_available() -> bool:

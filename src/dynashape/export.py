@@ -345,6 +345,33 @@ def export_module(
 _NAME_CHARS = re.compile(r"[^0-9A-Za-z_.]")
 
 
+def export_spec_in_child(spec: str, input_shapes: ShapeMap, path: str | os.PathLike[str]) -> None:
+    """Export ``spec`` to ``path`` as ``dynashape export`` does, in a child process.
+
+    ``torch.onnx.export`` holds several copies of the weights at its peak (ViT-B/16: 1.8 GB for
+    330 MB of weights). In a child, that peak ends with the child and is not added to what a long
+    command such as ``doctor`` holds afterwards. The child is a fresh interpreter running the CLI
+    (not a fork: the parent may run threads; not multiprocessing's spawn, which re-imports the
+    caller's main script). Its one-line error comes back as a ``DynashapeError``."""
+    import subprocess
+
+    shapes = ",".join(f"{name}:{format_shape(shape)}" for name, shape in input_shapes.items())
+    cmd = [sys.executable, "-m", "dynashape", "export", spec, "--input", shapes, "-o", str(path)]
+    log.info("exporting %s in a child process", spec)
+    # the child finds what the caller finds: a dotted FACTORY spec resolves on the same sys.path
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode == 0:
+        return
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    if proc.returncode == 2 and lines:
+        raise DynashapeError(lines[-1].removeprefix("dynashape: error: "))
+    if proc.returncode == 130:
+        raise KeyboardInterrupt
+    tail = "\n".join(lines[-20:])
+    raise RuntimeError(f"the export child process ended with status {proc.returncode}:\n{tail}")
+
+
 def valid_output_name(name: str) -> str:
     """``name`` as an ONNX output name both exporters accept.
 

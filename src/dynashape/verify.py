@@ -19,12 +19,18 @@ what the graph computes, not that the graph is what the PyTorch model computes: 
 branch on a size that the export did not take is absent from both); ``ran`` when no numbers
 were compared (it ran, and outputs that follow the input size at S0 follow it). ``wrong`` and
 ``error`` are failures whatever the reference.
+
+A reference that disagrees with the model at the export shape itself is not the exported model
+(other weights: an unseeded random init; a seed; train instead of eval mode; preprocessing): the
+sweep says so (:attr:`SweepResult.reference_mismatch`), and the numbers that differ at other shapes
+are ``untrusted``, not ``wrong`` (a shape where the model fails to run is still an ``error``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +54,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class ShapeResult:
     shapes: ShapeMap
-    status: str  # "ok" | "same" | "ran" | "wrong" | "error" (see the module docstring)
+    status: str  # "ok" | "same" | "ran" | "wrong" | "error" | "untrusted" (see the module docstring)
     max_abs_error: float | None = None
     output_shapes: dict[str, list[int]] = field(default_factory=dict)
     message: str = ""
@@ -74,6 +80,13 @@ PROOF_INDEPENDENT = "independent"  # PyTorch eager or another ONNX model: the nu
 PROOF_SELF = "self"  # the original graph re-specialized: the fix agrees with the graph it came from
 PROOF_NONE = "none"  # no numbers compared: it runs and output sizes follow the input
 _PASS_STATUS = {PROOF_INDEPENDENT: "ok", PROOF_SELF: "same", PROOF_NONE: "ran"}
+UNTRUSTED = "untrusted"  # numbers differ, but the reference already differs at the export shape
+NOT_THE_EXPORTED_MODEL = (
+    "the reference is not the exported model: it has other weights (a factory that builds a randomly initialised "
+    "module without torch.manual_seed, or another seed or checkpoint), runs in train mode (dropout, batch-norm "
+    "statistics) instead of eval, or preprocesses its input differently; so the verdicts at the other shapes "
+    "cannot be trusted. Build the reference with the exported weights (seed the factory as the export did, or "
+    "load the checkpoint), call .eval(), and verify again")
 HOW_TO_PROVE = ("prove the numbers with --reference torch:FILE.py:FACTORY (PyTorch eager at every shape), "
                 "or `check --torch FILE.py:FACTORY` to export at other shapes and find Python branches on sizes")
 
@@ -86,6 +99,8 @@ class SweepResult:
     atol: float
     rtol: float
     proof: str = PROOF_INDEPENDENT
+    # what the reference did at the export shape when it disagreed there ("" when it agreed)
+    reference_mismatch: str = ""
 
     @property
     def failed(self) -> bool:
@@ -100,7 +115,8 @@ class SweepResult:
     @property
     def proven(self) -> bool:
         """Every shape's numbers matched an independent reference (PyTorch or another ONNX model)."""
-        return self.proof == PROOF_INDEPENDENT and bool(self.results) and all(r.status == "ok" for r in self.results)
+        return (self.proof == PROOF_INDEPENDENT and not self.reference_mismatch and bool(self.results)
+                and all(r.status == "ok" for r in self.results))
 
     def counts(self) -> dict[str, int]:
         out = {_PASS_STATUS[self.proof]: 0, "wrong": 0, "error": 0}
@@ -122,7 +138,10 @@ class SweepResult:
         c = self.counts()
         passed = _PASS_STATUS[self.proof]
         words = {"ok": "ok", "same": "same as the original graph", "ran": "ran"}
-        line = f"{c[passed]} {words[passed]}, {c['wrong']} wrong, {c['error']} error; {self.compared_with()}"
+        untrusted = f", {c[UNTRUSTED]} untrusted" if c.get(UNTRUSTED) else ""
+        line = f"{c[passed]} {words[passed]}, {c['wrong']} wrong{untrusted}, {c['error']} error; {self.compared_with()}"
+        if self.reference_mismatch:
+            line += f". {self.reference_mismatch[:1].upper()}{self.reference_mismatch[1:]}: {NOT_THE_EXPORTED_MODEL}"
         if self.proof != PROOF_INDEPENDENT:
             line += f". NOT PROVEN: {HOW_TO_PROVE}"
         return line
@@ -137,6 +156,7 @@ class SweepResult:
             "proven": self.proven,
             "compared_with": self.compared_with(),
             "counts": self.counts(),
+            "reference_mismatch": self.reference_mismatch or None,
             "results": [r.to_json() for r in self.results],
         }
 
@@ -188,39 +208,69 @@ class RespecializedReference(Reference):
         self.nodes = {f.node: f for f in report.findings if f.fixable and f.rule in ("DS001", "DS002", "DS005")}
 
     def model_at(self, shapes: ShapeMap) -> onnx.ModelProto:
-        probe = self.prober.at(shapes)
+        """A copy of the original with its baked values set for ``shapes``."""
         m = onnx.ModelProto()
-        m.CopyFrom(self.original)
-        fixed_nodes = {n.name: n for n in self.report.fixed_model.graph.node}
-        for node in m.graph.node:
-            finding = self.nodes.get(node.name)
-            if finding is None:
-                continue
-            if finding.rule == "DS001":
-                dims = probe.shape(node.input[0])
-                if dims is None:
-                    raise DynashapeError(f"cannot re-specialize {node.name} at {format_shapes(shapes)}")
-                for attr in node.attribute:
-                    if attr.name in ("kernel_shape", "strides"):
-                        values = list(attr.ints)
-                        for axis in finding.details["pooled_axes"]:
-                            values[axis - 2] = int(dims[axis] or 0)
-                        del attr.ints[:]
-                        attr.ints.extend(values)
-            else:
-                target = fixed_nodes.get(node.name)
-                out_dims = probe.shape(target.output[0]) if target is not None else None
-                if out_dims is None or any(d is None for d in out_dims):
-                    raise DynashapeError(f"cannot re-specialize {node.name} at {format_shapes(shapes)}")
-                name = f"{node.name}__respecialized"
-                m.graph.initializer.append(onnx.numpy_helper.from_array(np.array(out_dims, dtype=np.int64), name))
-                index = 3 if finding.rule == "DS002" else 1
-                node.input[index] = name
+        with self._respecialized(shapes) as patched:
+            m.CopyFrom(patched)
         return m
 
+    @contextmanager
+    def _respecialized(self, shapes: ShapeMap) -> Iterator[onnx.ModelProto]:
+        """The original, patched in place for ``shapes`` and restored on exit: no copy of its
+        weights per shape (a copy of a ViT-B is 350 MB)."""
+        probe = self.prober.at(shapes)
+        fixed_nodes = {n.name: n for n in self.report.fixed_model.graph.node}
+        graph = self.original.graph
+        attrs: list[tuple[onnx.AttributeProto, list[int]]] = []  # what to put back on exit
+        inputs: list[tuple[onnx.NodeProto, int, str]] = []
+        added = 0
+        try:
+            for node in graph.node:
+                finding = self.nodes.get(node.name)
+                if finding is None:
+                    continue
+                if finding.rule == "DS001":
+                    dims = probe.shape(node.input[0])
+                    if dims is None:
+                        raise DynashapeError(f"cannot re-specialize {node.name} at {format_shapes(shapes)}")
+                    for attr in node.attribute:
+                        if attr.name in ("kernel_shape", "strides"):
+                            before = list(attr.ints)
+                            values = list(before)
+                            for axis in finding.details["pooled_axes"]:
+                                values[axis - 2] = int(dims[axis] or 0)
+                            attrs.append((attr, before))
+                            _set_ints(attr, values)
+                else:
+                    target = fixed_nodes.get(node.name)
+                    out_dims = probe.shape(target.output[0]) if target is not None else None
+                    if out_dims is None or any(d is None for d in out_dims):
+                        raise DynashapeError(f"cannot re-specialize {node.name} at {format_shapes(shapes)}")
+                    name = f"{node.name}__respecialized"
+                    graph.initializer.append(onnx.numpy_helper.from_array(np.array(out_dims, dtype=np.int64), name))
+                    added += 1
+                    index = 3 if finding.rule == "DS002" else 1
+                    inputs.append((node, index, node.input[index]))
+                    node.input[index] = name
+            yield self.original
+        finally:
+            for attr, before in attrs:
+                _set_ints(attr, before)
+            for node, index, before_input in inputs:
+                node.input[index] = before_input
+            if added:
+                del graph.initializer[len(graph.initializer) - added :]
+
     def outputs(self, shapes: ShapeMap, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
-        with OrtRunner(self.model_at(shapes)) as r:
+        with self._respecialized(shapes) as patched:
+            runner = OrtRunner(patched)  # serializes the patched model here
+        with runner as r:
             return r.infer(feeds)
+
+
+def _set_ints(attr: onnx.AttributeProto, values: list[int]) -> None:
+    del attr.ints[:]
+    attr.ints.extend(values)
 
 
 class TorchReference(Reference):
@@ -398,30 +448,52 @@ def verify(
     backend: str = "ort",
     progress: Callable[[int, int, ShapeMap], None] | None = None,
     diagnose: Callable[[ShapeMap, dict[str, np.ndarray]], dict[str, Any] | None] | None = None,
+    export_shape: ShapeMap | None = None,
 ) -> SweepResult:
-    """Run ``model`` at every shape and compare with ``reference``."""
+    """Run ``model`` at every shape and compare with ``reference``.
+
+    ``export_shape``: the shape the model was exported at, when known. It runs first; if an
+    independent reference disagrees there, the reference is not the exported model, and what
+    differs at other shapes is ``untrusted`` (see the module docstring).
+    """
+    if export_shape is not None and export_shape in shapes:
+        shapes = [export_shape, *(s for s in shapes if s != export_shape)]
+    judge_reference = export_shape is not None and reference.proof == PROOF_INDEPENDENT
+    mismatch = ""
+    diagnosed: set[str] = set()
+
+    def diagnose_once(res: ShapeResult, feeds: dict[str, np.ndarray]) -> None:
+        # the first divergent node of the first wrong and the first failing shape: a search
+        # re-exports and re-runs the model, and other shapes mostly name the same node again
+        if diagnose is not None and res.status not in diagnosed:
+            diagnosed.add(res.status)
+            res.divergent = diagnose(res.shapes, feeds)
+
     results: list[ShapeResult] = []
     runner = runner_factory() if runner_factory else OrtRunner(model)
-    with runner:
+    try:
+        runner.activate()
+    except RunError as exc:
+        reference.close()
+        raise DynashapeError(f"{backend} cannot load the model: {exc}") from None
+    try:
         for i, s in enumerate(shapes):
             if progress:
                 progress(i, len(shapes), s)
             feeds = random_feeds(model, s, seed=i)
             res = ShapeResult(s, _PASS_STATUS[reference.proof], on_lattice=on_lattice(s, lattice) if lattice else None)
+            results.append(res)
             try:
                 out = runner.infer(feeds)
                 res.output_shapes = {k: list(v.shape) for k, v in out.items()}
             except RunError as exc:
                 res.status, res.message, res.node = "error", str(exc), exc.node
-                results.append(res)
-                if diagnose:
-                    res.divergent = diagnose(s, feeds)
+                diagnose_once(res, feeds)
                 continue
             try:
                 ref = reference.outputs(s, feeds)
             except (RunError, DynashapeError) as exc:
                 res.status, res.message = "error", f"the reference failed: {exc}"
-                results.append(res)
                 continue
             if ref is None:
                 problem = follow(s, out) if follow else ""
@@ -431,13 +503,26 @@ def verify(
                 status, err, res.message = compare(out, ref, atol, rtol)
                 res.status = _PASS_STATUS[reference.proof] if status == "ok" else status
                 res.max_abs_error = err if err != float("inf") else None
-            if res.status in ("wrong", "error") and diagnose:
-                res.divergent = diagnose(s, feeds)
-            results.append(res)
+                if judge_reference and s == export_shape and status == "wrong":
+                    mismatch = (f"at the export shape {format_shapes(s)} itself, "
+                                + res.message.replace("differs by", "differs from the reference by"))
+                    res.message = f"the reference differs at the export shape: {res.message}"
+                elif mismatch and status == "wrong":
+                    res.status = UNTRUSTED
+                    continue  # no first divergent node: the reference, not a node, differs
+            if res.status in ("wrong", "error"):
+                diagnose_once(res, feeds)
+    finally:
+        runner.deactivate()
+        reference.close()
     if progress:
         progress(len(shapes), len(shapes), {})
-    reference.close()
-    return SweepResult(results, reference.label, backend, atol, rtol, reference.proof)
+    return SweepResult(results, reference.label, backend, atol, rtol, reference.proof, mismatch)
+
+
+def known_export_shape(report: CheckReport) -> ShapeMap | None:
+    """The export shape when the check knows it (given, recorded or solved), else None."""
+    return None if report.export_shape_source == "unknown" else report.export_shape
 
 
 def output_follow_check(model: onnx.ModelProto, s0: ShapeMap) -> Callable[[ShapeMap, dict[str, np.ndarray]], str]:
@@ -465,6 +550,7 @@ __all__ = [
     "RunError",
     "SweepResult",
     "default_ranges",
+    "known_export_shape",
     "make_reference",
     "output_follow_check",
     "sweep_shapes",

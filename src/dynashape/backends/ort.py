@@ -55,7 +55,10 @@ class OrtRunner(Runner):
     name = "onnxruntime"
 
     def __init__(self, model: onnx.ModelProto, threads: int | None = None) -> None:
-        self._model_bytes = model.SerializeToString()
+        # serialized now, so that later edits of ``model`` do not reach the session; dropped once
+        # the session holds the weights, so that a large model is not kept twice (a runner is
+        # activated once)
+        self._model_bytes: bytes | None = model.SerializeToString()
         self._threads = threads
         self._session: Any = None
 
@@ -67,12 +70,15 @@ class OrtRunner(Runner):
         opts.log_severity_level = 4
         if self._threads:
             opts.intra_op_num_threads = self._threads
+        if self._model_bytes is None:
+            raise RuntimeError("an OrtRunner is activated once; make a new one")  # a bug, not the user's
         try:
             self._session = ort.InferenceSession(
                 self._model_bytes, sess_options=opts, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # ORT raises its own exception types for bad graphs
             raise RunError(first_line(str(exc)), failing_node(str(exc))) from None
+        self._model_bytes = None
 
     def deactivate(self) -> None:
         self._session = None
