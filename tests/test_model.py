@@ -232,3 +232,80 @@ def test_check_never_touches_the_input(model_file: Path) -> None:
     assert model.SerializeToString() == snapshot
     assert sha256_file(model_file) == before_hash
     assert model_file.stat().st_mtime_ns == before_mtime
+
+
+# ------------------------------------------------------------------------------ validation at load
+
+
+def _bad_file(tmp_path: Path, model: onnx.ModelProto) -> Path:
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def _refused(tmp_path: Path, model: onnx.ModelProto, message: str) -> None:
+    path = _bad_file(tmp_path, model)
+    data = path.read_bytes()
+    with pytest.raises(DynashapeError, match=message) as info:
+        load_model(path)
+    assert "\n" not in str(info.value) and str(info.value).startswith(f"{path}: ")
+    assert path.read_bytes() == data
+
+
+def test_missing_standard_opset_import(tmp_path: Path) -> None:
+    model = M.resize_skip(32, 32)
+    del model.opset_import[:]
+    _refused(tmp_path, model, r"no opset import for the standard ONNX domain|checker rejects")
+
+
+def test_standard_domain_imported_twice(tmp_path: Path) -> None:
+    model = M.resize_skip(32, 32)
+    model.opset_import.append(helper.make_opsetid("ai.onnx", 18))
+    _refused(tmp_path, model, r"domain 'ai.onnx' is imported twice|checker rejects")
+
+
+def test_sequence_input_is_refused(tmp_path: Path) -> None:
+    model = M.resize_skip(32, 32)
+    seq = helper.make_tensor_sequence_value_info("extra", TensorProto.FLOAT, None)
+    model.graph.input.append(seq)
+    _refused(tmp_path, model, r"graph input 'extra' is not a tensor \(sequence_type\)")
+
+
+def test_input_without_shape_is_refused(tmp_path: Path) -> None:
+    model = M.resize_skip(32, 32)
+    model.graph.input[0].type.tensor_type.ClearField("shape")
+    _refused(tmp_path, model, r"graph input 'x' has no shape|checker rejects the model: Field 'shape'")
+
+
+def test_initializer_holding_more_values_than_its_dims(tmp_path: Path) -> None:
+    model = M.resize_skip(32, 32)
+    weight = next(t for t in model.graph.initializer if t.dims)
+    weight.dims[0] -= 1  # the checker refuses too few bytes itself, not too many
+    _refused(tmp_path, model, rf"initializer '{weight.name}' declares dims .* but holds")
+
+
+def test_typed_field_tensor_counted_too(tmp_path: Path) -> None:
+    """Tensors written with int64_data (not raw bytes) are counted by values."""
+    model = M.resize_skip(32, 32)
+    typed = model.graph.initializer.add()
+    typed.name, typed.data_type = "typed", TensorProto.INT64
+    typed.dims.append(3)
+    typed.int64_data.extend([1, 2, 3, 4])  # too many: the checker refuses only too few
+    _refused(tmp_path, model, r"initializer 'typed' declares dims \[3\] of INT64 \(3 element\(s\)\) but holds 4")
+
+
+def test_node_types_that_cannot_agree_are_refused(tmp_path: Path) -> None:
+    """The checker does not infer types: an Add of int64 and float passes it, not the loader."""
+    model = M.resize_skip(32, 32)
+    model.graph.initializer.append(helper.make_tensor("half", TensorProto.INT64, [1], [2]))
+    add = helper.make_node("Add", ["x", "half"], ["x_plus"], name="bad_add")
+    model.graph.node.insert(0, add)
+    model.graph.output.append(helper.make_tensor_value_info("x_plus", TensorProto.FLOAT, [None] * 4))
+    _refused(tmp_path, model, r"type and shape inference rejects the model \(.*bad_add")
+
+
+def test_valid_model_passes_every_load_check(model_file: Path) -> None:
+    load_model(model_file)  # the fixture's model, and the demo
+    from dynashape.demo import __file__ as demo_init
+
+    load_model(Path(demo_init).parent / "demo.onnx")

@@ -30,6 +30,13 @@ SAME_SIZE_UNARY = {
     "Neg", "Abs", "Exp", "Log", "Sqrt", "Erf", "Gelu", "Mish", "Softplus", "PRelu", "Not",
 }
 JOINS = {"Add", "Sub", "Mul", "Div", "Concat", "Sum", "Max", "Min", "Mean", "Where", "Pow"}
+STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
+
+
+def is_standard(node: ir.Node | onnx.NodeProto) -> bool:
+    """Is this an ONNX operator (not a custom-domain op that only shares its op_type's name,
+    as com.microsoft's Gelu or a mutated com.example::Reshape)?"""
+    return node.domain in STANDARD_DOMAINS
 
 
 def second_shape(s0: ShapeMap, inputs: list[InputInfo]) -> ShapeMap:
@@ -82,7 +89,7 @@ class Context:
 
     def nodes(self, *op_types: str) -> Iterator[ir.Node]:
         for node in list(self.model.graph):
-            if not op_types or node.op_type in op_types:
+            if (not op_types or node.op_type in op_types) and is_standard(node):
                 yield node
 
     def dims(self, value: ir.Value | None, probe: Probe) -> Dims | None:
@@ -118,7 +125,7 @@ def traced_dims(value: ir.Value, probe: Probe) -> Dims | None:
         producer = current.producer()
         if producer is None:
             return dims
-        if producer.op_type in SAME_SIZE_UNARY or producer.op_type in JOINS - {"Concat"}:
+        if is_standard(producer) and (producer.op_type in SAME_SIZE_UNARY or producer.op_type in JOINS - {"Concat"}):
             rank = len(dims) if dims else None
             # constants (initializers or Constant nodes) broadcast: only a tensor input has the
             # output's size; among those, the one of the output's rank, else the highest rank
@@ -159,6 +166,8 @@ def join_partners(
         visited.add(id(v))
         for use in v.uses():
             node = use.node
+            if not is_standard(node):
+                continue
             if node.op_type in SAME_SIZE_UNARY or (
                     through_slices and node.op_type == "Slice" and use.idx == 0
                     and (keep_axes is None or _slices_only_other_axes(node, keep_axes))):
@@ -288,3 +297,103 @@ def origin_of(value: ir.Value, max_nodes: int = 256) -> Origin:
             return Origin("data", [], f"it is computed by more than {max_nodes} nodes")
         queue.extend(i for i in producer.inputs if i is not None)
     return Origin(kind, nodes if kind == "constant" else [], why)
+
+
+# ------------------------------------------------------------------------------------- opaque ops
+
+
+@dataclass(frozen=True)
+class OpaqueOp:
+    """A node ONNX shape inference knows nothing about (a custom-domain op, com.microsoft's
+    contrib ops): the shapes of its outputs, and of everything computed from them, are unknown."""
+
+    node: str
+    op_type: str
+    domain: str
+    downstream: tuple[str, ...]  # the nodes computed from its outputs, in graph order
+    outputs: tuple[str, ...]  # the graph outputs among them (or its own)
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.domain}::{self.op_type}"
+
+
+@dataclass(frozen=True)
+class UncheckedRegion:
+    """The part of a graph no rule can see into: every node downstream of an opaque op."""
+
+    roots: tuple[OpaqueOp, ...]  # opaque ops that are not themselves downstream of another one
+    opaque: tuple[OpaqueOp, ...]  # all of them
+    nodes: frozenset[str]  # names of the opaque ops and of every node after one
+    outputs: tuple[str, ...]  # graph outputs inside the region
+
+    def __bool__(self) -> bool:
+        return bool(self.opaque)
+
+    def describe(self) -> str:
+        """One line for the lattice and the reports: why the analysis is partial."""
+        ops = sorted({o.qualified for o in self.opaque})
+        shown = ", ".join(ops[:4]) + (f" and {len(ops) - 4} more" if len(ops) > 4 else "")
+        outs = f", graph output(s) {', '.join(self.outputs[:4])}" if self.outputs else ""
+        return (f"partial: the graph from {shown} on ({len(self.nodes)} node(s){outs}) was not checked, "
+                "ONNX shape inference does not know those ops")
+
+
+def has_shape_inference(node: onnx.NodeProto, functions: Collection[tuple[str, str]] = ()) -> bool:
+    """Does ONNX shape inference know this op (a standard schema or a model-local function)?"""
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    if (node.domain, node.op_type) in functions:
+        return True
+    try:
+        return bool(onnx.defs.has(node.op_type, domain))
+    except Exception:  # an odd domain string: not a known schema
+        return False
+
+
+def unchecked_region(model: onnx.ModelProto) -> UncheckedRegion:
+    """The opaque ops of the main graph and everything downstream of them."""
+    functions = {(f.domain, f.name) for f in model.functions}
+    nodes = list(model.graph.node)
+    opaque_idx = [i for i, n in enumerate(nodes) if not has_shape_inference(n, functions)]
+    if not opaque_idx:
+        return UncheckedRegion((), (), frozenset(), ())
+    consumers: dict[str, list[int]] = {}
+    for i, n in enumerate(nodes):
+        for name in set(n.input):
+            if name:
+                consumers.setdefault(name, []).append(i)
+    graph_outputs = [o.name for o in model.graph.output]
+
+    def below(start: int) -> set[int]:
+        seen = {start}
+        stack = [start]
+        while stack:
+            for out in nodes[stack.pop()].output:
+                for j in consumers.get(out, ()):
+                    if j not in seen:
+                        seen.add(j)
+                        stack.append(j)
+        return seen
+
+    def label(i: int) -> str:
+        return nodes[i].name or (nodes[i].output[0] if nodes[i].output else f"#{i}")
+
+    opaque: list[OpaqueOp] = []
+    region: set[int] = set()
+    inside_other: set[int] = set()
+    for i in opaque_idx:
+        down = below(i)
+        region |= down
+        inside_other |= down - {i}
+        produced = {o for j in down for o in nodes[j].output}
+        opaque.append(OpaqueOp(
+            node=label(i), op_type=nodes[i].op_type, domain=nodes[i].domain,
+            downstream=tuple(label(j) for j in sorted(down - {i})),
+            outputs=tuple(o for o in graph_outputs if o in produced),
+        ))
+    roots = tuple(op for i, op in zip(opaque_idx, opaque) if i not in inside_other)
+    produced_all = {o for j in region for o in nodes[j].output}
+    return UncheckedRegion(
+        roots=roots, opaque=tuple(opaque), nodes=frozenset(label(j) for j in region),
+        outputs=tuple(o for o in graph_outputs if o in produced_all),
+    )

@@ -17,7 +17,7 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from dynashape.analysis import Context, is_descendant, second_shape
+from dynashape.analysis import Context, UncheckedRegion, is_descendant, second_shape, unchecked_region
 from dynashape.errors import DynashapeError
 from dynashape.exportshape import ExportShape, resolve_export_shape
 from dynashape.findings import Finding, Lattice, Refusal, lattice_to_json
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 _CONTROL_FLOW = {"If", "Loop", "Scan"}
 _MAX_ROUNDS = 8  # rounds of one rule over the graph; another runs only after a rewrite
+_MALFORMED = (ValueError, TypeError, IndexError, KeyError, ArithmeticError)
+UNREADABLE = "could not analyse this node: its inputs or attributes are not what the rule reads"
 
 
 @dataclass
@@ -50,6 +52,9 @@ class CheckReport:
     path: str | None = None
     seconds: float = 0.0
     export_shape_confidence: str = ""  # see ExportShape.confidence
+    # why the analysis (and so the lattice) covers only part of the graph: ops without shape
+    # inference hide everything after them (DS017); empty when the whole graph was checked
+    partial: str = ""
 
     @property
     def export_shape_text(self) -> str:
@@ -71,6 +76,7 @@ class CheckReport:
             "export_shape_confidence": self.export_shape_confidence,
             "findings": [f.to_json() for f in self.findings],
             "lattice": lattice_to_json(self.lattice),
+            "lattice_partial": self.partial or None,
             "outputs_follow_input": self.outputs_follow,
             "suggested_profile": self.suggested_profile.to_json() if self.suggested_profile else None,
             "notes": self.notes,
@@ -121,6 +127,7 @@ def _check_model(
     work = onnx.ModelProto()
     work.CopyFrom(model)
     notes = _unsupported_notes(work)
+    region = unchecked_region(work)
     prober = Prober(work)
     work_ir = ir.serde.deserialize_model(work)
     es = resolve_export_shape(work, export_shape, prober, work_ir)
@@ -138,6 +145,8 @@ def _check_model(
         findings.extend(found)
         refusals.extend(refused)
         applied.extend(rewrites)
+    notes.extend(f"{r.rule} {r.reason} (node {r.node!r}); a malformed node, or a dynashape bug: please report it"
+                 for r in refusals if r.reason.startswith(UNREADABLE))
     unanalysable = _unknown_and_inconsistent(es, prober, graph_inputs(work))
     if unanalysable is not None:
         findings.append(unanalysable)
@@ -145,6 +154,7 @@ def _check_model(
         es.note += "; needed: the graph fails at every size tried, so the rules could not look at it"
     else:
         es.note = _export_shape_verdict(es, findings, rules if rules is not None else DEFAULT_RULES, prober)
+    findings.extend(unchecked_findings(region))
     fixed = ctx.proto
     if applied:  # unrewritten, it is the input (and the checker costs ~0.2 s on a 100 MB model)
         onnx.checker.check_model(fixed)
@@ -154,6 +164,10 @@ def _check_model(
     if scan_lattice:
         scanner = LatticeScanner(fixed, es.shapes, ctx.prober, ir_model=ctx.model)
         lattice, lattice_findings = scanner.scan()
+        if region:
+            for axes in lattice.values():
+                for lat in axes.values():
+                    lat.partial = region.describe()
         findings.extend(lattice_findings)
         notes.extend(scanner.problems)
         follows = scanner.following()
@@ -168,7 +182,46 @@ def _check_model(
         export_shape_note=es.note, fixed_model=fixed, applied=applied, refusals=refusals,
         notes=notes, outputs_follow=follows, suggested_profile=profile, path=path,
         seconds=time.perf_counter() - start, export_shape_confidence=es.confidence,
+        partial=region.describe() if region else "",
     )
+
+
+_MAX_UNCHECKED_FINDINGS = 8
+
+
+def unchecked_findings(region: UncheckedRegion) -> list[Finding]:
+    """DS017: one finding per op without shape inference that starts an unchecked region (the
+    opaque ops after it are named in its message). Never a silent clean bill: no rule can see a
+    hazard past such an op, and the lattice cannot see the joins and outputs there."""
+    findings = []
+    roots = list(region.roots)
+    shown, rest = roots[:_MAX_UNCHECKED_FINDINGS], roots[_MAX_UNCHECKED_FINDINGS:]
+    for k, root in enumerate(shown):
+        covered = set(root.downstream)
+        inner = sorted({o.qualified for o in region.opaque if o.node in covered})
+        if k == len(shown) - 1 and rest:
+            inner = sorted({*inner, *(r.qualified for r in rest)})
+        few = ", ".join(root.downstream[:5]) + (f" and {len(root.downstream) - 5} more" if len(root.downstream) > 5
+                                                 else "")
+        after = f"the {len(root.downstream)} node(s) after it ({few})" if root.downstream else "no node after it"
+        outs = (f"graph output(s) {', '.join(repr(o) for o in root.outputs[:6])}" if root.outputs
+                else "no graph output")
+        also = f"; inside it also: {', '.join(inner[:6])}" if inner else ""
+        last = k == len(shown) - 1
+        more = f"; {len(rest)} more op(s) like it start unchecked regions of their own" if last and rest else ""
+        microsoft = root.domain == "com.microsoft"
+        findings.append(Finding(
+            rule="DS017", severity="warning", node=root.node, op=root.qualified, detected_by="static",
+            message=(f"{root.qualified} has no ONNX shape inference: its outputs' shapes are unknown, so {after} and "
+                     f"{outs} were NOT checked (a hazard there is not reported, the lattice is partial){also}{more}"),
+            fixable=False, breaks_at="unknown (not analysed)",
+            fix=("check the model as exported, before ONNX Runtime's optimizations fused standard ops into "
+                 "com.microsoft ones" if microsoft else
+                 "check the model before the custom op is inserted, or express the op in standard ONNX ops"),
+            details={"domain": root.domain, "op_type": root.op_type, "unchecked_nodes": list(root.downstream),
+                     "unchecked_outputs": list(root.outputs), "opaque_inside": inner},
+        ))
+    return findings
 
 
 def _run_rule(
@@ -194,7 +247,14 @@ def _run_rule(
             key = node.name or f"#{id(node)}"
             if key in done:
                 continue
-            result = rule.check(ctx, node)
+            try:
+                result = rule.check(ctx, node)
+            except _MALFORMED as exc:
+                # the loader refuses what the checker and strict inference can see; what is left is a
+                # node whose constants are not what the rule reads (or a bug): never a crash of check
+                log.warning("%s could not analyse node %r: %s: %s", rule.id, key, type(exc).__name__, exc,
+                            exc_info=log.isEnabledFor(logging.DEBUG))
+                result = rule.refuse(node, f"{UNREADABLE} ({type(exc).__name__}: {str(exc)[:200]})")
             if isinstance(result, Refusal):
                 refused[key] = result
                 verdicts.pop(key, None)
@@ -294,9 +354,4 @@ def _unsupported_notes(model: onnx.ModelProto) -> list[str]:
     flow = sorted(ops & _CONTROL_FLOW)
     if flow:
         notes.append(f"the graph has control flow ({', '.join(flow)}): nodes inside their subgraphs are not checked")
-    domains = sorted({n.domain for n in model.graph.node if n.domain not in ("", "ai.onnx")})
-    if domains:
-        notes.append(
-            f"custom domains ({', '.join(domains)}): their ops have no shape inference, shapes after them are unknown"
-        )
     return notes

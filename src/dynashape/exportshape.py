@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from dynashape.analysis import JOINS, traced_dims
+from dynashape.analysis import JOINS, is_standard, traced_dims
 from dynashape.model import InputInfo, graph_inputs, read_export_shape
 from dynashape.probe import Probe, Prober
 from dynashape.shapes import ShapeMap, format_shapes
@@ -193,8 +193,8 @@ def _int_value(value: ir.Value, probe: Probe) -> list[int] | None:
             producer = value.producer()
             if producer is not None and producer.op_type == "Constant" and "value" in producer.attributes:
                 arr = producer.attributes["value"].as_tensor().numpy()
-    if arr is None or arr.size > 16:
-        return None
+    if arr is None or arr.size > 16 or arr.ndim > 1 or not np.issubdtype(arr.dtype, np.number):
+        return None  # shape values are a 1-D list of numbers; anything else is not read
     return [int(v) for v in np.atleast_1d(arr).astype(np.int64)]
 
 
@@ -217,7 +217,8 @@ def _pool_constraints(model: ir.Model) -> list[Constraint]:
     2-3 are ordinary downsampling) was sized at S0."""
     found: list[Constraint] = []
     for node in model.graph:
-        if node.op_type not in ("AveragePool", "MaxPool") or node.inputs[0] is None:
+        if node.op_type not in ("AveragePool", "MaxPool") or not node.inputs or node.inputs[0] is None \
+                or not is_standard(node):
             continue
         kernel = node.attributes.get("kernel_shape")
         pads = node.attributes.get("pads")
@@ -230,6 +231,8 @@ def _pool_constraints(model: ir.Model) -> list[Constraint]:
         strides_attr = node.attributes.get("strides")
         ks = list(kernel.as_ints())
         strides = list(strides_attr.as_ints()) if strides_attr is not None else [1] * len(ks)
+        if len(strides) != len(ks):
+            continue  # not a pool ONNX would run: nothing to read from it
         for i, k in enumerate(ks):
             if k > 3 and strides[i] in (1, k):
                 found.append(Constraint("pool kernel", node.name or "", k, node.inputs[0], (2 + i,)))
@@ -243,7 +246,7 @@ def _pyramid_bins(node: ir.Node, x: ir.Value) -> bool:
     mine = list(kernel.as_ints()) if kernel is not None else []
     for use in x.uses():
         other = use.node
-        if other is node or other.op_type not in ("AveragePool", "MaxPool"):
+        if other is node or other.op_type not in ("AveragePool", "MaxPool") or not is_standard(other):
             continue
         k_attr, s_attr = other.attributes.get("kernel_shape"), other.attributes.get("strides")
         k = list(k_attr.as_ints()) if k_attr is not None else []
@@ -269,7 +272,7 @@ def _join_constraints(model: ir.Model, probes: list[Probe]) -> list[Constraint]:
     line up on, the live one's size at S0 is the frozen one's."""
     found: list[Constraint] = []
     for node in model.graph:
-        if node.op_type not in JOINS:
+        if node.op_type not in JOINS or not is_standard(node):
             continue
         operands = [v for v in node.inputs if v is not None]
         if len(operands) < 2:
@@ -318,6 +321,8 @@ def _op_constraints(model: ir.Model, probes: list[Probe], spatial_probes: list[P
     found: list[Constraint] = []
     for node in model.graph:
         op, ins = node.op_type, node.inputs
+        if not is_standard(node):
+            continue
         if op == "MatMul" and len(ins) == 2 and ins[0] is not None and ins[1] is not None:
             w = _constant_dims(ins[1])
             if w is not None and len(w) == 2 and not _is_constant(ins[0]):

@@ -50,6 +50,8 @@ class AxisLattice:
     multiple: int
     max_checked: int | None = None
     irregular: list[int] | None = None
+    # why this lattice may be too wide (part of the graph was not analysed, see DS017); "" if whole
+    partial: str = ""
 
     def contains(self, size: int) -> bool:
         # measured from min: an offset lattice ({3, 5, 7, ...}: odd sizes) has min % multiple != 0
@@ -59,6 +61,8 @@ class AxisLattice:
         out: dict[str, Any] = {"min": self.min, "multiple": self.multiple}
         if self.irregular:
             out["irregular"] = self.irregular
+        if self.partial:
+            out["partial"] = self.partial
         return out
 
 

@@ -94,7 +94,7 @@ class LatticeScanner:
                             self._join_paths(probe, probe.failure.node))
         for out, j in follow:
             dims = probe.shape(out)
-            if dims is not None and dims[j] is not None and dims[j] != size:
+            if dims is not None and j < len(dims) and dims[j] is not None and dims[j] != size:
                 return Validity(
                     False, f"output {out!r} axis {j} is {dims[j]} for input size {size} (it should follow it)"
                 )

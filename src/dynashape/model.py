@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -81,13 +82,235 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
             f"{p}: opset {opset} is older than {MIN_OPSET}; re-export with opset_version>={MIN_OPSET} "
             "or convert it with onnx.version_converter"
         )
-    try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown reason"
-        raise DynashapeError(f"{p}: the ONNX checker rejects the model: {first}") from None
+    validate_model(model, str(p))
     name_nodes(model)
     return model
+
+
+def validate_model(model: onnx.ModelProto, where: str = "model") -> None:
+    """Refuse, with one line naming the tensor or node, anything the pipeline cannot analyse.
+
+    ``onnx.checker`` accepts models that break later steps: tensors whose data disagree with
+    their dims, element types onnx_ir cannot read, negative dims, node input types that do not
+    match (the checker does not infer types). So after the checker: cheap consistency checks of
+    every tensor and graph input, strict type and shape inference on a light copy (weights
+    replaced by their types) and onnx_ir deserialization, the form every rule reads."""
+    if model.ir_version < _MIN_IR_VERSION:
+        raise DynashapeError(
+            f"{where}: IR version {model.ir_version} is older than {_MIN_IR_VERSION}, which opset "
+            f"{default_opset(model) or '?'} needs; re-export the model (or set model.ir_version)"
+        )
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as exc:  # ValueError: over 2 GB without external data
+        raise DynashapeError(f"{where}: the ONNX checker rejects the model: {_first_line(exc)}") from None
+    domains = [imp.domain for imp in model.opset_import]
+    dup = next((d for d in domains if domains.count(d) > 1 or (d == "ai.onnx" and "" in domains)), None)
+    if dup is not None:
+        raise DynashapeError(f"{where}: domain {dup or 'ai.onnx'!r} is imported twice (opset_import); "
+                             "keep one version of it and re-save the model")
+    if default_opset(model) is None and any(_standard(n.domain) for n in model.graph.node):
+        raise DynashapeError(f"{where}: the model has no opset import for the standard ONNX domain; "
+                             "re-export it (or add one with onnx.helper.make_opsetid('', VERSION))")
+    _check_inputs(model, where)
+    for graph_name, graph in _graphs(model.graph):
+        for tensor in graph.initializer:
+            _check_tensor(tensor, f"initializer {tensor.name!r}", where)
+        for sparse in graph.sparse_initializer:
+            _check_tensor(sparse.values, f"sparse initializer {sparse.values.name!r}", where)
+        for node in graph.node:
+            for attr in node.attribute:
+                for tensor in (*([attr.t] if attr.HasField("t") else []), *attr.tensors):
+                    _check_tensor(tensor, f"attribute {attr.name!r} of {node.op_type} node "
+                                  f"{node.name or node.output[0] if node.output else '?'!r}", where)
+        for vi in (*graph.input, *graph.output, *graph.value_info):
+            _check_value_info(vi, f"{graph_name}{vi.name!r}", where)
+    _check_annotations(model, where)
+    _strict_inference(model, where)
+    try:
+        import onnx_ir as ir
+
+        ir.serde.deserialize_model(model)
+    except Exception as exc:  # SerdeError, ValueError: anything onnx_ir cannot read, the rules cannot either
+        cause = exc.__cause__ or exc
+        raise DynashapeError(
+            f"{where}: the model cannot be read into dynashape's graph form ({_first_line(cause)}); "
+            "re-export it or run it through onnx.shape_inference / onnxsim first"
+        ) from None
+
+
+_MIN_IR_VERSION = 4  # initializers need not be graph inputs from IR 4 on; every rewrite relies on it
+_MAX_DIM = 2**31 - 1  # TensorRT's and ONNX Runtime's practical limit for one dim
+_LIGHT_LIMIT = 1024  # initializers with more elements become typed inputs in the strict-inference copy
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _standard(domain: str) -> bool:
+    return domain in ("", "ai.onnx")
+
+
+def _graphs(graph: onnx.GraphProto, prefix: str = "") -> Iterator[tuple[str, onnx.GraphProto]]:
+    """The graph and every subgraph (If/Loop/Scan bodies), with a label for messages."""
+    yield prefix, graph
+    for node in graph.node:
+        for attr in node.attribute:
+            subs = [attr.g] if attr.HasField("g") else list(attr.graphs)
+            for sub in subs:
+                yield from _graphs(sub, f"{prefix}subgraph {attr.name!r} of node {node.name!r}: ")
+
+
+def _check_inputs(model: onnx.ModelProto, where: str) -> None:
+    inits = {t.name for t in model.graph.initializer}
+    seen: set[str] = set()
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        if vi.name in seen:
+            raise DynashapeError(f"{where}: graph input {vi.name!r} is declared twice; re-export the model")
+        seen.add(vi.name)
+        if not vi.type.HasField("tensor_type"):
+            kind = vi.type.WhichOneof("value") or "no type"
+            raise DynashapeError(f"{where}: graph input {vi.name!r} is not a tensor ({kind}); dynashape "
+                                 "analyses models whose inputs are tensors")
+        tt = vi.type.tensor_type
+        if tt.elem_type == onnx.TensorProto.UNDEFINED:
+            raise DynashapeError(f"{where}: graph input {vi.name!r} has no element type; re-export the model")
+        if not tt.HasField("shape"):
+            raise DynashapeError(f"{where}: graph input {vi.name!r} has no shape (not even a rank); re-export "
+                                 "with the input's rank, its dynamic axes named (dynamic_axes)")
+        for k, d in enumerate(tt.shape.dim):
+            if d.HasField("dim_value") and d.dim_value > _MAX_DIM:
+                raise DynashapeError(f"{where}: graph input {vi.name!r} declares axis {k} of size {d.dim_value}, "
+                                     f"over {_MAX_DIM}; fix the export (or make that axis dynamic)")
+
+
+def _check_annotations(model: onnx.ModelProto, where: str) -> None:
+    """A tensor declared twice (a graph input also listed as an output, value_info of a graph
+    input or output) must be declared alike: inference does not compare the two."""
+    g = model.graph
+    declared: dict[str, tuple[str, onnx.ValueInfoProto]] = {}
+    for kind, infos in (("graph input", g.input), ("graph output", g.output), ("value_info", g.value_info)):
+        for vi in infos:
+            first = declared.setdefault(vi.name, (kind, vi))
+            if first[1] is vi or not (vi.type.HasField("tensor_type") and first[1].type.HasField("tensor_type")):
+                continue
+            a, b = vi.type.tensor_type, first[1].type.tensor_type
+            what = (f"element type {a.elem_type}", f"{b.elem_type}") if a.elem_type and b.elem_type \
+                and a.elem_type != b.elem_type else None
+            if what is None and a.HasField("shape") and b.HasField("shape") and len(a.shape.dim) != len(b.shape.dim):
+                what = (f"rank {len(a.shape.dim)}", f"rank {len(b.shape.dim)}")
+            if what is not None:
+                raise DynashapeError(f"{where}: the {kind} {vi.name!r} has {what[0]}, the {first[0]} of that name "
+                                     f"{what[1]}; re-export the model")
+
+
+def _check_value_info(vi: onnx.ValueInfoProto, label: str, where: str) -> None:
+    if not vi.type.HasField("tensor_type"):
+        return
+    tt = vi.type.tensor_type
+    if tt.elem_type not in _ELEM_TYPES:
+        raise DynashapeError(f"{where}: tensor {label} has element type {tt.elem_type}, which is not an ONNX "
+                             "data type; re-export the model")
+    for k, d in enumerate(tt.shape.dim):
+        if d.HasField("dim_value") and d.dim_value < 0:
+            raise DynashapeError(f"{where}: tensor {label} declares axis {k} of size {d.dim_value} (negative); "
+                                 "re-export the model")
+
+
+_ELEM_TYPES = frozenset(onnx.TensorProto.DataType.values())
+_TYPED_FIELD: dict[int, tuple[str, int]] = {  # data type -> (field holding it when not raw, values per element)
+    onnx.TensorProto.FLOAT: ("float_data", 1), onnx.TensorProto.COMPLEX64: ("float_data", 2),
+    onnx.TensorProto.DOUBLE: ("double_data", 1), onnx.TensorProto.COMPLEX128: ("double_data", 2),
+    onnx.TensorProto.INT64: ("int64_data", 1), onnx.TensorProto.UINT32: ("uint64_data", 1),
+    onnx.TensorProto.UINT64: ("uint64_data", 1), onnx.TensorProto.STRING: ("string_data", 1),
+}
+
+
+def _check_tensor(t: onnx.TensorProto, label: str, where: str) -> None:
+    """The tensor's data type is real, its dims are not negative and its data hold exactly
+    prod(dims) elements (by length: nothing is decoded)."""
+    if t.data_type not in _ELEM_TYPES or t.data_type == onnx.TensorProto.UNDEFINED:
+        raise DynashapeError(f"{where}: {label} has data type {t.data_type}, which is not an ONNX data type; "
+                             "re-export the model")
+    if any(d < 0 for d in t.dims):
+        raise DynashapeError(f"{where}: {label} has negative dims {list(t.dims)}; re-export the model")
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        return  # loaded by _load_external_data, or left for the checker to refuse
+    if t.HasField("segment"):
+        raise DynashapeError(f"{where}: {label} is a segment of a larger tensor, which dynashape does not "
+                             "read; re-save the model with onnx.save")
+    count = math.prod(int(d) for d in t.dims)
+    name = onnx.helper.tensor_dtype_to_string(t.data_type).removeprefix("TensorProto.")
+    if t.raw_data:
+        if t.data_type == onnx.TensorProto.STRING:
+            raise DynashapeError(f"{where}: {label} is a STRING tensor stored as raw bytes; re-export the model")
+        bits = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize * 8
+        if t.data_type in _FOUR_BIT:
+            bits = 4
+        want = (count * bits + 7) // 8
+        if len(t.raw_data) != want:
+            raise DynashapeError(
+                f"{where}: {label} declares dims {list(t.dims)} of {name} ({want} bytes) but holds "
+                f"{len(t.raw_data)} bytes; the file is corrupt or was edited by hand, re-export it")
+        return
+    field, per = _TYPED_FIELD.get(t.data_type, ("int32_data", 1))
+    have = len(getattr(t, field))
+    want = (count + 1) // 2 if t.data_type in _FOUR_BIT else count * per
+    if have != want:
+        raise DynashapeError(
+            f"{where}: {label} declares dims {list(t.dims)} of {name} ({count} element(s)) but holds "
+            f"{have // per if per else have}; the file is corrupt or was edited by hand, re-export it")
+
+
+_FOUR_BIT = frozenset(
+    getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+    if hasattr(onnx.TensorProto, n)
+)
+
+
+def _strict_inference(model: onnx.ModelProto, where: str) -> None:
+    """ONNX type and shape inference in strict mode, on symbolic input shapes: refuses input
+    types a node cannot take (an int64 Add with a float constant) and shapes that cannot agree
+    whatever the input size, and value_info that contradicts the graph. Weights are replaced by
+    typed inputs so 100 MB models stay cheap."""
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    g, src = light.graph, model.graph
+    g.name = src.name
+    g.node.extend(src.node)
+    g.input.extend(src.input)
+    g.output.extend(src.output)
+    g.value_info.extend(src.value_info)  # annotations the rules read through onnx_ir: they must agree too
+    declared = {vi.name for vi in src.input}
+    for t in src.initializer:
+        if math.prod(t.dims) <= _LIGHT_LIMIT or t.data_type == onnx.TensorProto.INT64:
+            g.initializer.append(t)
+        elif t.name not in declared:
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    g.sparse_initializer.extend(src.sparse_initializer)
+    try:
+        onnx.shape_inference.infer_shapes(light, check_type=True, strict_mode=True, data_prop=False)
+    except Exception as exc:  # InferenceError, ValidationError, or a RuntimeError from an op's inference
+        raise DynashapeError(
+            f"{where}: ONNX type and shape inference rejects the model ({_inference_message(exc)}); it is not "
+            "valid ONNX and would not run in ONNX Runtime either: re-export it"
+        ) from None
+
+
+def _inference_message(exc: BaseException) -> str:
+    for line in str(exc).splitlines():
+        line = line.strip()
+        if "node name" in line or "Error" in line:
+            for noise in ("[ShapeInferenceError] ", "[TypeInferenceError] ", "Inference error(s): "):
+                line = line.replace(noise, "")
+            return line[:300]
+    return _first_line(exc)
 
 
 def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
@@ -208,11 +431,16 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 def check_output_path(
     out: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]] = ()
 ) -> Path:
-    """Refuse an output path whose directory is missing or that would overwrite an input."""
+    """Refuse an output path whose directory is missing or read-only, that is a directory, or that
+    would overwrite an input."""
     p = Path(out)
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise DynashapeError(f"output directory {parent} does not exist; create it first")
+    if p.is_dir():
+        raise DynashapeError(f"{p} is a directory; give a file name, e.g. {p / 'model.onnx'}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DynashapeError(f"cannot write in {parent}: permission denied; choose another -o path")
     for src in inputs:
         if Path(src).exists() and p.exists() and p.resolve() == Path(src).resolve():
             raise DynashapeError(f"{p}: refusing to overwrite the input model; choose another -o path")
@@ -229,14 +457,20 @@ def _umask() -> int:
 def atomic_path(out: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``out``; on success rename it onto ``out``, else remove it."""
     target = Path(out)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    except OSError as exc:  # a read-only or missing directory: the user's to fix, and nothing was written
+        raise DynashapeError(f"cannot write {target}: {exc.strerror or exc}; choose another output path") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         # mkstemp makes the file private (0600); give it the mode a plain open() would have
         os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, target)
+        try:
+            os.replace(tmp_path, target)
+        except OSError as exc:  # e.g. the target is a directory
+            raise DynashapeError(f"cannot write {target}: {exc.strerror or exc}; choose another output path") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

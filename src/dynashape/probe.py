@@ -129,7 +129,7 @@ class Prober:
         self.shape_nodes = _shape_subgraph(model, set(self.constants))
         # outputs of the shape subgraph (not of Constant nodes: ONNX inference reads those itself)
         self._computed = {o for n in self.shape_nodes if n.op_type != "Constant" for o in n.output}
-        self.checked_nodes = [n for n in model.graph.node if n.op_type in _SIZE_CHANGING]
+        self.checked_nodes = [n for n in model.graph.node if n.op_type in _SIZE_CHANGING and n.domain in _STANDARD]
         self._checked = [_CheckedNode.of(n) for n in self.checked_nodes]
         self._inputs = {vi.name: vi for vi in self.skeleton.graph.input}
         self._initializer_dims: dict[str, Dims] = {
@@ -201,6 +201,13 @@ class Prober:
     @property
     def _lifted(self) -> set[str]:
         return {t.name for t in self.model.graph.initializer}
+
+    def forget(self) -> None:
+        """Drop the cached probes and inference results. A caller that probes many shapes once
+        each (a heat map) calls it between probes, so memory stays bounded: a probe of a large
+        graph holds megabytes of dims and values."""
+        self._cache.clear()
+        self.inference_cache.forget()
 
     def at(self, shapes: ShapeMap) -> Probe:
         key = tuple(sorted((k, tuple(v)) for k, v in shapes.items()))
@@ -545,7 +552,7 @@ class Prober:
             if op_type == "Reshape":
                 dims = dims_of(first)
                 target = probe.values.get(second)
-                if dims and target is not None and all(d is not None for d in dims):
+                if dims and target is not None and np.ndim(target) <= 1 and all(d is not None for d in dims):
                     t = [int(v) for v in np.atleast_1d(target)]
                     resolved: list[int] = [
                         (int(dims[i] or 0) if (v == 0 and not allowzero and i < len(dims)) else v)
@@ -575,6 +582,9 @@ class InferenceCache:
 
     def __init__(self) -> None:
         self._results: dict[tuple[bytes, bool], tuple[dict[str, onnx.ValueInfoProto] | None, str | None]] = {}
+
+    def forget(self) -> None:
+        self._results.clear()
 
     def infer(self, data: bytes, strict: bool) -> tuple[dict[str, onnx.ValueInfoProto] | None, str | None]:
         """(value infos of the inferred values and outputs, None) or (None, the error message)."""
@@ -737,6 +747,7 @@ def _data_rule(op_type: str, domain: str, opset: int) -> str:
 _CHECKED_FURTHER = {"AveragePool", "MaxPool", "LpPool", "Reshape"}
 
 # ops whose output may legally have a zero-sized axis
+_STANDARD = frozenset({"", "ai.onnx"})
 _EMPTY_OK = {"Slice", "Split", "Pad", "Reshape", "ConstantOfShape", "Expand", "Tile"}
 
 # ops that can produce a non-positive size, or whose consistency inference does not check
@@ -751,6 +762,8 @@ def _shape_subgraph(model: onnx.ModelProto, constants: set[str]) -> list[onnx.No
     known = set(constants)
     nodes = []
     for node in model.graph.node:
+        if node.domain not in _STANDARD:
+            continue  # a custom op is not evaluated: its outputs stay unknown
         if node.op_type in ("Shape", "Size") or (
             node.op_type != "Constant" and node.input and all((not i) or i in known for i in node.input)
         ):
@@ -825,7 +838,7 @@ def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
         ):
             values[init.name] = numpy_helper.to_array(init)
     for node in model.graph.node:
-        if node.op_type == "Constant":
+        if node.op_type == "Constant" and node.domain in _STANDARD and node.output:
             arr = constant_node_value(node)
             if arr is not None and np.size(arr) <= 4096:
                 values[node.output[0]] = arr

@@ -29,6 +29,7 @@ DEFAULT_RULES: list[Rule] = [
 # Rules that are not graph-node rules, listed for `check --list-rules`.
 OTHER_RULES: dict[str, str] = {
     "DS003": "Stride-2 layers then upsampling and a join: valid only on a lattice of sizes (min, multiple)",
+    "DS017": "Op without ONNX shape inference (custom domain, com.microsoft): the graph after it is unchecked",
 }
 
 

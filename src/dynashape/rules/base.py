@@ -62,9 +62,9 @@ def replace_value(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
     name = old.name
     if new.type is None:
         new.type = old.type
-    ir.convenience.replace_all_uses_with(old, new)
-    for i, out in enumerate(graph.outputs):
-        if out is old:
-            graph.outputs[i] = new
+    if new.shape is None and old.is_graph_output():
+        new.shape = old.shape  # a graph output must declare its shape (its rank at least)
+    # a graph output is replaced too (onnx_ir refuses to otherwise): a pool or resize can be the last node
+    ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
     old.name = f"{name}__replaced"
     new.name = name

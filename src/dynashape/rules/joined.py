@@ -71,16 +71,16 @@ def _derived_dims(ctx: Context, node: ir.Node, probe: Probe, depth: int) -> Dims
     if op == "Slice" and len(node.inputs) >= 3:
         x = complete(node.inputs[0])
         vals = [ctx.value(v, probe) if v is not None else None for v in node.inputs[1:5]]
-        if x is None or vals[0] is None or vals[1] is None:
-            return None
+        if x is None or vals[0] is None or vals[1] is None or any(np.ndim(v) > 1 for v in vals if v is not None):
+            return None  # Slice's starts, ends, axes and steps are 1-D lists
         starts, ends = np.atleast_1d(vals[0]), np.atleast_1d(vals[1])
         axes = np.atleast_1d(vals[2]) if len(vals) > 2 and vals[2] is not None else np.arange(len(starts))
         steps = np.atleast_1d(vals[3]) if len(vals) > 3 and vals[3] is not None else np.ones(len(starts), np.int64)
         if len(node.inputs) > 3 and node.inputs[3] is not None and len(vals) > 2 and vals[2] is None:
             return None
         out = list(x)
-        if not out:  # a scalar cannot be sliced: the graph is not what this reads it as
-            return None
+        if not out or any(d < 0 for d in out):  # a scalar cannot be sliced, no size is negative:
+            return None  # the graph is not what this reads it as
         for st, en, ax, step in zip(starts, ends, axes, steps):
             a = int(ax) % len(out)
             out[a] = len(range(*slice(int(st), int(en), int(step)).indices(out[a])))
@@ -123,6 +123,8 @@ def _derived_dims(ctx: Context, node: ir.Node, probe: Probe, depth: int) -> Dims
             return None
         perm_attr = node.attributes.get("perm")
         perm = list(perm_attr.as_ints()) if perm_attr is not None else list(reversed(range(len(x))))
+        if sorted(perm) != list(range(len(x))):
+            return None  # not a permutation of x's axes: what x's dims say is not what this node reads
         return tuple(x[i] for i in perm)
     if op in JOINS:  # elementwise: numpy broadcasting of the inputs
         given = [v for v in node.inputs if v is not None]

@@ -101,8 +101,8 @@ class SizeControlFlow(Rule):
         if not sources:
             return self.refuse(node, "its condition does not depend on any tensor's size")
         c0, c1 = ctx.value(cond, ctx.p0), ctx.value(cond, ctx.p1)
-        v0 = None if c0 is None else bool(np.asarray(c0).reshape(-1)[0])
-        v1 = None if c1 is None else bool(np.asarray(c1).reshape(-1)[0])
+        v0 = None if c0 is None or np.size(c0) != 1 else bool(np.asarray(c0).reshape(-1)[0])
+        v1 = None if c1 is None or np.size(c1) != 1 else bool(np.asarray(c1).reshape(-1)[0])
         flips = v0 is not None and v1 is not None and v0 != v1
         taken = f"; it is {v0} at the export shape" if v0 is not None else ""
         if flips:

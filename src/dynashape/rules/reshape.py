@@ -115,6 +115,8 @@ class FrozenReshapeTarget(Rule):
     ops = ("Reshape",)
 
     def check(self, ctx: Context, node: ir.Node) -> Finding | Refusal:
+        if len(node.inputs) < 2:
+            return self.refuse(node, "no target shape input")
         x, target = node.inputs[0], node.inputs[1]
         x0o, x1o = ctx.dims(x, ctx.p0), ctx.dims(x, ctx.p1)
         t0v, t1v = ctx.value(target, ctx.p0), ctx.value(target, ctx.p1)
@@ -122,6 +124,8 @@ class FrozenReshapeTarget(Rule):
             return self.refuse(node, "input shape unknown")
         if t0v is None or t1v is None:
             return self.refuse(node, "target shape is computed from data, not from shapes")
+        if np.ndim(t0v) > 1 or np.ndim(t1v) > 1:
+            return self.refuse(node, "the target shape is not a 1-D tensor (ONNX would reject this Reshape)")
         x0 = tuple(int(d or 0) for d in x0o)
         x1 = tuple(int(d or 0) for d in x1o)
         t0 = [int(v) for v in np.atleast_1d(t0v)]

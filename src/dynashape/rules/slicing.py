@@ -40,9 +40,18 @@ _COMPUTED = -(2**62)
 
 
 def _int_list(arr: np.ndarray | None) -> list[int] | None:
-    if arr is None or not np.issubdtype(np.asarray(arr).dtype, np.integer):
-        return None
+    if arr is None or not np.issubdtype(np.asarray(arr).dtype, np.integer) or np.ndim(arr) > 1:
+        return None  # bounds are a 1-D list of integers; anything else is not read
     return [int(v) for v in np.atleast_1d(arr)]
+
+
+def _checked(starts: list[int], ends: list[int], axes: list[int], steps: list[int], attr_form: bool, rank: int
+             ) -> tuple[list[int], list[int], list[int], list[int], bool] | str:
+    if any(not 0 <= a < rank for a in axes) or len(set(axes)) != len(axes):
+        return f"axes {axes} are not distinct axes of a rank-{rank} tensor (ONNX would reject this Slice)"
+    if any(s == 0 for s in steps):
+        return "a step is 0 (ONNX would reject this Slice)"
+    return starts, ends, axes, steps, attr_form
 
 
 def _find(ctx: Context, name: str) -> ir.Node | None:
@@ -308,17 +317,22 @@ class FrozenSliceBounds(Rule):
             steps = _int_list(ctx.value(steps_v, ctx.p0)) if steps_v is not None else [1] * len(starts)
             if axes is None or steps is None:
                 return "axes or steps unknown"
+            if not len(starts) == len(ends) == len(axes) == len(steps) or (
+                    st1 is not None and len(st1) != len(starts)) or (en1 is not None and len(en1) != len(ends)):
+                return "starts, ends, axes and steps differ in length (ONNX would reject this Slice)"
             # a bound computed from shapes moves with the input: keep only the constant ones
             starts = [s if st1 is None or st1[i] == s else _COMPUTED for i, s in enumerate(starts)]
             ends = [e if en1 is None or en1[i] == e else _COMPUTED for i, e in enumerate(ends)]
-            return starts, ends, [trace.norm_axis(a, rank) for a in axes], steps, False
+            return _checked(starts, ends, [trace.norm_axis(a, rank) for a in axes], steps, False, rank)
         s_attr, e_attr = node.attributes.get("starts"), node.attributes.get("ends")
         if s_attr is None or e_attr is None:
             return "no bounds"
         starts, ends = list(s_attr.as_ints()), list(e_attr.as_ints())
         a_attr = node.attributes.get("axes")
         axes = list(a_attr.as_ints()) if a_attr is not None else list(range(len(starts)))
-        return starts, ends, [trace.norm_axis(a, rank) for a in axes], [1] * len(starts), True
+        if not len(starts) == len(ends) == len(axes):
+            return "starts, ends and axes differ in length (ONNX would reject this Slice)"
+        return _checked(starts, ends, [trace.norm_axis(a, rank) for a in axes], [1] * len(starts), True, rank)
 
     def _bound_plan(self, ctx: Context, node: ir.Node, x: ir.Value, axis: int, value: int, which: str) -> dict:
         d0 = trace.dim(ctx, x, axis, ctx.p0)

@@ -143,7 +143,12 @@ class TensorRTUnsupported(Rule):
             slot = int(slot_txt)
             value = node.inputs[slot]
             assert value is not None and value.name
-            arr = fold_value(ctx.proto, value.name, set(outputs))
+            try:
+                arr = fold_value(ctx.proto, value.name, set(outputs))
+            except Exception as exc:  # the constants fail to evaluate: the model fails there at run time too
+                done.append(f"{value.name} not folded: evaluating its constants fails ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:160] if str(exc) else ''})")
+                continue
             what = CONSTANT_SLOTS[node.op_type][slot]
             if arr.size > (_MAX_FOLD_WEIGHT_ELEMENTS if what in _WEIGHT_SLOTS else _MAX_FOLD_ELEMENTS):
                 continue
@@ -214,10 +219,7 @@ class TrainingModeBatchNorm(Rule):
         folded = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)),
                           const_value=ir.tensor(arr, name=name))
         graph.register_initializer(folded)
-        ir.convenience.replace_all_uses_with(y, folded)
-        for i, out in enumerate(graph.outputs):
-            if out is y:
-                graph.outputs[i] = folded
+        ir.convenience.replace_all_uses_with(y, folded, replace_graph_outputs=True)
         ir_passes.RemoveUnusedNodesPass()(ctx.model)
         return f"{finding.node}: training-mode BatchNormalization of constants folded into {name}"
 
