@@ -370,25 +370,31 @@ def m_sparse(model: onnx.ModelProto, rng: random.Random) -> str:
     return f"initializer {t.name!r} given a segment"
 
 
-def m_insert_custom(model: onnx.ModelProto, rng: random.Random) -> str:
-    """A one-in one-out op ONNX inference does not know, spliced into an edge (or a graph output)."""
+def splice_after(model: onnx.ModelProto, pos: int, domain: str, op_type: str, name: str) -> None:
+    """Insert a one-in one-out ``domain::op_type`` node on the first output of node ``pos``: its
+    consumers (and a graph output of that name) read the new node's output instead."""
     g = model.graph
-    node = rng.choice([n for n in g.node if n.output] or [g.node[0]])
-    if not node.output:
-        return "insert custom: no output"
-    value = node.output[0]
+    value = g.node[pos].output[0]
     new = f"{value}_custom"
     for other in g.node:
         other.input[:] = [new if i == value else i for i in other.input]
     for out in g.output:
         if out.name == value:
             out.name = new
-    domain, op = rng.choice([("com.example", "MyOp"), ("com.microsoft", "FusedConv"), ("com.microsoft", "Gelu"),
-                             ("com.example", "Reshape")])
-    g.node.insert(list(g.node).index(node) + 1, helper.make_node(op, [value], [new], name=f"custom_{value}",
-                                                                  domain=domain))
+    g.node.insert(pos + 1, helper.make_node(op_type, [value], [new], name=name, domain=domain))
     if domain not in {i.domain for i in model.opset_import}:
         model.opset_import.append(helper.make_opsetid(domain, 1))
+
+
+def m_insert_custom(model: onnx.ModelProto, rng: random.Random) -> str:
+    """A one-in one-out op ONNX inference does not know, spliced into an edge (or a graph output)."""
+    g = model.graph
+    node = rng.choice([n for n in g.node if n.output] or [g.node[0]])
+    if not node.output:
+        return "insert custom: no output"
+    domain, op = rng.choice([("com.example", "MyOp"), ("com.microsoft", "FusedConv"), ("com.microsoft", "Gelu"),
+                             ("com.example", "Reshape")])
+    splice_after(model, list(g.node).index(node), domain, op, f"custom_{node.output[0]}")
     return f"{domain}::{op} inserted after {node.name!r}"
 
 

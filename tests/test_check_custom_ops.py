@@ -11,6 +11,7 @@ from pathlib import Path
 import models_reports as R
 import onnx
 import pytest
+from fuzz_onnx import splice_after
 from onnx import TensorProto, helper
 
 from dynashape.analysis import unchecked_region
@@ -28,17 +29,8 @@ def with_custom_op(model: onnx.ModelProto, after: str, *, domain: str = "com.exa
     """``model`` with a one-in one-out ``domain::op_type`` node on the first output of node ``after``."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    g = out.graph
-    pos = next(i for i, n in enumerate(g.node) if n.name == after)
-    value = g.node[pos].output[0]
-    custom = f"{value}_custom"
-    for node in g.node:
-        node.input[:] = [custom if i == value else i for i in node.input]
-    for o in g.output:
-        if o.name == value:
-            o.name = custom
-    g.node.insert(pos + 1, helper.make_node(op_type, [value], [custom], name="/custom/MyOp", domain=domain))
-    out.opset_import.append(helper.make_opsetid(domain, 1))
+    pos = next(i for i, n in enumerate(out.graph.node) if n.name == after)
+    splice_after(out, pos, domain, op_type, "/custom/MyOp")
     onnx.checker.check_model(out)
     return out
 
