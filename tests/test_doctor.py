@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 
 import models as M
 import models_reports as MR
@@ -157,3 +158,56 @@ def test_doctor_goes_on_when_the_module_runs_at_one_size_only(tmp_path: Path) ->
     assert result.to_json()["notes"] == result.notes
     # the heat map says what it sampled, capped
     assert result.heatmap_sampled.startswith("17x17 sizes of input: axis 2 8..24 every 1, axis 3 8..24 every 1")
+
+
+@pytest.mark.torch
+@needs_torch
+def test_doctor_export_child_gives_what_the_in_process_run_gives(tmp_path: Path) -> None:
+    """The module exported and compared in one child process (the doctor's way, so the exporter's
+    memory peak ends before the model is loaded) finds the same branch, at the same shapes, as
+    the differential export run here."""
+    from dynashape.doctor import export_module_for_doctor
+
+    path = MR.write_size_branch_modules(tmp_path)
+    spec = f"{path}:DPTStyle"
+    exported = export_module_for_doctor(spec, {"input": (1, 3, 64, 64)}, tmp_path / "child")
+    assert Path(exported.path).is_file() and exported.spec == spec and exported.differential is not None
+    in_child = run_doctor(None, out_dir=tmp_path / "child", exported=exported, heatmap=False, tensorrt=False)
+    here = run_doctor(exported.path, out_dir=tmp_path / "here", torch_spec=spec, heatmap=False, tensorrt=False)
+    assert in_child.differential is not None and here.differential is not None
+    child_json, here_json = in_child.differential.to_json(), here.differential.to_json()
+    def runs(data: dict[str, Any]) -> list[tuple[str, str]]:
+        return [(r["shape"], r["status"]) for r in data["runs"]]
+
+    assert runs(child_json) == runs(here_json)
+    assert child_json["branches"] == here_json["branches"] and child_json["branches"]
+    key = [(f.rule, f.node, f.source) for f in in_child.extra_findings]
+    assert key and key == [(f.rule, f.node, f.source) for f in here.extra_findings]
+    assert [r.status for r in in_child.sweep.results] == [r.status for r in here.sweep.results]
+
+
+@pytest.mark.torch
+@needs_torch
+def test_doctor_export_child_reports_a_module_that_runs_at_one_size(tmp_path: Path) -> None:
+    from dynashape.doctor import export_module_for_doctor
+
+    path = tmp_path / "fixed_size.py"
+    path.write_text(_FIXED_SIZE)
+    exported = export_module_for_doctor(f"{path}:FixedSize", {"input": (1, 3, 16, 16)}, tmp_path)
+    assert exported.differential is None and "Expected 16" in exported.differential_note
+    result = run_doctor(None, out_dir=tmp_path, exported=exported, heatmap=False, tensorrt=False)
+    assert result.notes[0].startswith("no differential export:") and "Expected 16" in result.notes[0]
+
+
+@pytest.mark.torch
+@needs_torch
+def test_doctor_export_child_refuses_a_bad_spec_in_one_line(tmp_path: Path) -> None:
+    from dynashape.doctor import export_module_for_doctor
+    from dynashape.errors import DynashapeError
+
+    path = tmp_path / "fixed_size.py"
+    path.write_text(_FIXED_SIZE)
+    with pytest.raises(DynashapeError) as info:
+        export_module_for_doctor(f"{path}:NoSuchFactory", {"input": (1, 3, 16, 16)}, tmp_path)
+    assert "NoSuchFactory" in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "model.onnx").exists()

@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 import models as M
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -309,3 +310,52 @@ def test_valid_model_passes_every_load_check(model_file: Path) -> None:
     from dynashape.demo import __file__ as demo_init
 
     load_model(Path(demo_init).parent / "demo.onnx")
+
+
+def _big_weight_model() -> onnx.ModelProto:
+    """x -> MatMul(W 64x80) -> y: one weight over the 1,024 elements the load checks inline."""
+    rng = np.random.default_rng(0)
+    w = helper.make_tensor("W", TensorProto.FLOAT, [64, 80], rng.standard_normal((64, 80)).astype(np.float32)
+                           .tobytes(), raw=True)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 80])], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_large_weight_short_of_its_dims_is_refused(tmp_path: Path) -> None:
+    """The checker sees large weights as typed inputs (so it does not copy them): their length
+    is checked by the loader itself."""
+    model = _big_weight_model()
+    model.graph.initializer[0].raw_data = model.graph.initializer[0].raw_data[:-4]
+    _refused(tmp_path, model, r"initializer 'W' declares dims \[64, 80\] of FLOAT \(20480 bytes\) but holds 20476")
+
+
+def test_a_weight_holding_its_data_twice_is_refused(tmp_path: Path) -> None:
+    model = _big_weight_model()
+    model.graph.initializer[0].float_data.extend([1.0])
+    _refused(tmp_path, model, r"initializer 'W' holds its data twice \(raw_data and float_data\)")
+
+
+def test_a_large_weight_model_loads(tmp_path: Path) -> None:
+    path = tmp_path / "m.onnx"
+    onnx.save(_big_weight_model(), path)
+    assert load_model(path).graph.initializer[0].dims == [64, 80]
+
+
+def test_lighten_keeps_the_graph_and_what_probes_read() -> None:
+    from dynashape.model import DIGESTED, lighten, serialized_size
+
+    model = M.resize_skip(32, 32)
+    model.graph.initializer.extend(_big_weight_model().graph.initializer)
+    light = lighten(model)
+    by_name = {t.name: t for t in light.graph.initializer}
+    assert by_name["W"].doc_string == DIGESTED and len(by_name["W"].raw_data) == 32
+    assert list(by_name["W"].dims) == [64, 80]
+    # everything else as it was: nodes, small constants, metadata
+    assert light.graph.node == model.graph.node and light.metadata_props == model.metadata_props
+    assert all(by_name[t.name] == t for t in model.graph.initializer if t.name != "W")
+    # an estimate on the safe side of protobuf's 2 GB limit: the digests' labels are counted too
+    assert model.ByteSize() <= serialized_size(model) <= model.ByteSize() + 64
+    assert model.graph.initializer[-1].doc_string != DIGESTED  # the input is not touched

@@ -16,7 +16,11 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import pickle
 import re
+import subprocess
+import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -29,6 +33,7 @@ from onnx import numpy_helper
 
 from dynashape.errors import DynashapeError
 from dynashape.findings import Finding, Lattice, Severity
+from dynashape.model import DIGESTED, digested, lighten
 from dynashape.second_shapes import PlannedShape, plan_class_shapes, pow2_part, shape_classes
 from dynashape.shapes import Shape, ShapeMap, format_shape, format_shapes
 
@@ -283,6 +288,8 @@ def _pairs(opcodes: Iterable[tuple[str, int, int, int, int]]) -> list[tuple[int,
 def _tensor_equal(a: onnx.TensorProto, b: onnx.TensorProto) -> bool:
     if list(a.dims) != list(b.dims) or a.data_type != b.data_type:
         return False
+    if (a.doc_string == DIGESTED) != (b.doc_string == DIGESTED):  # one export kept, one lightened
+        a, b = (digested(t) for t in (a, b))
     if a.raw_data and b.raw_data:
         return a.raw_data == b.raw_data
     return bool(np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b)))
@@ -290,6 +297,8 @@ def _tensor_equal(a: onnx.TensorProto, b: onnx.TensorProto) -> bool:
 
 def _show(value: Any, limit: int = 16) -> Any:
     """A JSON-friendly value: the list itself when small, else a summary with the shape."""
+    if isinstance(value, onnx.TensorProto) and value.doc_string == DIGESTED:
+        return f"tensor of shape {list(value.dims)}"
     if isinstance(value, onnx.TensorProto):
         value = numpy_helper.to_array(value)
     if isinstance(value, np.ndarray):
@@ -434,6 +443,8 @@ def differential_export(
     opset: int | None = None,
     lattice: Lattice | None = None,
     class_shapes: int = 3,
+    keep_weights: bool = True,
+    e0: ExportResult | None = None,
 ) -> DifferentialResult:
     """Export at S0, S1 and up to ``class_shapes`` shapes in other divisibility classes; report
     every value that changed and every branch (nodes present at some shapes only).
@@ -443,6 +454,11 @@ def differential_export(
     graph's strides and ``Mod`` windows so that ``if h % window`` / ``if x.shape != skip.shape``
     take the other branch somewhere. ``lattice`` keeps them on the sizes the model accepts; a
     shape the module cannot run at is recorded as failed and finer ones are skipped.
+
+    ``e0``: the module's export at ``input_shapes`` when the caller already made it (with the same
+    exporter and opset). ``keep_weights=False``: the exports kept in the result are lightened
+    (:func:`lighten`: weights replaced by digests), so that a large model's run holds one export's
+    weights at a time; their models then cannot run.
     """
     from dynashape.export import default_dynamic, load_module
 
@@ -453,7 +469,11 @@ def differential_export(
     if s1 is None:
         s1 = choose_s1(s0, dynamic)
     _check_s1(s0, s1, dynamic)
-    e0, seconds = _timed_export(module, s0, dynamic, exporter, opset)
+    seconds = 0.0
+    if e0 is None:
+        e0, seconds = _timed_export(module, s0, dynamic, exporter, opset)
+    if not keep_weights:
+        e0.model = lighten(e0.model)
     runs = [ExportRun(s0, "the export shape S0", "exported", seconds, len(e0.model.graph.node))]
     classes = shape_classes(e0.model)
     s1_reason = ("given as the second shape" if given else
@@ -474,6 +494,8 @@ def differential_export(
             continue
         try:
             e, seconds = _timed_export(module, p.shapes, dynamic, exporter, opset)
+            if not keep_weights:
+                e.model = lighten(e.model)
         except DynashapeError as exc:
             log.info("export at %s failed: %s", format_shapes(p.shapes), exc)
             runs.append(ExportRun(p.shapes, p.reason, "failed", message=str(exc)))
@@ -1089,3 +1111,90 @@ def _compare_module_outputs(
             source=node_source(node), details={"compared": "module output"},
         )
     return None
+
+
+# -------------------------------------------------------------------- export and compare in a child
+
+
+def export_and_compare_in_child(
+    spec: str, input_shapes: ShapeMap, path: str | os.PathLike[str]
+) -> tuple[DifferentialResult | None, str]:
+    """Export ``spec`` to ``path`` as ``dynashape export`` does and run the differential export
+    from that export, in one child process: (the result, "") or (None, why there is none).
+
+    The exporter holds several copies of the weights at its peak (ViT-B/16: about 1.8 GB for 330 MB
+    of weights); in a child, that peak is over before the caller loads the model, and the module
+    is built and traced once for both. The child is a fresh interpreter (not a fork: the caller
+    may run threads). A failed export raises ``DynashapeError`` with the child's one line."""
+    shapes = ",".join(f"{name}:{format_shape(shape)}" for name, shape in input_shapes.items())
+    with tempfile.TemporaryDirectory(prefix="dynashape-diff-") as tmp:
+        out = os.path.join(tmp, "result.pickle")
+        code = "import sys; from dynashape.differential import child_main; sys.exit(child_main(sys.argv[1:]))"
+        level = logging.getLogger("dynashape").getEffectiveLevel()
+        cmd = [sys.executable, "-c", code, spec, shapes, os.fspath(path), out, str(level)]
+        log.info("exporting %s and comparing exports in a child process", spec)
+        # the child finds what the caller finds: a dotted FACTORY spec resolves on the same sys.path
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        lines: list[str] = []
+        with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env) as proc:
+            assert proc.stderr is not None
+            for line in proc.stderr:  # the child's log goes on in ours as it comes (exports take minutes)
+                line = line.rstrip()
+                if line:
+                    lines.append(line)
+                    _relog(line)
+        if proc.returncode == 130:
+            raise KeyboardInterrupt
+        if proc.returncode == 2 and lines:
+            raise DynashapeError(lines[-1].removeprefix("dynashape: error: "))
+        if proc.returncode != 0:
+            tail = "\n".join(lines[-20:])
+            raise RuntimeError(f"the export child process ended with status {proc.returncode}:\n{tail}")
+        with open(out, "rb") as f:
+            result, why = pickle.load(f)  # written by child_main below, in this same installation
+    return result, why
+
+
+_CHILD_LOG = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) ([\w.]+): (.*)$")
+
+
+def _relog(line: str) -> None:
+    """A log line of the child, logged here by the same logger at the same level."""
+    m = _CHILD_LOG.match(line)
+    if m is None or not m.group(2).startswith("dynashape"):
+        log.debug("export child: %s", line)
+        return
+    logging.getLogger(m.group(2)).log(getattr(logging, m.group(1)), "%s", m.group(3))
+
+
+def child_main(argv: list[str]) -> int:
+    """The child of :func:`export_and_compare_in_child`: SPEC SHAPES ONNX_PATH RESULT_PATH LOG_LEVEL."""
+    from dynashape.export import export_module, load_module
+    from dynashape.model import graph_inputs
+    from dynashape.shapes import parse_shapes
+
+    spec, shapes_text, path, out, level = argv
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("dynashape").setLevel(int(level))
+    try:
+        shapes = parse_shapes(shapes_text)
+        module = load_module(spec)
+        e0 = export_module(module, shapes, path=path)
+        dynamic: dict[str, list[int]] | None = {i.name: i.dynamic_axes for i in graph_inputs(e0.model)}
+        if dynamic is not None and not any(dynamic.values()):
+            dynamic = None
+        try:
+            payload: tuple[DifferentialResult | None, str] = (
+                differential_export(module, shapes, dynamic=dynamic, keep_weights=False, e0=e0), "")
+        except DynashapeError as exc:
+            # a module that runs at its export size only (ViT's fixed position embeddings) has no
+            # second export to compare: the doctor goes on with what the ONNX graph shows
+            payload = (None, str(exc))
+    except DynashapeError as exc:
+        print(f"dynashape: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    with open(out, "wb") as f:
+        pickle.dump(payload, f)
+    return 0

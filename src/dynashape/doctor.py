@@ -26,7 +26,7 @@ import onnx
 from dynashape.check import CheckReport, check_model
 from dynashape.errors import DynashapeError
 from dynashape.fix import FixResult, fix_model, write_fixed
-from dynashape.model import load_model
+from dynashape.model import lighten, load_model
 from dynashape.shapes import RangeMap, ShapeMap, format_shapes, parse_shapes
 from dynashape.verify import (
     SweepResult,
@@ -127,6 +127,34 @@ def tensorrt_step(fixed: onnx.ModelProto, shapes: list[ShapeMap], reference_fact
     return TensorRTStep("built", "", sweep)
 
 
+@dataclass(frozen=True)
+class ExportedModule:
+    """A module exported for the doctor (:func:`export_module_for_doctor`)."""
+
+    path: str
+    spec: str
+    differential: Any = None  # DifferentialResult, its exports lightened; None: not run or none possible
+    differential_note: str = ""  # why there is no differential result, when it was asked for
+
+
+def export_module_for_doctor(spec: str, input_shapes: ShapeMap, out_dir: str | Path,
+                             differential: bool = True) -> ExportedModule:
+    """Export ``spec`` to ``OUT_DIR/model.onnx`` in a child process, with the differential export
+    there too when asked for: the exporter's memory peak (several copies of the weights) ends
+    before the doctor loads the model, and the module is built and traced once for both."""
+    from dynashape.differential import export_and_compare_in_child
+    from dynashape.export import export_spec_in_child
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "model.onnx"
+    if not differential:
+        export_spec_in_child(spec, input_shapes, path)
+        return ExportedModule(str(path), spec)
+    result, why = export_and_compare_in_child(spec, input_shapes, path)
+    return ExportedModule(str(path), spec, result, why)
+
+
 def run_doctor(
     model_path: str | None,
     *,
@@ -139,28 +167,48 @@ def run_doctor(
     tensorrt: bool = True,
     differential: bool = True,
     progress: Callable[[int, int, ShapeMap], None] | None = None,
+    model: onnx.ModelProto | None = None,
+    exported: ExportedModule | None = None,
 ) -> DoctorResult:
+    """``model``: the file at ``model_path``, when the caller has loaded it already.
+    ``exported``: the module export (and differential export) that made ``model_path``
+    (:func:`export_module_for_doctor`); without it, a ``torch_spec``'s differential export runs
+    here, in this process."""
     from dynashape.demo import demo_onnx_path, demo_torch_spec
 
+    if exported is not None:
+        model_path, torch_spec = exported.path, exported.spec
     if model_path is None:
         path = demo_onnx_path()
         if torch_spec is None and _torch_available():
             torch_spec = demo_torch_spec()
     else:
         path = Path(model_path)
-    original = load_model(path)  # a bad model is refused before anything is written
+    original = model if model is not None else load_model(path)  # a bad model is refused before anything is written
+    del model
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = check_model(original, export_shape=export_shape, ranges=ranges, path=str(path))
     result = fix_model(original, report=report)
     fixed_path = out / f"{path.stem}.fixed.onnx"
     write_fixed(result, fixed_path)
+    if reference is None:
+        reference = f"torch:{torch_spec}" if torch_spec else "respecialized"
+    if reference != "respecialized":
+        # from here on the original graph is only looked at, never run: its weights would be a
+        # second copy beside the fixed model's for the rest of the doctor
+        original = lighten(original)
     lattice = report.lattice
     rng = ranges or default_ranges(original, report.export_shape, lattice)
     shapes = sweep_shapes(original, report.export_shape, rng, lattice)
     diff = None
     notes: list[str] = []
-    if torch_spec and differential:
+    if exported is not None and differential:
+        diff = exported.differential
+        if diff is None and exported.differential_note:
+            notes.append(f"no differential export: {exported.differential_note}")
+            log.warning("no differential export: %s", exported.differential_note)
+    elif torch_spec and differential:
         try:
             diff = _differential(torch_spec, original, report)
         except DynashapeError as exc:
@@ -175,8 +223,6 @@ def run_doctor(
                 flip = parse_shapes(shape)
                 if flip not in shapes:
                     shapes.append(flip)
-    if reference is None:
-        reference = f"torch:{torch_spec}" if torch_spec else "respecialized"
 
     def make_ref() -> Any:
         return make_reference(reference, result.fixed, original, report)
@@ -257,4 +303,4 @@ def _torch_available() -> bool:
     return True
 
 
-__all__ = ["DoctorResult", "format_shapes", "run_doctor"]
+__all__ = ["DoctorResult", "ExportedModule", "export_module_for_doctor", "format_shapes", "run_doctor"]

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+import shutil
+import tempfile
+import weakref
 from typing import Any
 
 import numpy as np
 import onnx
 
 from dynashape.backends import Runner
+from dynashape.model import serialized_size
 
 log = logging.getLogger(__name__)
+
+# A model whose weights pass this size reaches ONNX Runtime through a file, not bytes, and without
+# prepacked weights: from bytes, ORT holds the Python bytes, its parsed copy and its tensors at once
+# (ViT-B/16's 330 MB: 1.08 GB peak; from a file 0.64 GB); prepacking keeps a second, packed copy of
+# every MatMul/Conv weight (0.45 GB without it), for about 15% more time per run on that model.
+_LARGE_MODEL_BYTES = 64 << 20
 
 _NODE_IN_MESSAGE = re.compile(r"[Nn]ode \(([^)]+)\)|node name: ([^,\s)]+)|Name:'([^']+)'")
 
@@ -55,12 +66,22 @@ class OrtRunner(Runner):
     name = "onnxruntime"
 
     def __init__(self, model: onnx.ModelProto, threads: int | None = None) -> None:
-        # serialized now, so that later edits of ``model`` do not reach the session; dropped once
+        # snapshot now, so that later edits of ``model`` do not reach the session; dropped once
         # the session holds the weights, so that a large model is not kept twice (a runner is
-        # activated once)
-        self._model_bytes: bytes | None = model.SerializeToString()
+        # activated once). A large model is written to a private temporary file instead of bytes
+        # (see _LARGE_MODEL_BYTES).
         self._threads = threads
         self._session: Any = None
+        self._model_bytes: bytes | None = None
+        self._model_file: str | None = None
+        self._large = serialized_size(model) > _LARGE_MODEL_BYTES
+        if self._large:
+            directory = tempfile.mkdtemp(prefix="dynashape-ort-")
+            self._cleanup = weakref.finalize(self, shutil.rmtree, directory, True)
+            self._model_file = os.path.join(directory, "model.onnx")
+            onnx.save_model(model, self._model_file)
+        else:
+            self._model_bytes = model.SerializeToString()
 
     def activate(self) -> None:
         import onnxruntime as ort
@@ -70,15 +91,20 @@ class OrtRunner(Runner):
         opts.log_severity_level = 4
         if self._threads:
             opts.intra_op_num_threads = self._threads
-        if self._model_bytes is None:
+        if self._large:
+            opts.add_session_config_entry("session.disable_prepacking", "1")
+        source: bytes | str | None = self._model_bytes if self._model_file is None else self._model_file
+        if source is None:
             raise RuntimeError("an OrtRunner is activated once; make a new one")  # a bug, not the user's
         try:
-            self._session = ort.InferenceSession(
-                self._model_bytes, sess_options=opts, providers=["CPUExecutionProvider"]
-            )
+            self._session = ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types for bad graphs
             raise RunError(first_line(str(exc)), failing_node(str(exc))) from None
-        self._model_bytes = None
+        finally:
+            self._model_bytes = None
+            if self._model_file is not None:
+                self._model_file = None
+                self._cleanup()
 
     def deactivate(self) -> None:
         self._session = None
