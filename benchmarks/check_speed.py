@@ -1,5 +1,5 @@
-"""How long ``check`` and ``fix`` take on large graphs (DESIGN.md: a 5,000-node graph in under 2 s
-on one CPU core).
+"""How long ``check`` and ``fix`` take on large graphs (issue 16: on a 5,000-node graph, ``check`` in
+under 1 s and ``fix`` with its own check and proofs in under 2 s, on one CPU core).
 
     python benchmarks/check_speed.py [--quick] [--no-torch] [--model PATH ...] [--json PATH]
 
@@ -42,7 +42,8 @@ from dynashape.check import check_model  # noqa: E402
 from dynashape.fix import fix_model  # noqa: E402
 from dynashape.model import load_model, save_model, write_export_shape  # noqa: E402
 
-TARGET_SECONDS = 2.0  # DESIGN.md, check + fix of a 5,000-node graph on one core
+TARGET_SECONDS = 2.0  # fix (its own check + proofs) of a 5,000-node graph on one core
+CHECK_TARGET_SECONDS = 1.0  # check alone
 SYNTH_S0 = (1, 3, 64, 64)
 
 
@@ -171,11 +172,14 @@ def time_one(name: str, path: Path) -> dict[str, Any]:
         "findings": len(report.findings), "rewrites": len(fixed.applied),
         "proof_runs": (1 if fixed.export_proof else 0) + len(fixed.other_proofs),
     }
-    # `dynashape fix` is check + rewrite + proof in one: its time is the one the target is about
-    verdict = "meets" if fix_s <= TARGET_SECONDS else "misses"
+    # `dynashape fix` is check + rewrite + proof in one
+    verdicts = ", ".join(
+        f"{what} {'meets' if took <= target else 'misses'} {target:.0f} s"
+        for what, took, target in (("check", check_s, CHECK_TARGET_SECONDS), ("fix", fix_s, TARGET_SECONDS))
+    )
     print(f"{name:>12}: {row['nodes']:6d} nodes  load {load_s:5.2f} s  check {check_s:5.2f} s  "
           f"fix (its own check + proofs) {fix_s:5.2f} s  findings {row['findings']}  rewrites {row['rewrites']}"
-          f"  ({verdict} the {TARGET_SECONDS:.0f} s target)", flush=True)
+          f"  ({verdicts})", flush=True)
     return row
 
 
@@ -200,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         for path in args.model:
             rows.append(time_one(Path(path).name, Path(path)))
     if args.json:
-        Path(args.json).write_text(json.dumps({"target_s": TARGET_SECONDS, "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps(
+            {"target_s": TARGET_SECONDS, "check_target_s": CHECK_TARGET_SECONDS, "rows": rows}, indent=2))
     return 0
 
 

@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from dynashape.probe import Prober
+from dynashape.probe import Prober, _dims_of
 
 
 def test_join_mismatch_names_the_add_node() -> None:
@@ -265,3 +265,22 @@ def test_a_feedback_pass_reinferring_only_what_changed_equals_a_whole_pass(monke
     assert windowed.at({"x": (1, 4, 64, 8)}).shape(M.Y) == (1, 4, 4, 16)
     failed = windowed.at({"x": (1, 4, 72, 8)}).failure
     assert failed is not None and failed.node == join
+
+
+def test_a_failed_probe_makes_its_dims_and_values_when_read() -> None:
+    # the join fails in ONNX's first inference: its dims (a second, non-strict inference) and
+    # shape values are made only when something reads them, and are then what they always were
+    model = M.unet(depth=1)
+    prober = Prober(model)
+    prober._engine_state = "off"  # ONNX inference only
+    bad = prober.at({"x": (1, 4, 33, 32)})
+    assert bad.failure is not None and bad.failure.node == "join0"
+    assert bad.dims._loader is not None and bad._values_loader is not None
+    prober.at({"x": (1, 4, 64, 64)})  # another probe changes the skeleton's input dims meanwhile
+    prober._set_input_dims({"x": (1, 4, 33, 32)})
+    inferred = onnx.shape_inference.infer_shapes(prober.skeleton, strict_mode=False, data_prop=True).graph
+    expected = {vi.name: _dims_of(vi) for part in (inferred.value_info, inferred.output) for vi in part}
+    assert expected and all(bad.shape(name) == dims for name, dims in expected.items())
+    assert bad.dims._loader is None
+    good = prober.at({"x": (1, 4, 34, 32)})
+    assert good.ok and good.dims._loader is None  # a probe that holds is made whole at once

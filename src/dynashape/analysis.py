@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -63,6 +63,9 @@ class Context:
     s1: ShapeMap
     proto: onnx.ModelProto
     prober: Prober
+    # p0 and p1 of the prober they were asked of (the rules ask for them thousands of times)
+    _probes: dict[str, tuple[Prober, ShapeMap, Probe]] = field(default_factory=dict, init=False, repr=False,
+                                                              compare=False)
 
     @classmethod
     def create(cls, proto: onnx.ModelProto, s0: ShapeMap) -> Context:
@@ -75,13 +78,19 @@ class Context:
         self.proto = ir.serde.serialize_model(self.model)
         self.prober = Prober(self.proto, self.prober.inference_cache)  # windows away from the rewrite recur
 
+    def _at(self, which: str, shapes: ShapeMap) -> Probe:
+        found = self._probes.get(which)
+        if found is None or found[0] is not self.prober or found[1] is not shapes:
+            found = self._probes[which] = (self.prober, shapes, self.prober.at(shapes))
+        return found[2]
+
     @property
     def p0(self) -> Probe:
-        return self.prober.at(self.s0)
+        return self._at("p0", self.s0)
 
     @property
     def p1(self) -> Probe:
-        return self.prober.at(self.s1)
+        return self._at("p1", self.s1)
 
     @property
     def opset(self) -> int:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from functools import cached_property
 
 import onnx
 import onnx_ir as ir
@@ -35,12 +36,40 @@ FAR_STEPS = (8, 16)
 AXIS_NAMES = {0: "batch", 2: "height", 3: "width"}
 
 
-@dataclass
 class Validity:
-    ok: bool
-    reason: str = ""
-    node: str | None = None
-    paths: list[str] | None = None  # for a join that fails: how each operand got its size
+    """Whether the graph is valid at one size, and if not, why.
+
+    A scan meets many failures and reports one: a failure's words (``reason``, ``node``) and,
+    for a join, how each operand got its size (``paths``) are read from ``failed`` (the probe)
+    when first asked for, as the probe makes them then (see ``Probe.ok``)."""
+
+    def __init__(self, ok: bool, reason: str = "", node: str | None = None, *, failed: Probe | None = None,
+                 explain: Callable[[Probe], list[str] | None] | None = None) -> None:
+        self.ok = ok
+        self._reason = reason
+        self._node = node
+        self._failed = failed
+        self._explain = explain
+
+    def __repr__(self) -> str:
+        return f"Validity(ok={self.ok!r}, reason={self.reason!r}, node={self.node!r})"
+
+    @cached_property
+    def reason(self) -> str:
+        failure = self._failed.failure if self._failed is not None else None
+        return str(failure) if failure is not None else self._reason
+
+    @cached_property
+    def node(self) -> str | None:
+        failure = self._failed.failure if self._failed is not None else None
+        return failure.node if failure is not None else self._node
+
+    @cached_property
+    def paths(self) -> list[str] | None:
+        """For a join that fails: how each operand got its size."""
+        if self._failed is None or self._explain is None:
+            return None
+        return self._explain(self._failed)
 
 
 def axis_label(info: InputInfo, axis: int) -> str:
@@ -88,10 +117,10 @@ class LatticeScanner:
         return follow
 
     def validity(self, name: str, axis: int, size: int, follow: list[tuple[str, int]]) -> Validity:
-        probe: Probe = self.prober.at(self._with(name, axis, size))
-        if probe.failure is not None:
-            return Validity(False, str(probe.failure), probe.failure.node,
-                            self._join_paths(probe, probe.failure.node))
+        # reads only whether the graph is valid there and the followed outputs' dims
+        probe: Probe = self.prober.outcome(self._with(name, axis, size), [out for out, _ in follow])
+        if not probe.ok:
+            return Validity(False, failed=probe, explain=self._failed_join_paths)
         for out, j in follow:
             dims = probe.shape(out)
             if dims is not None and j < len(dims) and dims[j] is not None and dims[j] != size:
@@ -99,6 +128,9 @@ class LatticeScanner:
                     False, f"output {out!r} axis {j} is {dims[j]} for input size {size} (it should follow it)"
                 )
         return Validity(True)
+
+    def _failed_join_paths(self, probe: Probe) -> list[str] | None:
+        return self._join_paths(probe, probe.failure.node if probe.failure is not None else None)
 
     def _join_paths(self, probe: Probe, node_name: str | None) -> list[str] | None:
         """For a failing join: each operand's size at this probe and the strided path it came by."""

@@ -8,6 +8,11 @@ a size costs milliseconds and can be repeated over a lattice of sizes.
 A probe also says where the graph stops being consistent: the node whose inputs disagree
 (``Add``/``Concat`` joins), a pool whose kernel is larger than its input, a ``Reshape`` whose
 element counts differ.
+
+Once two such probes agree with the symbolic shapes of ``dynashape.shape_engine`` on every value,
+the prober answers from those (about a millisecond a probe instead of tens), and where they find
+the graph inconsistent it makes the ONNX probe only when its words or dims are read: a lattice
+scan meets hundreds of failures and reports one (see ``Prober.at``).
 """
 
 from __future__ import annotations
@@ -18,13 +23,15 @@ import logging
 import math
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from dynashape.shape_engine import EngineShapes, ShapeEngine
 from dynashape.shapes import ShapeMap
 
 log = logging.getLogger(__name__)
@@ -33,8 +40,10 @@ Dims = tuple[int | None, ...]
 
 _NODE_NAME = re.compile(r"\(op_type:(\w+), node name: ([^)]*)\): (.*)")
 _SMALL = 64  # initializers up to this many elements may be shape constants; keep their values
+_KEPT = 4096  # the largest shape-subgraph value a probe keeps
 _PASS_BUDGET = 24_000  # node-passes per probe: 16 passes up to 1,500 nodes, 3 for Swin-T's 6,285
 _MAX_PATCH_PASSES = 16  # a pass only runs when the last one made new shape values known
+_TRUST_AFTER = 2  # probes the symbolic engine must agree with before it answers (see Prober.at)
 _WINDOW = 128  # graph positions re-inferred together by a feedback pass (see Prober._reinfer)
 
 
@@ -56,13 +65,18 @@ class LazyDims:
     """Value name -> dims, decoded from the inferred ValueInfoProtos only when asked for."""
 
     def __init__(self, infos: dict[str, onnx.ValueInfoProto] | None = None,
-                 fixed: dict[str, Dims] | None = None) -> None:
+                 fixed: dict[str, Dims] | None = None,
+                 loader: Callable[[], dict[str, onnx.ValueInfoProto]] | None = None) -> None:
+        """``loader``: makes ``infos`` when the first dim is asked for (a failed probe's dims
+        cost a second inference that a caller reading only the failure never needs)."""
         self._infos = infos or {}
         self._decoded: dict[str, Dims | None] = dict(fixed or {})
+        self._loader = loader
 
     def get(self, name: str, default: Dims | None = None) -> Dims | None:
         found = self._decoded.get(name, _UNDECODED)
         if found is _UNDECODED:
+            self._load()
             vi = self._infos.get(name)
             found = self._decoded[name] = _dims_of(vi) if vi is not None else None
         return default if found is None else found  # type: ignore[return-value]
@@ -71,10 +85,16 @@ class LazyDims:
         """These dims after a pass that changed the types of ``changed`` (what was decoded and did
         not change is kept)."""
         new = LazyDims(infos)
+        self._load()
         new._decoded = dict(self._decoded)
         for name in changed:
             new._decoded.pop(name, None)
         return new
+
+    def _load(self) -> None:
+        if self._loader is not None:
+            loader, self._loader = self._loader, None
+            self._infos = loader()
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
@@ -86,17 +106,98 @@ class LazyDims:
         return found
 
 
-@dataclass
-class Probe:
-    """Everything known about the graph at one input shape."""
+def _knows_less(dims: Dims | None, than: Dims | None) -> bool:
+    """Are ``dims`` ``than`` with some dims unknown?"""
+    return dims is not None and than is not None and len(dims) == len(than) and all(
+        d is None or d == t for d, t in zip(dims, than))
 
-    inputs: ShapeMap
-    dims: LazyDims = field(default_factory=LazyDims)
-    values: dict[str, np.ndarray] = field(default_factory=dict)
-    failure: ProbeFailure | None = None
+
+class _Only:
+    """Dims of a few values (``outcome``'s probes); any other value reads as unknown."""
+
+    def __init__(self, dims: dict[str, Dims | None]) -> None:
+        self._dims = dims
+
+    def get(self, name: str) -> Dims | None:
+        return self._dims.get(name)
+
+
+class _EngineDims(LazyDims):
+    """``LazyDims`` answered by the symbolic engine (see ``Prober._engine_probe``)."""
+
+    def __init__(self, shapes: EngineShapes | _Only, fixed: dict[str, Dims]) -> None:
+        super().__init__(None, fixed)
+        self._shapes = shapes
+
+    def get(self, name: str, default: Dims | None = None) -> Dims | None:
+        found = self._decoded.get(name, _UNDECODED)
+        if found is _UNDECODED:
+            found = self._decoded[name] = self._shapes.get(name)
+        return default if found is None else found  # type: ignore[return-value]
+
+
+class Probe:
+    """Everything known about the graph at one input shape.
+
+    ``dims`` and ``values`` of a probe that failed at its first inference are made when first
+    read (see ``Prober._probe``): most callers of a failed probe read only its failure."""
+
+    def __init__(self, inputs: ShapeMap, dims: LazyDims | None = None, values: dict[str, np.ndarray] | None = None,
+                 failure: ProbeFailure | None = None) -> None:
+        self.inputs = inputs
+        self._dims = dims if dims is not None else LazyDims()
+        self._values = values if values is not None else {}
+        self._values_loader: Callable[[], dict[str, np.ndarray]] | None = None
+        self._failure = failure
+        # a probe the symbolic engine found to fail: the prober's probe, made when anything
+        # but ``ok`` is read (its failure's words, its dims), replaces what this one holds
+        self._settle: Callable[[], Probe] | None = None
+
+    def __repr__(self) -> str:
+        return f"Probe(inputs={self.inputs!r}, failure={self.failure!r})"
+
+    def _settled(self) -> None:
+        if self._settle is not None:
+            settle, self._settle = self._settle, None
+            full = settle()
+            self._dims, self._values, self._values_loader = full._dims, full._values, full._values_loader
+            self._failure = full._failure
+
+    @property
+    def dims(self) -> LazyDims:
+        self._settled()
+        return self._dims
+
+    @dims.setter
+    def dims(self, dims: LazyDims) -> None:
+        self._dims = dims
+
+    @property
+    def failure(self) -> ProbeFailure | None:
+        self._settled()
+        return self._failure
+
+    @failure.setter
+    def failure(self, failure: ProbeFailure | None) -> None:
+        self._failure = failure
+
+    @property
+    def values(self) -> dict[str, np.ndarray]:
+        self._settled()
+        if self._values_loader is not None:
+            loader, self._values_loader = self._values_loader, None
+            self._values = loader()
+        return self._values
+
+    @values.setter
+    def values(self, values: dict[str, np.ndarray]) -> None:
+        self._values_loader = None
+        self._values = values
 
     @property
     def ok(self) -> bool:
+        if self._settle is not None:
+            return False  # known to fail; how is read from the prober's probe when asked
         return self.failure is None
 
     def shape(self, name: str) -> Dims | None:
@@ -122,9 +223,8 @@ class Prober:
         self.model = model
         self.inference_cache = inference_cache if inference_cache is not None else InferenceCache()
         self.skeleton = _skeleton(model)
-        self.input_names = [
-            vi.name for vi in self.skeleton.graph.input if vi.name not in self._lifted
-        ]
+        lifted = self._lifted
+        self.input_names = [vi.name for vi in self.skeleton.graph.input if vi.name not in lifted]
         self.constants = _constant_values(model)
         self.shape_nodes = _shape_subgraph(model, set(self.constants))
         # outputs of the shape subgraph (not of Constant nodes: ONNX inference reads those itself)
@@ -194,6 +294,13 @@ class Prober:
             for name in dict.fromkeys(op.inputs):
                 if name:
                     self._shape_consumers[name].append(k)
+        self._engine: ShapeEngine | None = None
+        self._engine_state = "pending"  # "trusted" or "off" (see _engine_trusted)
+        self._witnesses: list[Probe] = []
+        self._output_names = [out.name for out in model.graph.output]
+        self._value_names = list(dict.fromkeys(
+            [vi.name for vi in model.graph.input] + [o for n in model.graph.node for o in n.output if o]
+        ))
         # the first full evaluation's dims and values: a later one re-evaluates only what is
         # downstream of a Shape/Size whose input's dims differ from it (see _evaluate_shape_values)
         self._reference: tuple[LazyDims, dict[str, np.ndarray]] | None = None
@@ -211,9 +318,119 @@ class Prober:
 
     def at(self, shapes: ShapeMap) -> Probe:
         key = tuple(sorted((k, tuple(v)) for k, v in shapes.items()))
-        if key not in self._cache:
-            self._cache[key] = self._probe(shapes)
-        return self._cache[key]
+        probe = self._cache.get(key)
+        if probe is None:
+            probe = self._engine_probe(shapes) if self._engine_trusted() else None
+            if probe is None:
+                probe = self._probe(shapes)
+                self._witness(probe)
+            self._cache[key] = probe
+        return probe
+
+    # ------------------------------------------------------------------ symbolic shapes
+    #
+    # A probe costs ONNX inference over the whole graph and its feedback passes; the lattice
+    # scan asks for dozens to hundreds of them. The symbolic engine (dynashape.shape_engine)
+    # answers an ok probe in about a millisecond. It is trusted only once it agreed, on every
+    # value, with _TRUST_AFTER probes made here, and it keeps being compared with every probe
+    # made here after that (a probe at which one of its guards does not hold); one disagreement
+    # and this prober never asks it again.
+
+    def _engine_trusted(self) -> bool:
+        if self._engine_state == "pending" and len(self._witnesses) >= _TRUST_AFTER:
+            witnesses, self._witnesses = self._witnesses, []
+            self._engine = ShapeEngine.build(
+                self.model, self._engine_constants(), self._carriers, _integer_values(witnesses[0].dims),
+                [(probe.inputs, probe.dims.get) for probe in witnesses],
+            )
+            if self._engine is None:
+                self._engine_state = "off"
+            elif not self._engine.knows_more:
+                self._engine_state = "trusted"
+            else:
+                self._engine_state = "verdicts"  # see outcome
+        return self._engine_state == "trusted"
+
+    def outcome(self, shapes: ShapeMap, reads: Collection[str] = ()) -> Probe:
+        """A probe to read only ``ok`` of (``failure`` too, which is then the prober's own), and
+        the dims of the values ``reads``. Where the engine knows dims that this prober's feedback
+        passes leave unknown (their number is bounded on large graphs), its probes are not this
+        prober's (``at``), but whether the graph is valid at a shape is: a probe that knows less
+        finds no inconsistency that one that knows more does not. Which dims a probe leaves
+        unknown can change with the shape (a size of 1 next to an unknown one is unknown), so
+        a caller that reads dims (``reads``) gets ``at``'s probe; so does a failure the engine
+        finds: this prober, knowing less, may not see it."""
+        if self._engine_state == "pending":
+            self._engine_trusted()
+        engine = self._engine
+        if self._engine_state != "verdicts" or engine is None or reads:
+            return self.at(shapes)
+        key = tuple(sorted((k, tuple(v)) for k, v in shapes.items()))
+        found = self._cache.get(key)
+        if found is not None:
+            return found
+        dims = engine.at(shapes)
+        if dims is None or dims.fails:
+            return self.at(shapes)
+        return Probe(dict(shapes), dims=_EngineDims(_Only({}), {}))
+
+    def _engine_constants(self) -> dict[str, np.ndarray]:
+        values = dict(self.constants)
+        for t in self.skeleton.graph.initializer:  # the Constant nodes the skeleton made initializers
+            if t.name not in values and int(np.prod(t.dims)) <= 4096:
+                values[t.name] = numpy_helper.to_array(t)
+        return values
+
+    def _witness(self, probe: Probe) -> None:
+        if probe.failure is not None or self._engine_state == "off":
+            return
+        if self._engine_state == "pending":
+            self._witnesses.append(probe)
+        else:
+            self._compare(probe)
+
+    def _compare(self, probe: Probe) -> None:
+        """Stop trusting the engine unless it gives every value the dims ``probe`` has."""
+        engine = self._engine
+        dims = engine.at(probe.inputs) if engine is not None else None
+        if dims is None:
+            if engine is None:
+                self._engine_state = "off"
+            return  # a guard does not hold here: nothing to compare
+        for name in self._value_names:
+            mine, theirs = dims.get(name), probe.dims.get(name)
+            if mine == theirs or (self._engine_state == "verdicts" and _knows_less(theirs, mine)):
+                continue
+            log.debug("symbolic shapes disagree with the probe at %s on %r: %s vs %s", dict(probe.inputs), name,
+                      mine, theirs)
+            self._engine_state = "off"
+            return
+
+    def _settle_failed(self, shapes: ShapeMap) -> Probe:
+        """The prober's own probe where the engine found a failure (see ``Probe._settle``)."""
+        probe = self._probe(shapes)
+        if probe.failure is None:  # the engine was wrong: say so, and stop asking it
+            log.warning("bug: the symbolic shapes fail at %s, the probe does not; not used again", dict(shapes))
+            self._engine_state = "off"
+        return probe
+
+    def _engine_probe(self, shapes: ShapeMap) -> Probe | None:
+        assert self._engine is not None
+        dims = self._engine.at(shapes)
+        if dims is None:
+            return None
+        if dims.fails:
+            failed = Probe(dict(shapes))
+            failed._settle = lambda: self._settle_failed(dict(shapes))
+            return failed
+        probe = Probe(dict(shapes), dims=_EngineDims(dims, self._initializer_dims))
+
+        def load_values() -> dict[str, np.ndarray]:
+            self._evaluate_shape_values(probe, None)
+            return probe._values
+
+        probe._values_loader = load_values
+        return probe
 
     def _probe(self, shapes: ShapeMap) -> Probe:
         # the skeleton's input dims are set in place: infer_shapes returns a new model
@@ -231,7 +448,9 @@ class Prober:
                 d.Clear()
                 d.dim_value = int(v)
         probe = Probe(dict(shapes))
-        infos = self._infer(self.skeleton, probe)
+        infos = self._infer_first(probe)
+        if probe.failure is not None:
+            return probe  # known dims already disagree: no feedback pass, no extra check
         self._evaluate_shape_values(probe, None)
         # (node index, input index) -> computed value fed in place of that input; kept across
         # passes, since each pass starts again from the skeleton
@@ -257,6 +476,43 @@ class Prober:
         if probe.failure is None:
             probe.failure = self._extra_checks(probe)
         return probe
+
+    def _infer_first(self, probe: Probe) -> dict[str, onnx.ValueInfoProto]:
+        """The first inference of a probe: the skeleton with the probe's input dims (set). On a
+        failure, the dims (a non-strict inference) and the shape values are made when first read
+        (the skeleton's input dims are set again then: other probes change them)."""
+        try:
+            inferred = onnx.shape_inference.infer_shapes(self.skeleton, strict_mode=True, data_prop=True)
+        except Exception as exc:  # onnx raises InferenceError (and others) for inconsistent graphs
+            probe.failure = _parse_failure(str(exc))
+            shapes = dict(probe.inputs)
+
+            def load_dims() -> dict[str, onnx.ValueInfoProto]:
+                self._set_input_dims(shapes)
+                inferred = onnx.shape_inference.infer_shapes(self.skeleton, strict_mode=False, data_prop=True)
+                g = inferred.graph
+                return {vi.name: vi for part in (g.input, g.value_info, g.output) for vi in part}
+
+            def load_values() -> dict[str, np.ndarray]:
+                self._evaluate_shape_values(probe, None)
+                return probe._values
+
+            probe.dims = LazyDims(None, self._initializer_dims, load_dims)
+            probe._values_loader = load_values
+            return {}
+        g = inferred.graph
+        infos = {vi.name: vi for part in (g.input, g.value_info, g.output) for vi in part}
+        probe.dims = LazyDims(infos, self._initializer_dims)
+        return infos
+
+    def _set_input_dims(self, shapes: ShapeMap) -> None:
+        for name, shape in shapes.items():
+            vi = self._inputs.get(name)
+            if vi is None:
+                continue
+            for d, v in zip(vi.type.tensor_type.shape.dim, shape):
+                d.Clear()
+                d.dim_value = int(v)
 
     def _infer(self, skeleton: onnx.ModelProto, probe: Probe) -> dict[str, onnx.ValueInfoProto]:
         try:
@@ -573,6 +829,14 @@ class Prober:
         return None
 
 
+def _integer_values(dims: LazyDims) -> set[str]:
+    """Names of the values an ONNX inference (a prober's probe) typed as integers."""
+    dims._load()
+    integers = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+    found = {name for name, vi in dims._infos.items() if vi.type.tensor_type.elem_type in integers}
+    return found
+
+
 class InferenceCache:
     """ONNX inference of window models (see ``Prober._reinfer``) by their serialized bytes.
 
@@ -662,7 +926,7 @@ def _evaluate_node(op: _ShapeOp, probe: Probe | None, values: dict[str, np.ndarr
         out = None
     if out is not None:
         for name, val in zip(op.outputs, out):
-            if val is not None and np.size(val) <= 4096:
+            if val is not None and np.size(val) <= _KEPT:
                 values[name] = val
 
 
@@ -877,6 +1141,12 @@ _UNARY: dict[str, Any] = {
 }
 
 
+def _too_large(shape: tuple[int, ...]) -> bool:
+    """Would a value of this shape be more than ``_evaluate_node`` keeps? (Not made then: an
+    expanded attention mask of a large probe is hundreds of megabytes, dropped once made.)"""
+    return math.prod(shape) > _KEPT
+
+
 def _eval_small(node: onnx.NodeProto, ins: list[Any], attrs: dict[str, Any]) -> list[Any] | None:
     """numpy semantics of the ops that shape subgraphs are made of."""
     op = node.op_type
@@ -925,6 +1195,8 @@ def _eval_small(node: onnx.NodeProto, ins: list[Any], attrs: dict[str, Any]) -> 
         return [data[tuple(index)]]
     binary = _BINARY.get(op)
     if binary is not None and len(ins) == 2:
+        if _too_large(np.broadcast_shapes(np.shape(a), np.shape(ins[1]))):
+            return None
         return [np.asarray(binary(a, ins[1]))]
     if op == "Div":
         x, y = np.asarray(a), np.asarray(ins[1])
@@ -942,7 +1214,10 @@ def _eval_small(node: onnx.NodeProto, ins: list[Any], attrs: dict[str, Any]) -> 
     if op == "Where":
         return [np.where(np.asarray(a), ins[1], ins[2])]
     if op == "Range":
-        return [np.arange(np.asarray(a).item(), np.asarray(ins[1]).item(), np.asarray(ins[2]).item())]
+        start, limit, delta = np.asarray(a).item(), np.asarray(ins[1]).item(), np.asarray(ins[2]).item()
+        if delta and _too_large((math.ceil((limit - start) / delta),)):
+            return None
+        return [np.arange(start, limit, delta)]
     if op == "ConstantOfShape":
         shape = [int(v) for v in np.atleast_1d(a)]
         if math.prod(shape) > 4096:
@@ -956,5 +1231,8 @@ def _eval_small(node: onnx.NodeProto, ins: list[Any], attrs: dict[str, Any]) -> 
         perm = attrs.get("perm")
         return [np.transpose(a, perm)]
     if op == "Expand":
-        return [np.asarray(a) * np.ones([int(v) for v in np.atleast_1d(ins[1])], dtype=np.asarray(a).dtype)]
+        target = [int(v) for v in np.atleast_1d(ins[1])]
+        if _too_large(np.broadcast_shapes(np.shape(a), tuple(target))):
+            return None
+        return [np.asarray(a) * np.ones(target, dtype=np.asarray(a).dtype)]
     return None
