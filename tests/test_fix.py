@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
+
 import models as M
 import numpy as np
 import onnx
@@ -12,11 +15,12 @@ from dynashape.analysis import Context, const_i64
 from dynashape.backends.ort import run_model
 from dynashape.demo import demo_onnx_path
 from dynashape.errors import DynashapeError
-from dynashape.findings import Finding, Refusal
+from dynashape.findings import Finding, Refusal, RewritePlan
 from dynashape.fix import fix_model, pad_wrap, proof_shapes, write_fixed
 from dynashape.model import load_model
 from dynashape.rules import DEFAULT_RULES
 from dynashape.rules.base import Rule
+from dynashape.rules.builder import RewriteBuilder
 from dynashape.shapes import ShapeMap, parse_ranges
 from dynashape.testing import assert_models_equivalent, random_feeds
 
@@ -85,9 +89,16 @@ def test_pad_wrap_interior_matches_reference(demo: onnx.ModelProto) -> None:
 # ------------------------------------------------------------------------------ monotone fix
 
 
-class FreezeShapeInput(Rule):
+@dataclass(frozen=True)
+class FreezePlan(RewritePlan):
+    slot: int
+    values: tuple[int, ...]
+
+
+class FreezeShapeInput(Rule[FreezePlan]):
     """A deliberately wrong rule: it freezes a computed shape input (a Reshape target, a Resize
-    size) at its export-time value, which breaks the model at every other shape."""
+    size) at its export-time value, which breaks the model at every other shape. Written as any
+    rule is: check decides (with probes), the plan carries it, rewrite applies it."""
 
     id = "DSBAD"
     title = "test only: freezes a computed shape input"
@@ -96,17 +107,16 @@ class FreezeShapeInput(Rule):
     def check(self, ctx: Context, node: ir.Node) -> Finding | Refusal:
         slot = 1 if node.op_type == "Reshape" else 3
         value = node.inputs[slot] if len(node.inputs) > slot else None
-        if value is None or value.const_value is not None or ctx.value(value, ctx.p0) is None:
+        frozen = ctx.value(value, ctx.p0) if value is not None else None
+        if value is None or value.const_value is not None or frozen is None:
             return self.refuse(node, "no computed shape input")
         return self.finding(node, severity="error", message="computed shape input", fixable=True,
-                            fix="freeze it", details={"slot": slot})
+                            fix="freeze it", details={"slot": slot},
+                            plan=FreezePlan(slot, tuple(int(v) for v in np.ravel(frozen))))
 
-    def rewrite(self, ctx: Context, node: ir.Node, finding: Finding) -> str:
-        slot = finding.details["slot"]
-        frozen = ctx.value(node.inputs[slot], ctx.p0)
-        assert frozen is not None
-        node.replace_input_with(slot, const_i64(ctx.model.graph, f"{node.name}_frozen", frozen.tolist()))
-        return f"{node.name}: froze input {slot}"
+    def rewrite(self, builder: RewriteBuilder, node: ir.Node, plan: FreezePlan) -> str:
+        node.replace_input_with(plan.slot, builder.const(f"{node.name}_frozen", list(plan.values)))
+        return f"{node.name}: froze input {plan.slot}"
 
 
 def test_a_rewrite_that_breaks_a_working_shape_is_rolled_back() -> None:
@@ -196,7 +206,7 @@ def test_a_worse_model_no_rewrite_explains_is_never_written(
     # Whatever the rewrites, the written model must be no worse than the original. Break the
     # step after the rules (the wrap that --pad-to would add): every rewrite is taken back in turn,
     # none explains it, and fix refuses instead of writing a worse model.
-    import dynashape.fix as fixmod
+    fixmod = importlib.import_module("dynashape.fix")  # `dynashape.fix` is the API function
 
     monkeypatch.setattr(fixmod, "_wrapped", lambda report, multiple: _doubled(report.fixed_model))
     out = tmp_path / "fixed.onnx"

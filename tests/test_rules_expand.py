@@ -14,6 +14,9 @@ from onnx import numpy_helper
 from dynashape.backends.ort import RunError, run_model
 from dynashape.check import check_model
 from dynashape.fix import fix_model
+from dynashape.rules.expand import ExpandPlan
+from dynashape.rules.generated import GeneratedPlan
+from dynashape.rules.joined import SizeEntry
 from dynashape.testing import assert_models_equivalent, random_feeds
 
 OTHER = [(2, 4, 32, 48), (3, 4, 20, 36), (1, 4, 16, 8)]
@@ -44,6 +47,10 @@ def test_class_token_batch_from_the_tokens(op: str, shape: str, batch0: int) -> 
     fixed = report.fixed_model
     # the legacy subgraph turns expand's -1 into 1 (Expand broadcasts it)
     size0 = [batch0, 1, 4] if (op, shape) == ("Expand", "constant") else [batch0, 1, 1]
+    # the plan: the batch from Shape(tokens), the rest as exported; it stays out of the JSON
+    assert isinstance(f.plan, ExpandPlan) and f.plan.size_s0 == tuple(size0)
+    assert f.plan.entries[0] == SizeEntry(ref="tokens", axis=0) and all(e.kind == "const" for e in f.plan.entries[1:])
+    assert "plan" not in f.to_json() and set(f.details) == {"size_s0", "own", "meets", "joins"}
     assert report.applied == [f"{node}: {'shape' if op == 'Expand' else 'repeats'} {size0} -> from Shape(tokens)"]
     if shape == "legacy":  # the Where/Equal subgraph that computed -1 away is gone
         assert not {"Where", "Equal"} & {n.op_type for n in fixed.graph.node}
@@ -217,7 +224,8 @@ def test_torch_dynamo(mode: str) -> None:
             continue
         (f,) = report.findings
         assert (f.rule, f.op, f.fixable) == ("DS007", "Concat", True)
-        assert f.details["operands"][0]["plan"]["terms"] == []  # one slice, expanded to Shape(tokens)
+        assert isinstance(f.plan, GeneratedPlan)
+        assert f.plan.operands[0].recipe["terms"] == []  # one slice, expanded to Shape(tokens)
         _assert_matches_eager(report.fixed_model, net, TORCH_OTHER)
 
 

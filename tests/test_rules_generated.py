@@ -13,12 +13,19 @@ import pytest
 
 from dynashape.backends.ort import RunError, run_model
 from dynashape.check import check_model
+from dynashape.findings import Finding
 from dynashape.fix import fix_model
-from dynashape.rules.generated import GeneratedTensor, Level
+from dynashape.rules.generated import GeneratedPlan, GeneratedTensor, Level
 from dynashape.testing import assert_models_equivalent, random_feeds
 
 S0 = {"x": (1, 4, 32, 48)}
 OTHER = [(2, 4, 64, 96), (3, 4, 20, 36), (1, 4, 33, 17)]
+
+
+def _recipe(f: Finding, operand: int = 0) -> Any:
+    """How the rewrite regenerates the operand (its plan, not in the JSON)."""
+    assert isinstance(f.plan, GeneratedPlan) and "plan" not in f.details["operands"][operand]
+    return f.plan.operands[operand].recipe
 
 
 def _rule(report: Any, rule: str) -> list[Any]:
@@ -66,7 +73,7 @@ def test_full_with_the_export_batch_baked() -> None:
     report = check_model(model, export_shape=s0)
     (f,) = _rule(report, "DS007")
     assert f.baked_value == {"0": 2, "2": 32, "3": 48}
-    assert f.details["operands"][0]["plan"] == {"kind": "fill", "value": -1.0, "dtype": "float32"}
+    assert _recipe(f) == {"kind": "fill", "value": -1.0, "dtype": "float32"}
     assert_models_equivalent(model, report.fixed_model, s0)
     for n, h, w in [(1, 16, 16), (3, 40, 8)]:
         M.assert_same_outputs(report.fixed_model, G.add_fill(h, w, batch0=n, value=-1.0), (n, 4, h, w))
@@ -78,7 +85,7 @@ def test_constant_of_shape_with_a_partly_constant_size() -> None:
     report = check_model(model, export_shape=S0)
     (f,) = report.findings
     assert (f.rule, f.node, f.op, f.fixable) == ("DS007", "fill", "ConstantOfShape", True)
-    plan = f.details["operands"][0]["plan"]
+    plan = _recipe(f)
     assert plan["kind"] == "constant_of_shape" and plan["shape_s0"] == [1, 4, 32, 48]
     assert plan["entries"] == [{"keep": 0}, {"const": 4}, {"ref": "conv", "axis": 2}, {"ref": "conv", "axis": 3}]
     assert report.applied == ["fill: shape [1, 4, 32, 48] -> from Shape(conv)"]
@@ -112,7 +119,7 @@ def test_arange_rows_are_regenerated_with_range(form: str, source: str, mode: st
     assert f.baked_value == {"0": 48}
     (operand,) = f.details["operands"]
     assert operand["meets"] == {"0": ["conv", 3]}
-    (term,) = operand["plan"]["terms"]
+    (term,) = _recipe(f)["terms"]
     assert term["mode"] == mode
     fixed = report.fixed_model
     assert "Range" in _ops(fixed)
@@ -180,7 +187,7 @@ def test_yolo_grids_are_ds008_and_regenerated(source: str) -> None:
     assert grid.baked_value == {"2": 32, "3": 48}
     assert "constant 'grid' (1x3x32x48x2, an index grid along axes 2, 3)" in grid.message
     assert grid.fix.startswith("regenerate it with Range(0, Shape(xy2)[2]), Range(0, Shape(xy2)[3])")
-    anchors = by_node["wh_out"].details["operands"][0]["plan"]
+    anchors = _recipe(by_node["wh_out"])
     assert anchors["kind"] == "grid" and anchors["terms"] == []  # constant over H, W: an Expand
     assert any("reported as DS008" in r for r in _refusals(report, "DS007"))
     fixed = report.fixed_model
@@ -470,7 +477,7 @@ def test_torch_yolov8_one_level_anchors_are_regenerated() -> None:
     # the stride column (a fill over H·W) is seen once the anchors before it are rebuilt
     assert [f.op for f in ds008] == ["Sub", "Add", "Mul"], [f.message for f in report.findings]
     assert all(f.fixable and list(f.baked_value.values()) == [32 * 48] for f in ds008)
-    assert [f.details["operands"][0]["plan"]["kind"] for f in ds008] == ["levels", "levels", "fill"]
+    assert [_recipe(f)["kind"] for f in ds008] == ["levels", "levels", "fill"]
     assert _rule(report, "DS007") == []
     assert_models_equivalent(model, report.fixed_model, {"input": TORCH_S0})
     _assert_matches_eager(report.fixed_model, net, TORCH_OTHER)
@@ -506,7 +513,7 @@ def test_torch_yolov8_multi_level_anchors_are_regenerated(task: str, joins: list
     maps = [[-(-s0[2] // s), -(-s0[3] // s)] for s in (8, 16, 32)]
     n0 = sum(h * w for h, w in maps)
     assert all(list(f.baked_value.values()) == [n0] for f in found)
-    plans = [f.details["operands"][0]["plan"] for f in found]
+    plans = [_recipe(f) for f in found]
     assert all(p["kind"] == "levels" and [lv["size_s0"] for lv in p["levels"]] == maps for p in plans)
     strides = [p for p in plans if all(lv["plan"]["kind"] == "fill" for lv in p["levels"])]
     assert strides and all([lv["plan"]["value"] for lv in p["levels"]] == [8.0, 16.0, 32.0] for p in strides)
@@ -613,7 +620,7 @@ def test_ultralytics_yolov8n_detect_is_fixed() -> None:
     report = check_model(model, export_shape={"images": s0})
     found = _rule(report, "DS008")
     assert sorted(f.op for f in found) == ["Add", "Mul", "Sub"] and all(f.fixable for f in found)
-    assert all([lv["size_s0"] for lv in f.details["operands"][0]["plan"]["levels"]] == [[32, 32], [16, 16], [8, 8]]
+    assert all([lv["size_s0"] for lv in _recipe(f)["levels"]] == [[32, 32], [16, 16], [8, 8]]
                for f in found)
     fixed = report.fixed_model
     assert_models_equivalent(model, fixed, {"images": s0})

@@ -10,9 +10,17 @@ from onnx import numpy_helper
 
 from dynashape.backends.ort import RunError
 from dynashape.check import check_model
+from dynashape.findings import Finding
+from dynashape.rules.reshape import ReshapePlan
 from dynashape.testing import assert_models_equivalent
 
 S0 = {"x": (1, 8, 64, 96)}
+
+
+def _plan(f: Finding) -> ReshapePlan:
+    """The rewrite's plan (typed, out of the JSON)."""
+    assert isinstance(f.plan, ReshapePlan)
+    return f.plan
 
 
 def _ds005(report):  # type: ignore[no-untyped-def]
@@ -34,7 +42,8 @@ def test_view_b_c_hw_with_ints(opset: int) -> None:
     assert (finding.node, finding.op, finding.fixable) == ("flat", "Reshape", True)
     # entry 0 copies the batch, entry 2 is H*W; the channels (8) are a fixed dim in place
     assert finding.baked_value == {"0": 1, "2": 6144}
-    assert finding.details["plan"] == {"kind": "const", "target": [0, 8, -1]}
+    assert (_plan(finding).kind, _plan(finding).target) == ("const", (0, 8, -1))
+    assert "plan" not in finding.to_json()["details"] and finding.details["target_s0"] == [1, 8, 6144]
     assert "at input 2x8x128x192 it fails" in finding.message
     assert report.applied == ["flat: target [1, 8, 6144] -> [0, 8, -1]"]
     np.testing.assert_array_equal(_target(report.fixed_model, "flat"), [0, 8, -1])
@@ -60,8 +69,8 @@ def test_view_bc_hw_with_ints_builds_the_target_from_shape() -> None:
     model = M.reshape_bc_hw(8, 64, 96)
     report = check_model(model, export_shape=S0)
     (finding,) = _ds005(report)
-    assert finding.fixable and finding.details["plan"]["kind"] == "shape"
-    assert finding.details["plan"]["products"] == {"0": [0, 1], "1": [2, 3]}
+    assert finding.fixable and _plan(finding).kind == "shape"
+    assert _plan(finding).products == ((0, (0, 1)), (1, (2, 3)))
     ops = [n.op_type for n in report.fixed_model.graph.node]
     assert "Shape" in ops and "ReduceProd" in ops
     assert_models_equivalent(model, report.fixed_model, S0)
@@ -82,7 +91,7 @@ def test_view_1_minus_1_silently_mixes_the_batch(export_shape: dict | None) -> N
     (finding,) = _ds005(report)
     assert (finding.node, finding.fixable) == (M.Y, True)
     assert "silently mixes axes" in finding.message
-    assert finding.details["plan"] == {"kind": "const", "target": [0, -1]}
+    assert (_plan(finding).kind, _plan(finding).target) == ("const", (0, -1))
     np.testing.assert_array_equal(_target(report.fixed_model, M.Y), [0, -1])
     assert_models_equivalent(model, report.fixed_model, {"x": (1, 4, 64, 96)})
     reference = M.flatten()
@@ -125,7 +134,8 @@ def test_batch_frozen_as_int_regroups_and_is_fixed() -> None:
     assert (finding.node, finding.fixable) == ("back", True)
     assert "silently mixes axes" in finding.message and "[64]->[1,8,8]" in finding.message
     # the frozen 1 becomes -1; the -1, which stood for the static channels, becomes 4
-    assert finding.details["plan"] == {"kind": "regroup", "entries": {"3": 4, "0": -1}, "live": [1, 2]}
+    plan = _plan(finding)
+    assert (plan.kind, plan.entries, plan.live) == ("regroup", ((3, 4), (0, -1)), (1, 2))
     assert_models_equivalent(model, report.fixed_model, {"x": (1, 4, 8, 8)})
     for shape in [(2, 4, 8, 8), (3, 4, 6, 10), (1, 4, 16, 8)]:
         M.assert_same_outputs(report.fixed_model, M.identity(), shape)
@@ -161,7 +171,8 @@ def test_window_partition_with_the_batch_frozen_copies_only_the_batch() -> None:
     (finding,) = _ds005(report)
     assert (finding.node, finding.fixable) == ("part", True)
     assert finding.baked_value == {"0": 1}
-    assert finding.details["plan"] == {"kind": "shape", "copies": [0], "products": {}, "live": [1, 3]}
+    plan = _plan(finding)
+    assert (plan.kind, plan.copies, plan.products, plan.live) == ("shape", (0,), (), (1, 3))
     reference = M.window_partition(batch="shape")
     for shape in [(2, 4, 14, 21), (3, 4, 7, 28)]:
         M.assert_same_outputs(report.fixed_model, reference, shape)
@@ -348,9 +359,9 @@ def test_torch_view_back_to_an_earlier_tensors_shape(module: str, fixed_entries:
     findings = _ds005(report)
     assert findings and all(f.fixable for f in findings), findings
     back = findings[-1]
-    assert back.details["plan"]["kind"] == "earlier"
-    assert back.details["plan"]["axes"] == fixed_entries
-    assert back.details["plan"]["dims_s0"] == map_s0
+    assert _plan(back).kind == "earlier"
+    assert {str(i): a for i, a in _plan(back).axes} == fixed_entries
+    assert f"({'x'.join(map(str, map_s0))})" in back.message
     assert "earlier tensor" in back.message
     assert not [f for f in report.findings if f.severity == "error" and f.rule != "DS005"]
     assert_models_equivalent(model, report.fixed_model, TORCH_S0)
@@ -439,7 +450,7 @@ def test_torch_computed_targets_are_left_alone() -> None:
     # what is rewritten are the key/value views with the memory length frozen (entry 0), their
     # computed entries kept
     for f in _ds005(report):
-        assert f.fixable and f.details["plan"]["copies"] == [0] and f.details["plan"]["live"] == [1, 2]
+        assert f.fixable and _plan(f).copies == (0,) and _plan(f).live == (1, 2)
     assert_models_equivalent(model, report.fixed_model, TORCH_S0)
     for shape in [(2, 3, 64, 64), (3, 3, 64, 64), (2, 3, 48, 80)]:
         MR.assert_matches_eager(report.fixed_model, net, shape)
@@ -455,7 +466,8 @@ def test_torch_a_frozen_entry_beside_a_computed_one_is_rebuilt() -> None:
     assert not _matches_eager(model, net, (3, 3, 96, 96))
     report = check_model(model, export_shape=TORCH_S0)
     (finding,) = _ds005(report)
-    assert finding.details["plan"] == {"kind": "shape", "copies": [], "products": {"1": [2, 3]}, "live": [0]}
+    plan = _plan(finding)
+    assert (plan.kind, plan.copies, plan.products, plan.live) == ("shape", (), ((1, (2, 3)),), (0,))
     assert_models_equivalent(model, report.fixed_model, TORCH_S0)
     for shape in [(2, 3, 64, 64), (3, 3, 96, 96), (2, 3, 48, 80)]:
         MR.assert_matches_eager(report.fixed_model, net, shape)
@@ -473,8 +485,8 @@ def test_torch_clipseg_decoder_view_is_rebuilt_from_the_patch_grid() -> None:
     assert not _matches_eager(model, net, (1, 3, 96, 96))
     report = check_model(model, export_shape=s0)
     (finding,) = _ds005(report)
-    assert finding.fixable and finding.details["plan"]["kind"] == "earlier"
-    assert sorted(finding.details["plan"]["axes"]) == ["2", "3"]
+    assert finding.fixable and _plan(finding).kind == "earlier"
+    assert sorted(i for i, _ in _plan(finding).axes) == [2, 3]
     assert_models_equivalent(model, report.fixed_model, s0)
     for shape in [(2, 3, 64, 64), (1, 3, 96, 96), (2, 3, 128, 128)]:
         MR.assert_matches_eager(report.fixed_model, net, shape)

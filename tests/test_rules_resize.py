@@ -11,11 +11,19 @@ from onnx import numpy_helper
 
 from dynashape.backends.ort import RunError
 from dynashape.check import check_model
+from dynashape.findings import Finding
+from dynashape.rules.resize import ResizePlan, SizeTerm
 from dynashape.testing import assert_models_equivalent
 
 S0 = {"x": (1, 4, 64, 96)}
 # includes sizes that are not multiples of 4: with sizes from Shape(skip) any size joins
 OTHER_SHAPES = [(2, 4, 128, 40), (1, 4, 50, 70), (3, 4, 32, 32)]
+
+
+def _plan(f: Finding) -> ResizePlan:
+    """The rewrite's plan: typed, and not in the JSON."""
+    assert isinstance(f.plan, ResizePlan) and "plan" not in f.to_json()["details"]
+    return f.plan
 
 
 def _ds002(report):  # type: ignore[no-untyped-def]
@@ -40,7 +48,7 @@ def test_resize_frozen_to_the_skip_size(sizes: str, join: str, given: bool) -> N
     # the legacy exporter keeps N, C from Shape; a constant initializer freezes the batch too
     frozen = {"2": 32, "3": 48} if sizes == "legacy" else {"0": 1, "2": 32, "3": 48}
     assert finding.baked_value == frozen
-    assert finding.details["plan"] == {"kind": "shape", "ref": "skip"}
+    assert (_plan(finding).kind, _plan(finding).ref) == ("shape", "skip")
     assert "the join with 'skip' fails" in finding.message
     assert report.applied == [f"up: sizes 1x8x32x48 -> Shape(skip) on axes {[int(a) for a in frozen]}"]
 
@@ -81,7 +89,7 @@ def test_resize_to_the_graph_input_size() -> None:
     (finding,) = _ds002(report)
     assert (finding.node, finding.fixable) == (M.Y, True)
     assert finding.baked_value == {"2": 64, "3": 96}
-    assert finding.details["plan"] == {"kind": "shape", "ref": "x"}
+    assert (_plan(finding).kind, _plan(finding).ref) == ("shape", "x")
     assert_models_equivalent(model, report.fixed_model, S0)
     reference = M.resize_to_input(64, 96, reference=True)
     for shape in OTHER_SHAPES:
@@ -97,8 +105,8 @@ def test_resize_by_an_integer_factor_becomes_scales(sizes: str, factor: int) -> 
     report = check_model(model, export_shape=S0)
     (finding,) = _ds002(report)
     assert finding.node == M.Y and finding.fixable
-    assert finding.details["plan"]["kind"] == "scales"
-    assert finding.details["plan"]["factor"] == factor
+    assert _plan(finding).kind == "scales"
+    assert _plan(finding).factor == factor
     fixed = report.fixed_model
     inputs = _resize_inputs(fixed)
     assert len(inputs) == 3, f"sizes must be gone: {inputs}"
@@ -276,7 +284,7 @@ def test_torch_resize_to_k_times_its_own_input_becomes_scales() -> None:
     report = check_model(model, export_shape={"x": s0})
     (finding,) = _ds002(report)
     assert finding.fixable and finding.baked_value == {"2": 128, "3": 192}
-    assert finding.details["plan"] == {"kind": "scales", "factor": 2.0, "axes": [2, 3]}
+    assert (_plan(finding).kind, _plan(finding).factor, _plan(finding).scaled_axes) == ("scales", 2.0, (2, 3))
     assert_models_equivalent(model, report.fixed_model, {"x": s0})
     _assert_matches_eager(report.fixed_model, net, EAGER_SHAPES)
     with pytest.raises(AssertionError, match="eager"):  # as exported: 128x192 at every size
@@ -318,9 +326,9 @@ def test_torch_vit_patch_rounding_is_rebuilt_from_shape(s0: tuple[int, ...]) -> 
     report = check_model(model, export_shape={"x": s0})
     (finding,) = _ds002(report)
     assert finding.fixable
-    plan = finding.details["plan"]
-    assert plan["kind"] == "arith"
-    assert plan["axes"] == {str(a): {"ref": "x", "axis": a, "div": 14, "mul": 14} for a in (2, 3)}
+    plan = _plan(finding)
+    assert plan.kind == "arith"
+    assert plan.terms == tuple(SizeTerm(a, "x", a, 14, 14, f"(x.shape[{a}] // 14) * 14") for a in (2, 3))
     assert report.applied == [f"{finding.node}: sizes 1x4x56x84 -> (x.shape[2] // 14) * 14, (x.shape[3] // 14) * 14"]
     assert_models_equivalent(model, report.fixed_model, {"x": s0})
     _assert_matches_eager(report.fixed_model, net, EAGER_SHAPES)
@@ -348,7 +356,7 @@ def test_torch_join_through_a_channel_slice_names_the_skip(cat: bool) -> None:
     skip = next(n.output[0] for n in model.graph.node if n.op_type == "MaxPool")
     report = check_model(model, export_shape={"x": s0})
     (finding,) = _ds002(report)
-    assert finding.fixable and finding.details["plan"] == {"kind": "shape", "ref": skip}
+    assert finding.fixable and (_plan(finding).kind, _plan(finding).ref) == ("shape", skip)
     assert f"the join with {skip!r} fails" in finding.message
     assert_models_equivalent(model, report.fixed_model, {"x": s0})
     # odd sizes: the skip is floor(H / 2), the nearer tensor of the same export size ceil(H / 2)
@@ -375,7 +383,7 @@ def test_channel_sliced_join_is_fixed_from_the_skip() -> None:
     model = MR.sliced_join(64, 96)
     report = check_model(model, export_shape=S0)
     (finding,) = _ds002(report)
-    assert finding.details["plan"] == {"kind": "shape", "ref": "skip"}
+    assert (_plan(finding).kind, _plan(finding).ref) == ("shape", "skip")
     assert "the join with 'skip' fails" in finding.message
     assert_models_equivalent(model, report.fixed_model, S0)
     for shape in OTHER_SHAPES:
@@ -388,7 +396,7 @@ def test_patch_rounding_onnx(s0: tuple[int, ...]) -> None:
     model = MR.patch_head(*s0[2:])
     report = check_model(model, export_shape={"x": s0})
     (finding,) = _ds002(report)
-    assert finding.details["plan"]["axes"]["2"] == {"ref": "x", "axis": 2, "div": 14, "mul": 14}
+    assert _plan(finding).terms[0] == SizeTerm(2, "x", 2, 14, 14, "(x.shape[2] // 14) * 14")
     assert_models_equivalent(model, report.fixed_model, {"x": s0})
     reference = MR.patch_head(*s0[2:], reference=True)
     for shape in [(2, 4, 70, 98), (1, 4, 61, 87), (1, 4, 100, 43)]:

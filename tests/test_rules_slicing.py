@@ -14,10 +14,23 @@ from onnx import helper, numpy_helper
 
 from dynashape.backends.ort import RunError, run_model
 from dynashape.check import check_model
+from dynashape.findings import Finding
+from dynashape.rules.slicing import BoundEntry, SlicePlan, SplitPlan
 from dynashape.testing import assert_models_equivalent
 
 requires_torch = [pytest.mark.torch,
                   pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs PyTorch")]
+
+
+def _split(f: Finding) -> SplitPlan:
+    assert isinstance(f.plan, SplitPlan) and "plan" not in f.to_json()["details"]
+    return f.plan
+
+
+def _bounds(f: Finding) -> tuple[BoundEntry, ...]:
+    """The bounds a DS014 rewrite rebuilds (its plan; the JSON keeps the axes only)."""
+    assert isinstance(f.plan, SlicePlan) and set(f.details) == {"axes"}
+    return f.plan.entries
 
 
 def _by_rule(report, rule: str):  # type: ignore[no-untyped-def]
@@ -60,8 +73,9 @@ def test_coordinate_attention_split_follows_the_concatenated_strips(opset: int, 
     assert (f.node, f.op, f.severity, f.fixable) == ("split", "Split", "error", True)
     assert f.baked_value == [h0, w0]
     # even at a square export the pieces are the H strip and the W strip, not two halves
-    assert f.details["plan"] == {"kind": "concat", "concat": "cat", "axis": 2, "groups": [[0], [1]],
-                                 "refs": [["x_h"], ["x_w"]]}
+    assert _split(f) == SplitPlan("concat", 2, (h0, w0), concat="cat", concat_axis=2, groups=((0,), (1,)),
+                                  refs=(("x_h",), ("x_w",)))
+    assert f.details == {"axis": 2, "sizes_s0": [h0, w0]}
     assert (f"Split sizes [{h0}, {w0}] on axis 2 add up to the export-time size {h0 + w0}" in f.message
             and "the sizes no longer add up, so the Split fails" in f.message)
     assert (" (an attribute)" in f.message) == (opset < 13)
@@ -82,7 +96,7 @@ def test_equal_parts_become_shape_over_n() -> None:
     model = MS.split_parts(64)
     report = check_model(model, export_shape=s0)
     (f,) = _by_rule(report, "DS006")
-    assert f.details["plan"] == {"kind": "equal", "parts": 2}
+    assert (_split(f).kind, _split(f).parts) == ("equal", 2)
     assert "exact wherever that axis divides into 2" in f.fix
     assert_models_equivalent(model, report.fixed_model, s0)
     reference = MS.split_parts(64, reference=True)  # Split with no sizes: equal parts
@@ -104,7 +118,7 @@ def test_split_of_a_sum_of_two_axes_is_not_guessed() -> None:
     g.op("Concat", ["b", "a"], M.Y, axis=2)
     report = check_model(g.model([M.Y]), export_shape={"x": (1, 4, 64, 64)})
     (f,) = _by_rule(report, "DS006")
-    assert not f.fixable and f.details["plan"] == {}
+    assert not f.fixable and f.plan is None
     assert "torch.split(y, [a.shape[2], b.shape[2]], dim=2)" in f.fix
     assert report.applied == []
 
@@ -140,7 +154,7 @@ def test_torch_coordinate_attention_fix_is_proven_and_matches_eager(_: int) -> N
     exported = export_module(net, {"input": (1, 3, 64, 48)}, exporter="legacy")
     result = fix_model(exported.model)
     (f,) = _by_rule(result.report, "DS006")
-    assert f.fixable and f.details["plan"]["kind"] == "concat"
+    assert f.fixable and _split(f).kind == "concat"
     assert result.unfixed == []
     assert result.export_proof is not None and result.export_proof.status == "ok"
     assert result.other_proofs and all(p.status == "ok" for p in result.other_proofs)
@@ -155,7 +169,7 @@ def test_torch_half_split_matches_eager_at_even_heights(_: int) -> None:
     exported = export_module(net, {"input": (1, 3, 64, 48)}, exporter="legacy")
     report = check_model(exported.model)
     (f,) = _by_rule(report, "DS006")
-    assert f.details["plan"] == {"kind": "equal", "parts": 2}
+    assert (_split(f).kind, _split(f).parts) == ("equal", 2)
     _matches_eager(net, report.fixed_model, [(1, 3, 32, 32), (2, 3, 100, 7)])
 
 
@@ -179,7 +193,7 @@ def test_crop_back_to_the_unpadded_size(opset: int) -> None:
     (f,) = _by_rule(report, "DS014")
     assert (f.node, f.op, f.fixable) == (M.Y, "Slice", True)
     assert f.baked_value == {"end[2]": 61, "end[3]": 62}
-    assert [(e["kind"], e["ref"]) for e in f.details["entries"]] == [("ref", "x"), ("ref", "x")]
+    assert [(e.kind, e.ref) for e in _bounds(f)] == [("ref", "x"), ("ref", "x")]
     assert "end 61 on axis 2 is the export-time size of 'x'" in f.message
     assert "keeps 0:61 of 128 on axis 2, 0:62 of 128 on axis 3" in f.message
     assert report.applied == [f"{M.Y}: end on axis 2 -> Shape(x)[2]; end on axis 3 -> Shape(x)[3]"]
@@ -197,7 +211,7 @@ def test_crop_exported_where_the_pad_was_zero() -> None:
     model = MS.pad_crop(64, 64)
     report = check_model(model, export_shape=s0)
     (f,) = _by_rule(report, "DS014")
-    assert [(e["kind"], e.get("ref")) for e in f.details["entries"]] == [("ref", "x"), ("ref", "x")]
+    assert [(e.kind, e.ref) for e in _bounds(f)] == [("ref", "x"), ("ref", "x")]
     reference = MS.pad_crop(64, 64, reference=True)
     assert_models_equivalent(model, report.fixed_model, s0)
     for shape in CROP_SHAPES:
@@ -212,7 +226,7 @@ def test_skip_cropped_to_the_upsampled_map_it_is_joined_with(hw: tuple[int, int]
     model = MS.skip_crop(*hw)
     report = check_model(model, export_shape=s0)
     (f,) = _by_rule(report, "DS014")
-    assert [(e["kind"], e["ref"]) for e in f.details["entries"]] == [("ref", "up"), ("ref", "up")]
+    assert [(e.kind, e.ref) for e in _bounds(f)] == [("ref", "up"), ("ref", "up")]
     assert_models_equivalent(model, report.fixed_model, s0)
     reference = MS.skip_crop(*hw, reference=True)
     for shape in CROP_SHAPES:
@@ -233,7 +247,7 @@ def test_slice_to_the_export_size_means_to_the_end(opset: int) -> None:
         model = g.model([M.Y])
     report = check_model(model, export_shape=s0)
     (f,) = _by_rule(report, "DS014")
-    assert f.fixable and f.details["entries"][0]["kind"] == "to_end"
+    assert f.fixable and _bounds(f)[0].kind == "to_end"
     assert "end 64 on axis 2 is the axis's own export-time size" in f.message
     assert report.applied == ["rows: end on axis 2 -> INT64_MAX (to the end)"]
     (rows,) = [n for n in report.fixed_model.graph.node if n.name == "rows"]
@@ -256,8 +270,8 @@ def test_coordinate_attention_with_slices(hw: tuple[int, int]) -> None:
     report = check_model(model, export_shape=s0)
     found = {f.node: f for f in _by_rule(report, "DS014")}
     assert sorted(found) == ["take_h", "take_w"]
-    assert [(e["which"], e["kind"]) for e in found["take_h"].details["entries"]] == [("end", "concat")]
-    assert [(e["which"], e["kind"]) for e in found["take_w"].details["entries"]] == [
+    assert [(e.which, e.kind) for e in _bounds(found["take_h"])] == [("end", "concat")]
+    assert [(e.which, e.kind) for e in _bounds(found["take_w"])] == [
         ("start", "concat"), ("end", "to_end")]
     assert f"start {h0} on axis 2 is where x_h end in the concat 'cat'" in found["take_w"].message
     assert_models_equivalent(model, report.fixed_model, s0)
@@ -300,7 +314,7 @@ def test_torch_crops_fix_is_proven_and_matches_eager(name: str, export: tuple[in
     result = fix_model(exported.model)
     found = _by_rule(result.report, "DS014")
     assert found and all(f.fixable for f in found)
-    assert {e["kind"] for f in found for e in f.details["entries"]} == {"ref"}
+    assert {e.kind for f in found for e in _bounds(f)} == {"ref"}
     assert result.export_proof is not None and result.export_proof.status == "ok"
     assert result.other_proofs and all(p.status == "ok" for p in result.other_proofs)
     _matches_eager(net, result.fixed, [(1, 3, 64, 64), (2, 3, 33, 47), (1, 3, 100, 101)])
@@ -329,7 +343,7 @@ def test_crop_back_after_window_attention_with_frozen_reshapes(_: int) -> None:
     # so the crop's input looks fixed at S1 (70); the crop end 64 is the size of the Pad's input
     model, report = _window_check()
     crops = _by_rule(report, "DS014")
-    assert [(e["which"], e["axis"], e["value"], e["pad"]) for c in crops for e in c.details["entries"]] == [
+    assert [(e.which, e.axis, e.value, e.pad) for c in crops for e in _bounds(c)] == [
         ("end", 1, 64, "/Pad"), ("end", 2, 64, "/Pad")]
     assert all(c.fixable for c in crops)
     assert "the input of Pad '/Pad' it is computed from (the crop back to the unpadded size" in crops[0].message

@@ -1,8 +1,9 @@
-"""`check`: find the hazards of an ONNX model and, in memory, the rewrites that fix them.
+"""`check`: find the hazards of an ONNX model, and the lattice of sizes it runs at once fixed.
 
-The rules run in order on a working copy; each fixable finding is rewritten before the next
-rule looks, because a frozen resize hides the true shapes of everything after its join. The
-lattice (DS003) is scanned on the rewritten copy: it is the lattice the fixed model will have.
+The rules look at the graph as the fixes leave it (a frozen resize hides the true shapes of
+everything after its join), so check runs the rewrite passes (``dynashape.passes``: the rules'
+``rewrite``, which ``fix`` proves and writes) on a working copy, and scans the lattice (DS003) of
+that rewritten copy: it is the lattice the fixed model will have.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from dynashape.analysis import Context, UncheckedRegion, is_descendant, second_shape, unchecked_region
+from dynashape.analysis import Context, UncheckedRegion, second_shape, unchecked_region
 from dynashape.errors import DynashapeError
 from dynashape.exportshape import ExportShape, resolve_export_shape
 from dynashape.findings import Finding, Lattice, Refusal, lattice_to_json
 from dynashape.lattice import LatticeScanner, check_ranges, suggest_profile
 from dynashape.model import InputInfo, graph_inputs, require_dynamic
+from dynashape.passes import UNREADABLE, PassManager, RewritePolicy, shape_example
 from dynashape.probe import Prober
+from dynashape.ranges import default_ranges
 from dynashape.rules import DEFAULT_RULES
 from dynashape.rules.base import Rule
 from dynashape.shapes import Profile, RangeMap, ShapeMap, format_shapes
@@ -31,9 +34,7 @@ from dynashape.shapes import Profile, RangeMap, ShapeMap, format_shapes
 log = logging.getLogger(__name__)
 
 _CONTROL_FLOW = {"If", "Loop", "Scan"}
-_MAX_ROUNDS = 8  # rounds of one rule over the graph; another runs only after a rewrite
-_MALFORMED = (ValueError, TypeError, IndexError, KeyError, ArithmeticError)
-UNREADABLE = "could not analyse this node: its inputs or attributes are not what the rule reads"
+__all__ = ["UNREADABLE", "CheckReport", "check_model", "unchecked_findings"]
 
 
 @dataclass
@@ -137,14 +138,13 @@ def _check_model(
         model=work_ir, inputs=inputs, s0=es.shapes,
         s1=second_shape(es.shapes, inputs), proto=work, prober=prober,
     )
-    findings: list[Finding] = []
-    refusals: list[Refusal] = []
-    applied: list[str] = []
-    for rule in rules if rules is not None else DEFAULT_RULES:
-        found, refused, rewrites = _run_rule(ctx, rule, not es.known, exclude)
-        findings.extend(found)
-        refusals.extend(refused)
-        applied.extend(rewrites)
+    # the rules report; the passes (dynashape.passes) apply their rewrites to this working copy, so
+    # that each rule and the lattice see the graph as fix will write it
+    policy = RewritePolicy(export_shape_guessed=not es.known, exclude=exclude, shape_example=shape_example(inputs))
+    rewritten = PassManager(rules if rules is not None else DEFAULT_RULES, policy).run(ctx)
+    findings: list[Finding] = rewritten.findings
+    refusals: list[Refusal] = rewritten.refusals
+    applied: list[str] = rewritten.applied
     notes.extend(f"{r.rule} {r.reason} (node {r.node!r}); a malformed node, or a dynashape bug: please report it"
                  for r in refusals if r.reason.startswith(UNREADABLE))
     unanalysable = _unknown_and_inconsistent(es, prober, graph_inputs(work))
@@ -155,7 +155,7 @@ def _check_model(
     else:
         es.note = _export_shape_verdict(es, findings, rules if rules is not None else DEFAULT_RULES, prober)
     findings.extend(unchecked_findings(region))
-    fixed = ctx.proto
+    fixed = rewritten.model
     if applied:  # unrewritten, it is the input (and the checker costs ~0.2 s on a 100 MB model)
         onnx.checker.check_model(fixed)
     lattice: Lattice = {}
@@ -224,81 +224,6 @@ def unchecked_findings(region: UncheckedRegion) -> list[Finding]:
     return findings
 
 
-def _run_rule(
-    ctx: Context, rule: Rule, export_shape_guessed: bool, exclude: Mapping[tuple[str, str], str]
-) -> tuple[list[Finding], list[Refusal], list[str]]:
-    """One rule over the graph, rewriting what it can fix, in rounds.
-
-    A rewrite can make the next hazard visible (a reshape that mixed the batch into the
-    channels hides the batch from the reshape after it), so the rule runs again on the
-    rewritten graph until a round rewrites nothing. Nodes it rewrote are done; the others are
-    looked at again, and the last round's verdict stands (an unfixable finding may become
-    fixable, or go, once what is upstream of it was fixed)."""
-    verdicts: dict[str, Finding] = {}  # node -> finding, in the order first found
-    refused: dict[str, Refusal] = {}
-    done: set[str] = set()
-    applied: list[str] = []
-    for round_no in range(_MAX_ROUNDS):
-        found: list[Finding] = []
-        deferred = False
-        shadowing: list[ir.Node] = []  # see Rule.shadows_downstream
-        last_round = round_no == _MAX_ROUNDS - 1
-        for node in ctx.nodes(*rule.ops):
-            key = node.name or f"#{id(node)}"
-            if key in done:
-                continue
-            try:
-                result = rule.check(ctx, node)
-            except _MALFORMED as exc:
-                # the loader refuses what the checker and strict inference can see; what is left is a
-                # node whose constants are not what the rule reads (or a bug): never a crash of check
-                log.warning("%s could not analyse node %r: %s: %s", rule.id, key, type(exc).__name__, exc,
-                            exc_info=log.isEnabledFor(logging.DEBUG))
-                result = rule.refuse(node, f"{UNREADABLE} ({type(exc).__name__}: {str(exc)[:200]})")
-            if isinstance(result, Refusal):
-                refused[key] = result
-                verdicts.pop(key, None)
-                continue
-            if not last_round and any(
-                    is_descendant(v, up) for up in shadowing for v in node.inputs if v is not None):
-                deferred = True
-                continue
-            if result.fixable and rule.needs_export_shape and export_shape_guessed:
-                result.fixable = False
-                result.fix = (
-                    "not rewritten: the export shape is unknown and this fix depends on it; give it with "
-                    f"--export-shape {_shape_example(ctx.inputs)} (the sizes it was exported at) or the PyTorch "
-                    f"module with --torch. It would {result.fix}"
-                )
-            elif rule.needs_export_shape and export_shape_guessed and not result.fixable:
-                result.fix = (
-                    "not rewritten: the export shape is unknown and this rule matches baked constants against "
-                    f"it; give it with --export-shape (at the placeholder size: {result.fix})"
-                )
-            if result.fixable and (rule.id, result.node) in exclude:
-                result.fixable = False
-                result.fix = f"not rewritten: {exclude[(rule.id, result.node)]}. It would {result.fix}"
-            verdicts[key] = result
-            refused.pop(key, None)
-            if result.fixable:
-                found.append(result)
-                done.add(key)
-                if rule.shadows_downstream(result):
-                    shadowing.append(node)
-        rewritten = False
-        for finding in found:
-            target = next((n for n in ctx.model.graph if n.name == finding.node), None)
-            if target is None:
-                continue
-            applied.append(rule.rewrite(ctx, target, finding))
-            rewritten = True
-        if rewritten:
-            ctx.refresh()
-        if not rewritten and not deferred:
-            break
-    return list(verdicts.values()), list(refused.values()), applied
-
-
 def _export_shape_verdict(es: ExportShape, findings: list[Finding], rules: list[Rule], prober: Prober) -> str:
     """The export shape's note, saying what its being unknown (or not consistent) cost."""
     note = es.note
@@ -313,7 +238,7 @@ def _export_shape_verdict(es: ExportShape, findings: list[Finding], rules: list[
         return f"{note}; not needed: no finding's fix depends on it"
     ids = ", ".join(sorted({f.rule for f in blocked}))
     return (f"{note}; {len(blocked)} finding(s) of {ids} could not be rewritten without it: give it with "
-            f"--export-shape {_shape_example(graph_inputs(prober.model))} (the sizes it was exported at) "
+            f"--export-shape {shape_example(graph_inputs(prober.model))} (the sizes it was exported at) "
             "or the PyTorch module with --torch")
 
 
@@ -332,19 +257,12 @@ def _unknown_and_inconsistent(es: ExportShape, prober: Prober, inputs: list[Inpu
                  "and no baked constant pins the size it was exported at: it may hold at that size only, "
                  "and the rules could not look at it"),
         fixable=False, breaks_at=f"{format_shapes(es.shapes)} and the other sizes tried",
-        fix=(f"give the export shape with --export-shape {_shape_example(inputs)} (or the PyTorch module with "
+        fix=(f"give the export shape with --export-shape {shape_example(inputs)} (or the PyTorch module with "
              "--torch) and check again"),
     )
 
 
-def _shape_example(inputs: list[InputInfo]) -> str:
-    """What --export-shape wants, in the model's own terms: ``x:Nx4xHxW``."""
-    return ",".join(f"{i.name}:" + "x".join(str(d) if d is not None else "?" for d in i.dims) for i in inputs)
-
-
 def _default_ranges(model: onnx.ModelProto, s0: ShapeMap, lattice: Lattice) -> RangeMap:
-    from dynashape.verify import default_ranges
-
     return default_ranges(model, s0, lattice)
 
 

@@ -1,4 +1,8 @@
-"""What a rule reports: typed results shared by check, fix, doctor and the reports."""
+"""What a rule reports: typed results shared by check, fix, doctor and the reports.
+
+A finding says what is wrong for the user (its fields and ``details`` go into the JSON); a fixable
+finding also carries the rule's :class:`RewritePlan`, what its rewrite needs, which never does.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,20 @@ Severity = Literal["error", "warning", "info"]
 DetectedBy = Literal["static", "lattice", "differential-export", "differential-run"]
 
 
+@dataclass(frozen=True)
+class RewritePlan:
+    """What a rule's ``rewrite`` needs, decided by its ``check``: one frozen dataclass per rule
+    (``PoolPlan``, ``ResizePlan``...). It names values and nodes rather than holding them: a
+    rewrite earlier in the same round may replace a value, and the replacement takes its name."""
+
+
 @dataclass
 class Finding:
-    """One hazard: which rule, which node, what was baked in, why it breaks and how to fix it."""
+    """One hazard: which rule, which node, what was baked in, why it breaks and how to fix it.
+
+    ``details``: facts about the hazard for the user and for tools reading the JSON (the axes
+    pooled, the sizes baked in, what it meets at a join); ``plan``: the rewrite's plan, set on
+    fixable findings of the rules that rewrite, never in the JSON."""
 
     rule: str
     severity: Severity
@@ -27,9 +42,12 @@ class Finding:
     fix: str = ""
     source: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    plan: RewritePlan | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(dataclasses.replace(self, plan=None))
+        del out["plan"]
+        return out
 
 
 @dataclass

@@ -1,5 +1,10 @@
 """`fix`: rewrite every fixable hazard and prove the result before anything is written.
 
+The rewrites are the rules' ``rewrite(builder, node, plan)`` (``dynashape/rules/``), run by the pass
+manager in ``dynashape/passes.py``; ``check`` runs those passes on a working copy (it must see the
+graph as the fixes leave it) and hands the rewritten model over in its report. This module proves
+that model against the original, rolls back a rewrite that makes it worse, and writes it.
+
 Proof, in ONNX Runtime, side by side with the original: the two agree at the export shape (the
 only shape where the original is right by construction), and at shapes away from it (larger,
 smaller, non-square, a larger batch, the ends of the user's range) the rewritten model is never
@@ -26,12 +31,12 @@ from dynashape.analysis import const_i64
 from dynashape.backends.ort import OrtRunner, RunError
 from dynashape.check import CheckReport, check_model
 from dynashape.errors import DynashapeError
+from dynashape.feeds import max_abs_error, random_feeds
 from dynashape.findings import Finding, Lattice
 from dynashape.lattice import LatticeScanner, snap_down, snap_up
 from dynashape.model import graph_inputs, save_model
 from dynashape.rules.base import Rule
 from dynashape.shapes import RangeMap, ShapeMap, format_shapes
-from dynashape.testing import max_abs_error, random_feeds
 
 log = logging.getLogger(__name__)
 

@@ -1,18 +1,26 @@
-"""The rule interface: ``check`` returns a Finding or a Refusal (why it did not fire);
-``rewrite`` applies the fix the finding describes. Rules keep no state between the two: the
-plan travels in ``Finding.details``."""
+"""The rule interface: ``check`` reports, ``rewrite`` fixes.
+
+``check(ctx, node)`` returns a :class:`Finding` (with the rule's typed plan when it is fixable) or
+a :class:`Refusal` (why it did not fire: the reason is the product). ``rewrite(builder, node,
+plan)`` applies the plan through the one :class:`RewriteBuilder` and says in one line what changed.
+Rules keep no state between the two: everything the rewrite needs is in the plan. The pass manager
+(``dynashape.passes``) runs them.
+"""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import onnx_ir as ir
 
 from dynashape.analysis import Context
-from dynashape.findings import Finding, Refusal, Severity
+from dynashape.findings import Finding, Refusal, RewritePlan, Severity
+from dynashape.rules.builder import RewriteBuilder
+
+PlanT = TypeVar("PlanT", bound=RewritePlan)
 
 
-class Rule:
+class Rule(Generic[PlanT]):
     id: ClassVar[str]
     title: ClassVar[str]  # one line for `check --list-rules`
     ops: ClassVar[tuple[str, ...]]
@@ -23,9 +31,9 @@ class Rule:
     def check(self, ctx: Context, node: ir.Node) -> Finding | Refusal:  # pragma: no cover
         raise NotImplementedError
 
-    def rewrite(self, ctx: Context, node: ir.Node, finding: Finding) -> str:  # pragma: no cover
-        """Apply the fix in ``ctx.model``; return a one-line description of what changed."""
-        raise NotImplementedError
+    def rewrite(self, builder: RewriteBuilder, node: ir.Node, plan: PlanT) -> str:  # pragma: no cover
+        """Apply ``plan`` to ``node`` through ``builder``; return a one-line description of what changed."""
+        raise NotImplementedError(f"{self.id} only reports")
 
     def shadows_downstream(self, finding: Finding) -> bool:
         """Does this (fixable) finding make the shapes after it wrong but consistent at the
@@ -37,34 +45,12 @@ class Rule:
     def refuse(self, node: ir.Node, reason: str) -> Refusal:
         return Refusal(self.id, node.name or "", reason)
 
-    def finding(self, node: ir.Node, *, severity: Severity, **fields: Any) -> Finding:
-        """A finding of this rule on ``node`` (its name, op and inputs filled in)."""
+    def finding(self, node: ir.Node, *, severity: Severity, plan: PlanT | None = None, **fields: Any) -> Finding:
+        """A finding of this rule on ``node`` (its name, op and inputs filled in); ``plan``: what
+        ``rewrite`` needs when it is fixable."""
         return Finding(rule=self.id, severity=severity, node=node.name or "", op=node.op_type,
-                       inputs=input_names(node), **fields)
+                       inputs=input_names(node), plan=plan, **fields)
 
 
 def input_names(node: ir.Node) -> list[str]:
     return [v.name or "" if v is not None else "" for v in node.inputs]
-
-
-def new_name(graph: ir.Graph, base: str) -> str:
-    taken = {n.name for n in graph}
-    name = base
-    k = 1
-    while name in taken:
-        name = f"{base}_{k}"
-        k += 1
-    return name
-
-
-def replace_value(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
-    """Make every consumer (and the graph outputs) use ``new``; ``new`` takes ``old``'s name."""
-    name = old.name
-    if new.type is None:
-        new.type = old.type
-    if new.shape is None and old.is_graph_output():
-        new.shape = old.shape  # a graph output must declare its shape (its rank at least)
-    # a graph output is replaced too (onnx_ir refuses to otherwise): a pool or resize can be the last node
-    ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
-    old.name = f"{name}__replaced"
-    new.name = name

@@ -20,25 +20,36 @@ Entries of 1 that broadcast, and entries on static axes (the channels), are left
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_ir as ir
 
 from dynashape.analysis import Context, fmt, origin_of
-from dynashape.findings import Finding, Refusal
+from dynashape.findings import Finding, Refusal, RewritePlan
 from dynashape.rules.base import Rule
+from dynashape.rules.builder import RewriteBuilder
 from dynashape.rules.joined import (
     SizeBuilder,
+    SizeEntry,
     build_size_vector,
     downstream_joins,
     expanded_axes_frozen,
     known_dims,
     meeting_at,
-    node_by_output,
-    remove_dead,
 )
 
 
-class FrozenExpandTile(Rule):
+@dataclass(frozen=True)
+class ExpandPlan(RewritePlan):
+    """DS012: the ``shape``/``repeats`` of the node making ``output``, rebuilt from ``entries``."""
+
+    output: str  # the node's output: the node is found by it (node names may repeat)
+    size_s0: tuple[int, ...]
+    entries: tuple[SizeEntry, ...]
+
+
+class FrozenExpandTile(Rule[ExpandPlan]):
     id = "DS012"
     title = "Expand/Tile with a constant shape or repeats holding an export-time size (expand(b, -1, -1) with ints)"
     ops = ("Expand", "Tile")
@@ -115,7 +126,7 @@ class FrozenExpandTile(Rule):
             return self.refuse(
                 node, f"its {what} {t0} holds no export-time size of a dynamic axis: the axes it fixes "
                 f"({', '.join(str(k) for k in frozen) or 'none'}) meet no dynamic axis at a join")
-        entries: list[dict] = []
+        entries: list[SizeEntry] = []
         baked: dict[str, int] = {}
         reasons: list[str] = []
         for e in range(len(t0)):
@@ -123,28 +134,26 @@ class FrozenExpandTile(Rule):
             xa = k - lead_x
             xk0 = int(x0[xa] or 0) if xa >= 0 else 1
             if e in own:
-                entries.append({"const": 1})
+                entries.append(SizeEntry(const=1))
                 baked[str(e)] = t0[e]
                 reasons.append(f"entry {e} = {t0[e]} is its input's own export-time size on a dynamic axis")
             elif k in axes:
                 partner, pa = axes[k]
-                entry: dict = {"ref": partner.name, "axis": pa}
-                if node.op_type == "Tile" and xk0 > 1:
-                    entry["divide"] = xk0
-                entries.append(entry)
+                entries.append(SizeEntry(ref=partner.name or "", axis=pa,
+                                         divide=xk0 if node.op_type == "Tile" and xk0 > 1 else 1))
                 baked[str(e)] = t0[e]
                 p1 = known_dims(ctx, partner, ctx.p1)
                 reasons.append(
                     f"entry {e} = {t0[e]} makes output axis {k} {out0[k]}, the export-time size of axis {pa} of "
                     f"{partner.name!r} ({p1[pa] if p1 else '?'} at S1)")
             elif k == 0 and batch_ref is not None:
-                entries.append({"ref": batch_ref.name, "axis": 0})
+                entries.append(SizeEntry(ref=batch_ref.name or "", axis=0))
                 baked[str(e)] = t0[e]
                 reasons.append(f"entry {e} = {t0[e]} is the export batch of input {batch_ref.name!r}")
             elif t0[e] == t1[e]:
-                entries.append({"const": t0[e]})
+                entries.append(SizeEntry(const=t0[e]))
             else:
-                entries.append({"keep": e})
+                entries.append(SizeEntry(keep=e))
         s1 = fmt(next(iter(ctx.s1.values())))
         if own and not axes:
             consequence = f"the {node.op_type} fails (its input is {fmt(x1)} there)"
@@ -155,8 +164,7 @@ class FrozenExpandTile(Rule):
             consequence = "the output keeps the export batch while the input batch changes"
         else:
             consequence = "it fails"
-        entries_json = entries
-        const_only = all("const" in e for e in entries)
+        const_only = all(e.const is not None for e in entries)
         return self.finding(
             node,
             severity="error",
@@ -168,10 +176,11 @@ class FrozenExpandTile(Rule):
                        "every input where " + ", ".join(f"{p.name!r} axis {pa} is not {out0[k]}"
                                                         for k, (p, pa) in sorted(axes.items()))
                        if axes else "every batch other than the export batch"),
-            fix=(f"use {what} {[e['const'] for e in entries]} (1 broadcasts: the input keeps its own size)"
+            fix=(f"use {what} {[e.const for e in entries]} (1 broadcasts: the input keeps its own size)"
                  if const_only else _describe_entries(what, entries, own)),
-            details={"plan": {"entries": entries_json}, "size_s0": t0, "own": own, "output": node.outputs[0].name,
+            details={"size_s0": t0, "own": own,
                      "meets": {str(k): [p.name, pa] for k, (p, pa) in sorted(axes.items())}, "joins": joins},
+            plan=ExpandPlan(node.outputs[0].name or "", tuple(t0), tuple(entries)),
         )
 
     @staticmethod
@@ -181,38 +190,37 @@ class FrozenExpandTile(Rule):
                 return next((v for v in ctx.model.graph.inputs if v.name == info.name), None)
         return None
 
-    def rewrite(self, ctx: Context, node: ir.Node, finding: Finding) -> str:
-        graph = ctx.model.graph
-        found = node_by_output(ctx, finding.details["output"])
+    def rewrite(self, builder: RewriteBuilder, node: ir.Node, plan: ExpandPlan) -> str:
+        found = builder.producer_of(plan.output)
         if found is None:
-            raise LookupError(f"{finding.node!r} is gone")
+            raise LookupError(f"{node.name!r} is gone")
         node = found
         old = node.inputs[1]
         assert old is not None
-        entries: list[dict] = finding.details["plan"]["entries"]
-        builder = SizeBuilder(graph, f"{node.name}_{'shape' if node.op_type == 'Expand' else 'repeats'}")
-        new = build_size_vector(builder, ctx, entries, old)
-        builder.insert(node)
+        entries = plan.entries
+        sizes = SizeBuilder(builder, f"{node.name}_{'shape' if node.op_type == 'Expand' else 'repeats'}")
+        new = build_size_vector(sizes, entries, old)
+        sizes.insert(node)
         origin = origin_of(old)
         node.replace_input_with(1, new)
         if origin.kind == "constant":
-            remove_dead(graph, origin.nodes, [old])
+            builder.remove_dead(origin.nodes, [old])
         what = "shape" if node.op_type == "Expand" else "repeats"
-        t0 = finding.details["size_s0"]
-        if all("const" in e for e in entries):
-            return f"{node.name}: {what} {t0} -> {[e['const'] for e in entries]}"
-        refs = sorted({e["ref"] for e in entries if "ref" in e})
+        t0 = list(plan.size_s0)
+        if all(e.const is not None for e in entries):
+            return f"{node.name}: {what} {t0} -> {[e.const for e in entries]}"
+        refs = sorted({e.ref for e in entries if e.kind == "ref"})
         return f"{node.name}: {what} {t0} -> from Shape({', '.join(refs)})"
 
 
-def _describe_entries(what: str, entries: list[dict], own: list[int]) -> str:
+def _describe_entries(what: str, entries: list[SizeEntry], own: list[int]) -> str:
     parts = []
     if own:
         parts.append(f"entries {own} -> 1 (the input keeps its own size)")
     refs: dict[str, list[str]] = {}
     for i, e in enumerate(entries):
-        if "ref" in e:
-            refs.setdefault(e["ref"], []).append(f"{i}" + (f" (/ {e['divide']})" if "divide" in e else ""))
+        if e.kind == "ref":
+            refs.setdefault(e.ref, []).append(f"{i}" + (f" (/ {e.divide})" if e.divide != 1 else ""))
     for ref, idx in refs.items():
         parts.append(f"entr{'ies' if len(idx) > 1 else 'y'} {', '.join(idx)} from Shape({ref})")
     return f"build the {what} with " + "; ".join(parts)

@@ -52,27 +52,28 @@ not a generated tensor: those are refused here (a learned embedding is DS011's f
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
 from dynashape.analysis import SAME_SIZE_UNARY, Context, fmt, is_descendant, origin_of
-from dynashape.findings import Finding, Refusal
+from dynashape.findings import Finding, Refusal, RewritePlan
 from dynashape.rules.base import Rule
+from dynashape.rules.builder import RewriteBuilder
 from dynashape.rules.joined import (
     Meeting,
     Origin,
     SizeBuilder,
+    SizeEntry,
     build_size_vector,
     constant_array,
     expanded_axes_frozen,
-    find_value,
     input_axes_behind,
     known_dims,
     meeting_at,
-    node_by_output,
-    remove_dead,
     upstream_through_unary,
 )
 
@@ -590,7 +591,30 @@ def _flattened(ctx: Context, node: ir.Node, k: int) -> Level | None:
 # ------------------------------------------------------------------------------------ the rules
 
 
-class _GeneratedBase(Rule):
+@dataclass(frozen=True)
+class OperandPlan:
+    """One frozen operand of the join to regenerate: the tensor in input ``slot`` (``value``, of
+    ``dims_s0`` at the export shape), whose axes ``meets`` (axis, partner tensor, partner axis).
+    ``recipe``: how its values are regenerated, as ``decompose``/``levels_plan``/``_cos_plan`` give
+    it ("fill", "grid", "levels" or "constant_of_shape", with their numbers); ``simulate`` reads it."""
+
+    slot: int
+    value: str
+    dims_s0: tuple[int, ...]
+    meets: tuple[tuple[int, str, int], ...]
+    recipe: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class GeneratedPlan(RewritePlan):
+    """DS007/DS008: the operands of the join making ``join_output`` to rebuild from ``Shape``."""
+
+    join: str
+    join_output: str  # the join is found by its output (node names may repeat)
+    operands: tuple[OperandPlan, ...]
+
+
+class _GeneratedBase(Rule[GeneratedPlan]):
     """DS007 and DS008 look at the same joins and split the frozen operands between them."""
 
     needs_export_shape = True
@@ -614,8 +638,8 @@ class _GeneratedBase(Rule):
             return self.refuse(node, "; ".join(others))
         return self._finding(ctx, node, mine)
 
-    def rewrite(self, ctx: Context, node: ir.Node, finding: Finding) -> str:
-        return rewrite_operands(ctx, finding)
+    def rewrite(self, builder: RewriteBuilder, node: ir.Node, plan: GeneratedPlan) -> str:
+        return rewrite_operands(builder, plan)
 
     def _finding(self, ctx: Context, join: ir.Node, ops: list[Operand]) -> Finding:
         parts: list[str] = []
@@ -640,13 +664,17 @@ class _GeneratedBase(Rule):
             fix="; ".join(fixes),
             details={
                 "join": join.name,
-                "join_output": join.outputs[0].name,
                 "operands": [
                     {"slot": op.slot, "value": op.value.name, "dims_s0": list(op.dims0), "meets": op.meeting.to_json(),
-                     "generator": op.generator.name if op.generator is not None else None, "plan": op.plan}
+                     "generator": op.generator.name if op.generator is not None else None}
                     for op in ops
                 ],
             },
+            plan=GeneratedPlan(join.name or "", join.outputs[0].name or "", tuple(
+                OperandPlan(op.slot, op.value.name or "", tuple(op.dims0),
+                            tuple((a, p.name or "", pa) for a, (p, pa) in sorted(op.meeting.axes.items())),
+                            op.plan or {})
+                for op in ops)) if fixable else None,
         )
 
     def _describe(self, ctx: Context, op: Operand) -> str:
@@ -764,50 +792,54 @@ class CachedFeatureMapBuffer(_GeneratedBase):
 # ------------------------------------------------------------------------------------ rewriting
 
 
-def rewrite_operands(ctx: Context, finding: Finding) -> str:
-    graph = ctx.model.graph
-    join = node_by_output(ctx, finding.details["join_output"])
+def _size_entries(dims0: list[int], meets: Mapping[int, tuple[str, int]]) -> list[SizeEntry]:
+    """A tensor's size: ``Shape`` of the partner on the axes that meet one, the export-time size elsewhere."""
+    return [SizeEntry(ref=meets[a][0], axis=meets[a][1]) if a in meets else SizeEntry(const=d)
+            for a, d in enumerate(dims0)]
+
+
+def rewrite_operands(rewrite: RewriteBuilder, plan: GeneratedPlan) -> str:
+    join = rewrite.producer_of(plan.join_output)
     if join is None:
-        raise LookupError(f"the join {finding.details['join']!r} is gone")
+        raise LookupError(f"the join {plan.join!r} is gone")
     done: list[str] = []
-    for spec in finding.details["operands"]:
-        plan = spec["plan"]
-        slot = int(spec["slot"])
+    for spec in plan.operands:
+        recipe = spec.recipe
+        slot = spec.slot
         old = join.inputs[slot]
         assert old is not None
-        meets = {int(a): (str(ref), int(pa)) for a, (ref, pa) in spec["meets"].items()}
-        if plan["kind"] == "constant_of_shape":
-            done.append(_rewrite_cos(ctx, plan))
+        meets = {a: (ref, pa) for a, ref, pa in spec.meets}
+        if recipe["kind"] == "constant_of_shape":
+            done.append(_rewrite_cos(rewrite, recipe))
             continue
         prefix = f"{join.name}_in{slot}"
-        builder = SizeBuilder(graph, prefix)
-        dims0: list[int] = spec["dims_s0"]
-        target_entries = [{"ref": meets[a][0], "axis": meets[a][1]} if a in meets else {"const": d}
-                          for a, d in enumerate(dims0)]
-        dtype = np.dtype(plan["dtype"])
+        builder = SizeBuilder(rewrite, prefix)
+        dims0 = list(spec.dims_s0)
+        target_entries = _size_entries(dims0, meets)
+        dtype = np.dtype(recipe["dtype"])
         refs = sorted({r for r, _ in meets.values()})
-        if plan["kind"] == "fill":
-            target = build_size_vector(builder, ctx, target_entries, None)
-            new = builder.add("ConstantOfShape", [target], "fill", value=ir.tensor(np.array([plan["value"]], dtype)))
-            what = f"ConstantOfShape filled with {plan['value']}"
-        elif plan["kind"] == "levels":
-            new = _emit_levels(builder, ctx, plan)
-            refs = [level["ref"] for level in plan["levels"]]
+        if recipe["kind"] == "fill":
+            target = build_size_vector(builder, target_entries, None)
+            new = builder.add("ConstantOfShape", [target], "fill", value=ir.tensor(np.array([recipe["value"]], dtype)))
+            what = f"ConstantOfShape filled with {recipe['value']}"
+        elif recipe["kind"] == "levels":
+            new = _emit_levels(builder, recipe)
+            refs = [level["ref"] for level in recipe["levels"]]
             what = f"{len(refs)} per-map grids concatenated"
         else:
-            new = _emit_grid(builder, ctx, plan, meets, len(dims0), target_entries)
-            what = "Range" if plan["terms"] else "Expand"
+            new = _emit_grid(builder, recipe, meets, len(dims0), target_entries)
+            what = "Range" if recipe["terms"] else "Expand"
         builder.insert(join)
         origin = origin_of(old)
         join.replace_input_with(slot, new)
         if origin.kind == "constant":
-            remove_dead(graph, origin.nodes, [old])
+            rewrite.remove_dead(origin.nodes, [old])
         done.append(f"{join.name}: input {old.name} ({fmt(tuple(dims0))}) -> {what} from Shape({', '.join(refs)})")
     return "; ".join(done)
 
 
-def _emit_grid(builder: SizeBuilder, ctx: Context, plan: dict, meets: dict[int, tuple[str, int]], rank: int,
-               target_entries: list[dict]) -> ir.Value:
+def _emit_grid(builder: SizeBuilder, plan: Mapping[str, Any], meets: Mapping[int, tuple[str, int]], rank: int,
+               target_entries: list[SizeEntry]) -> ir.Value:
     dtype = np.dtype(plan["dtype"])
     to = int(ir.DataType.from_numpy(dtype))
     out: ir.Value | None = None
@@ -824,7 +856,7 @@ def _emit_grid(builder: SizeBuilder, ctx: Context, plan: dict, meets: dict[int, 
     covered: set[int] = set()
     for term in plan["terms"]:
         j = int(term["axis"])
-        ref = find_value(ctx, meets[j][0])
+        ref = builder.builder.find_value(meets[j][0])
         if ref is None:
             raise LookupError(f"tensor {meets[j][0]!r} is gone")
         n = builder.dim(ref, meets[j][1])
@@ -854,15 +886,15 @@ def _emit_grid(builder: SizeBuilder, ctx: Context, plan: dict, meets: dict[int, 
         out = v if out is None else builder.add("Add", [out, v], f"sum{j}")
         covered.add(j)
     assert out is not None
-    dims0 = [int(e["const"]) if "const" in e else 0 for e in target_entries]
+    dims0 = [e.const if e.const is not None else 0 for e in target_entries]
     full = all(a in covered if a in meets else static[a] == dims0[a] for a in range(rank))
     if not full:
-        target = build_size_vector(builder, ctx, target_entries, None)
+        target = build_size_vector(builder, target_entries, None)
         out = builder.add("Expand", [out, target], "expand")
     return out
 
 
-def _emit_levels(builder: SizeBuilder, ctx: Context, plan: dict) -> ir.Value:
+def _emit_levels(builder: SizeBuilder, plan: Mapping[str, Any]) -> ir.Value:
     """Each level's grid (or fill) from Shape of its feature map, flattened onto the axis, then
     one Concat along it: the twin of ``_plan_levels``."""
     j = int(plan["axis"])
@@ -875,17 +907,16 @@ def _emit_levels(builder: SizeBuilder, ctx: Context, plan: dict) -> ir.Value:
         h0, w0 = (int(d) for d in level["size_s0"])
         meets = {j: (ref_name, ha), j + 1: (ref_name, wa)}
         grid_dims = [*dims0[:j], h0, w0, *dims0[j + 1:]]
-        entries = [{"ref": meets[a][0], "axis": meets[a][1]} if a in meets else {"const": d}
-                   for a, d in enumerate(grid_dims)]
+        entries = _size_entries(grid_dims, meets)
         segment = level["plan"]
         if segment["kind"] == "fill":
-            target = build_size_vector(builder, ctx, entries, None)
+            target = build_size_vector(builder, entries, None)
             grid = builder.add("ConstantOfShape", [target], f"level{k}_fill",
                                value=ir.tensor(np.array([segment["value"]], dtype)))
         else:
-            grid = _emit_grid(builder, ctx, segment, meets, len(grid_dims), entries)
+            grid = _emit_grid(builder, segment, meets, len(grid_dims), entries)
         # h·w computed from the shape (not -1): shape inference then knows each level's length
-        ref = find_value(ctx, ref_name)
+        ref = builder.builder.find_value(ref_name)
         if ref is None:
             raise LookupError(f"tensor {ref_name!r} is gone")
         hw = builder.add("Mul", [builder.dims(ref, [ha]), builder.dims(ref, [wa])], f"level{k}_hw")
@@ -897,21 +928,20 @@ def _emit_levels(builder: SizeBuilder, ctx: Context, plan: dict) -> ir.Value:
     return pieces[0] if len(pieces) == 1 else builder.add("Concat", pieces, "levels", axis=j)
 
 
-def _rewrite_cos(ctx: Context, plan: dict) -> str:
-    graph = ctx.model.graph
-    cos = node_by_output(ctx, plan["output"])
+def _rewrite_cos(rewrite: RewriteBuilder, plan: Mapping[str, Any]) -> str:
+    cos = rewrite.producer_of(plan["output"])
     if cos is None or cos.inputs[0] is None:
         return f"{plan['node']}: already rebuilt"
     old = cos.inputs[0]
     if old.name != plan["shape_value"]:
         return f"{cos.name}: size already rebuilt from Shape"
-    builder = SizeBuilder(graph, f"{cos.name}_shape")
-    new = build_size_vector(builder, ctx, plan["entries"], old)
+    builder = SizeBuilder(rewrite, f"{cos.name}_shape")
+    new = build_size_vector(builder, [SizeEntry.from_dict(e) for e in plan["entries"]], old)
     builder.insert(cos)
     origin = origin_of(old)
     cos.replace_input_with(0, new)
     if origin.kind == "constant":
-        remove_dead(graph, origin.nodes, [old])
+        rewrite.remove_dead(origin.nodes, [old])
     refs = sorted({e["ref"] for e in plan["entries"] if "ref" in e})
     return f"{cos.name}: shape {plan['shape_s0']} -> from Shape({', '.join(refs)})"
 

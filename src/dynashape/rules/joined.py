@@ -11,7 +11,7 @@ broadcasts and stays right at every size.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,7 @@ import onnx_ir as ir
 
 from dynashape.analysis import JOINS, SAME_SIZE_UNARY, Context, Origin, is_descendant
 from dynashape.probe import Dims, Probe
-from dynashape.rules.base import new_name
+from dynashape.rules.builder import RewriteBuilder, fold_value
 
 
 @dataclass
@@ -273,8 +273,6 @@ def constant_array(ctx: Context, value: ir.Value, origin: Origin) -> np.ndarray 
     probed = ctx.value(value, ctx.p0)
     if probed is not None:
         return np.asarray(probed)
-    from dynashape.rules.trt_support import fold_value
-
     outputs = {o.name for n in origin.nodes for o in n.outputs if o is not None and o.name}
     try:
         return fold_value(ctx.proto, value.name or "", outputs)
@@ -282,69 +280,57 @@ def constant_array(ctx: Context, value: ir.Value, origin: Origin) -> np.ndarray 
         return None
 
 
-def remove_dead(graph: ir.Graph, nodes: list[ir.Node], values: list[ir.Value] | None = None) -> None:
-    """Remove those of ``nodes`` (and initializers among ``values`` and the nodes' inputs) that
-    nothing uses any more, repeatedly: what a rewrite left behind."""
-    outputs = {id(v) for v in graph.outputs}
-    candidates = list(nodes)
-    inits = list(values or [])
-    changed = True
-    while changed:
-        changed = False
-        for node in list(candidates):
-            if node.graph is not graph:
-                candidates.remove(node)
-                continue
-            if any(o is not None and (o.uses() or id(o) in outputs) for o in node.outputs):
-                continue
-            inits.extend(i for i in node.inputs if i is not None)
-            graph.remove(node, safe=True)
-            candidates.remove(node)
-            changed = True
-    graph_inputs = {id(v) for v in graph.inputs}
-    for v in inits:
-        name = v.name or ""
-        if (name in graph.initializers and graph.initializers[name] is v and not v.uses()
-                and id(v) not in outputs and id(v) not in graph_inputs):
-            graph.initializers.pop(name)
-
-
 # -------------------------------------------------------------------------------- rewriting
 
 
-class SizeBuilder:
-    """New nodes that compute sizes from ``Shape`` of reference tensors; ``insert`` puts them
-    into the graph before a node (check's refresh sorts the graph afterwards)."""
+@dataclass(frozen=True)
+class SizeEntry:
+    """One entry of a size vector a rewrite builds: ``const``, ``Shape(ref)[axis]`` (divided by
+    ``divide``: a Tile's repeats) or entry ``keep`` of the size tensor it replaces."""
 
-    def __init__(self, graph: ir.Graph, prefix: str) -> None:
-        self.graph = graph
+    const: int | None = None
+    ref: str = ""
+    axis: int = 0
+    divide: int = 1
+    keep: int | None = None
+
+    @property
+    def kind(self) -> str:
+        return "const" if self.const is not None else "keep" if self.keep is not None else "ref"
+
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any]) -> SizeEntry:
+        """From ``{"const": v}``, ``{"ref": name, "axis": a[, "divide": d]}`` or ``{"keep": i}``."""
+        if "const" in entry:
+            return cls(const=int(entry["const"]))
+        if "keep" in entry:
+            return cls(keep=int(entry["keep"]))
+        return cls(ref=str(entry["ref"]), axis=int(entry["axis"]), divide=int(entry.get("divide", 1)))
+
+
+class SizeBuilder:
+    """New nodes, made through the rewrite's builder, that compute sizes from ``Shape`` of reference
+    tensors, named ``<prefix>_<suffix>``; ``insert`` puts them into the graph before a node."""
+
+    def __init__(self, builder: RewriteBuilder, prefix: str) -> None:
+        self.builder = builder
         self.prefix = prefix
         self.nodes: list[ir.Node] = []
         self._shapes: dict[int, ir.Value] = {}
 
     def add(self, op: str, inputs: list[ir.Value], suffix: str, **attrs: Any) -> ir.Value:
-        node = ir.node(op, inputs, attributes=attrs or None, name=new_name(self.graph, f"{self.prefix}_{suffix}"))
-        taken = {n.name for n in self.nodes}
-        if node.name in taken:
-            node.name = new_name(self.graph, f"{node.name}_{len(self.nodes)}")
-        node.outputs[0].name = f"{node.name}_output"
+        # the names these nodes always had (a fixed model must not change): unique in the graph, and
+        # one this builder gave already gets the count of its nodes appended
+        name = self.builder.node_name(f"{self.prefix}_{suffix}", among_queued=False)
+        if name in {n.name for n in self.nodes}:
+            name = self.builder.node_name(f"{name}_{len(self.nodes)}", among_queued=False)
+        node = self.builder.node(op, inputs, name=name, attributes=attrs, exact_name=True)
         self.nodes.append(node)
         return node.outputs[0]
 
     def const(self, values: int | list[int] | np.ndarray, suffix: str, scalar: bool = False,
               dtype: np.dtype | type = np.int64) -> ir.Value:
-        arr = np.asarray(values, dtype=dtype)
-        arr = arr.reshape(()) if scalar else arr
-        taken = set(self.graph.initializers)
-        name = f"{self.prefix}_{suffix}"
-        k = 1
-        while name in taken:
-            name = f"{self.prefix}_{suffix}_{k}"
-            k += 1
-        value = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)),
-                         const_value=ir.tensor(arr, name=name))
-        self.graph.register_initializer(value)
-        return value
+        return self.builder.const(f"{self.prefix}_{suffix}", values, dtype=dtype, scalar=scalar)
 
     def shape_of(self, ref: ir.Value) -> ir.Value:
         if id(ref) not in self._shapes:
@@ -363,16 +349,7 @@ class SizeBuilder:
         return pieces[0] if len(pieces) == 1 else self.add("Concat", pieces, suffix, axis=0)
 
     def insert(self, before: ir.Node) -> None:
-        self.graph.insert_before(before, self.nodes)
-
-
-def node_by_output(ctx: Context, output: str) -> ir.Node | None:
-    """The node that produces the tensor ``output`` (tensor names are unique; node names may
-    be empty or repeated in hand-made graphs)."""
-    for node in ctx.model.graph:
-        if any(o is not None and o.name == output for o in node.outputs):
-            return node
-    return None
+        self.builder.insert_before(before)
 
 
 def expanded_axes_frozen(ctx: Context, node: ir.Node, axes: list[int]) -> list[int]:
@@ -388,59 +365,44 @@ def expanded_axes_frozen(ctx: Context, node: ir.Node, axes: list[int]) -> list[i
     return [a for a in axes if 0 <= a - lead < len(x0) and (x0[a - lead] or 0) > 1]
 
 
-def find_value(ctx: Context, name: str) -> ir.Value | None:
-    for v in ctx.model.graph.inputs:
-        if v.name == name:
-            return v
-    for node in ctx.model.graph:
-        for out in node.outputs:
-            if out is not None and out.name == name:
-                return out
-    return None
-
-
-def build_size_vector(builder: SizeBuilder, ctx: Context, entries: list[dict], original: ir.Value | None
-                      ) -> ir.Value:
-    """A 1-D int64 size from ``entries``: ``{"const": v}``, ``{"ref": name, "axis": a[, "divide": d]}``
-    (taken from Shape of a tensor) or ``{"keep": i}`` (entry i of the ``original`` size tensor).
-    Neighbouring entries of one kind are merged."""
+def build_size_vector(sizes: SizeBuilder, entries: Sequence[SizeEntry], original: ir.Value | None) -> ir.Value:
+    """A 1-D int64 size from ``entries``; neighbouring entries of one kind are merged."""
     pieces: list[ir.Value] = []
     run_consts: list[int] = []
 
     def flush() -> None:
         if run_consts:
-            pieces.append(builder.const(list(run_consts), "c"))
+            pieces.append(sizes.const(list(run_consts), "c"))
             run_consts.clear()
 
     i = 0
     while i < len(entries):
         e = entries[i]
-        if "const" in e:
-            run_consts.append(int(e["const"]))
+        if e.const is not None:
+            run_consts.append(e.const)
             i += 1
             continue
         flush()
-        if "keep" in e:
+        if e.keep is not None:
             assert original is not None
-            idx = [int(e["keep"])]
-            while i + 1 < len(entries) and "keep" in entries[i + 1]:
+            idx = [e.keep]
+            while i + 1 < len(entries) and entries[i + 1].keep is not None:
                 i += 1
-                idx.append(int(entries[i]["keep"]))
-            pieces.append(builder.add("Gather", [original, builder.const(idx, "keep")], "keep", axis=0))
+                idx.append(int(entries[i].keep or 0))
+            pieces.append(sizes.add("Gather", [original, sizes.const(idx, "keep")], "keep", axis=0))
         else:
-            ref = find_value(ctx, e["ref"])
+            ref = sizes.builder.find_value(e.ref)
             if ref is None:
-                raise LookupError(f"tensor {e['ref']!r} is gone")
-            axes = [int(e["axis"])]
-            divide = int(e.get("divide", 1))
-            while (divide == 1 and i + 1 < len(entries) and entries[i + 1].get("ref") == e["ref"]
-                   and int(entries[i + 1].get("divide", 1)) == 1):
+                raise LookupError(f"tensor {e.ref!r} is gone")
+            axes = [e.axis]
+            while (e.divide == 1 and i + 1 < len(entries) and entries[i + 1].kind == "ref"
+                   and entries[i + 1].ref == e.ref and entries[i + 1].divide == 1):
                 i += 1
-                axes.append(int(entries[i]["axis"]))
-            dims = builder.dims(ref, axes)
-            if divide != 1:
-                dims = builder.add("Div", [dims, builder.const([divide], "div")], "per_copy")
+                axes.append(entries[i].axis)
+            dims = sizes.dims(ref, axes)
+            if e.divide != 1:
+                dims = sizes.add("Div", [dims, sizes.const([e.divide], "div")], "per_copy")
             pieces.append(dims)
         i += 1
     flush()
-    return builder.concat(pieces, "size")
+    return sizes.concat(pieces, "size")

@@ -53,10 +53,11 @@ import numpy as np
 import onnx_ir as ir
 
 from dynashape.analysis import JOINS, SAME_SIZE_UNARY, Context, fmt, origin_of
-from dynashape.findings import Finding, Refusal
+from dynashape.findings import Finding, Refusal, RewritePlan
 from dynashape.probe import Probe
 from dynashape.rules import trace
 from dynashape.rules.base import Rule
+from dynashape.rules.builder import RewriteBuilder
 from dynashape.rules.shape_arith import ShapeArith
 
 _STRIDED = ("Conv", "AveragePool", "MaxPool", "LpPool")
@@ -474,7 +475,29 @@ def owns_pad(ctx: Context, node: ir.Node) -> bool:
     return isinstance(plan, PadPlan) or plan == RIGHT_FOR_STRIDE
 
 
-class ComputedSamePadding(Rule):
+@dataclass(frozen=True)
+class AxisRebuild:
+    """One axis of a rebuilt pad: the total ``(m - H mod m) mod m`` (plus ``kernel - m`` for "same"),
+    split by ``style``."""
+
+    axis: int
+    kind: str  # "same" | "multiple"
+    multiple: int
+    kernel: int
+    style: str  # "end" | "begin" | "floor" | "ceil"
+
+
+@dataclass(frozen=True)
+class SamePaddingPlan(RewritePlan):
+    """DS013: the pads rebuilt from ``Shape`` of the input on the ``rebuilt`` axes; the other entries
+    keep their export-time ``pads_s0``."""
+
+    axes: tuple[int, ...]  # the pad's axes, in the order of its pads
+    pads_s0: tuple[int, ...]
+    rebuilt: tuple[AxisRebuild, ...]
+
+
+class ComputedSamePadding(Rule[SamePaddingPlan]):
     id = "DS013"
     title = "Same padding computed in Python: Pad holding (s - H mod s) mod s of the export size before a stride"
     ops = ("Pad",)
@@ -531,32 +554,32 @@ class ComputedSamePadding(Rule):
                      "rebuilt": {str(a): {"kind": p.kind, "multiple": p.multiple, "kernel": p.kernel,
                                           "style": next(iter(p.styles)), "consumer": p.consumer}
                                  for a, p in plan.rebuilt.items()}},
+            plan=SamePaddingPlan(tuple(plan.axes), tuple(plan.pads0), tuple(
+                AxisRebuild(a, p.kind, p.multiple, p.kernel, next(iter(p.styles))) for a, p in plan.rebuilt.items())),
         )
 
-    def rewrite(self, ctx: Context, node: ir.Node, finding: Finding) -> str:
-        graph = ctx.model.graph
-        axes: list[int] = finding.details["axes"]
-        pads0: list[int] = finding.details["pads_s0"]
-        rebuilt: dict[str, dict] = finding.details["rebuilt"]
+    def rewrite(self, builder: RewriteBuilder, node: ir.Node, plan: SamePaddingPlan) -> str:
+        axes, pads0 = plan.axes, plan.pads_s0
+        rebuilt = {r.axis: r for r in plan.rebuilt}
         x = node.inputs[0]
         assert x is not None
-        sa = ShapeArith(graph, f"{node.name}_pads")
+        sa = ShapeArith(builder, f"{node.name}_pads")
         n = len(axes)
         begins: list[ir.Value] = []
         ends: list[ir.Value] = []
         for j, axis in enumerate(axes):
-            spec = rebuilt.get(str(axis))
+            spec = rebuilt.get(axis)
             if spec is None:
                 begins.append(sa.const([pads0[j]], "begin"))
                 ends.append(sa.const([pads0[j + n]], "end"))
                 continue
-            m = spec["multiple"]
+            m = spec.multiple
             total = sa.mod(sa.sub(m, sa.mod(sa.dim(x, axis), m)), m)
-            if spec["kind"] == "same":
-                total = sa.add(total, spec["kernel"] - m)
-                if spec["kernel"] < m:
+            if spec.kind == "same":
+                total = sa.add(total, spec.kernel - m)
+                if spec.kernel < m:
                     total = sa.max(total, 0)
-            style = spec["style"]
+            style = spec.style
             if style == "end":
                 begin = sa.const([0], "zero")
             elif style == "begin":
@@ -570,8 +593,7 @@ class ComputedSamePadding(Rule):
         pads = sa.concat(begins + ends, "pads")
         sa.insert_before(node)
         node.replace_input_with(1, pads)
-        return (f"{finding.node}: pads {pads0} -> built from Shape({x.name}) on axes "
-                f"{sorted(int(a) for a in rebuilt)}")
+        return f"{node.name}: pads {list(pads0)} -> built from Shape({x.name}) on axes {sorted(rebuilt)}"
 
 
 RULES: list[Rule] = [ComputedSamePadding()]

@@ -31,9 +31,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from dynashape.analysis import SAME_SIZE_UNARY, Context, const_i64, fmt
-from dynashape.findings import Finding, Refusal
-from dynashape.rules.base import Rule, new_name, replace_value
+from dynashape.analysis import SAME_SIZE_UNARY, Context, fmt
+from dynashape.findings import Finding, Refusal, RewritePlan
+from dynashape.rules.base import Rule
+from dynashape.rules.builder import RewriteBuilder
 from dynashape.rules.shape_arith import ShapeArith
 
 _REDUCE = {"AveragePool": "ReduceMean", "MaxPool": "ReduceMax"}
@@ -45,7 +46,16 @@ def _ints(node: ir.Node, name: str, default: list[int]) -> list[int]:
     return list(attr.as_ints()) if attr is not None else default
 
 
-class WholeAxisPooling(Rule):
+@dataclass(frozen=True)
+class PoolPlan(RewritePlan):
+    """DS001: reduce ``pooled_axes`` (keepdims), or the global pool when they are every spatial axis."""
+
+    pooled_axes: tuple[int, ...]
+    global_pool: bool
+    kernel: tuple[int, ...]
+
+
+class WholeAxisPooling(Rule[PoolPlan]):
     id = "DS001"
     title = "Pooling kernel equals the export-time size of the axis it pools (frozen (h, 1) / whole-map pool)"
     ops = ("AveragePool", "MaxPool")
@@ -119,31 +129,27 @@ class WholeAxisPooling(Rule):
                 + "; in the source, pool with a kernel from the tensor (x.mean(dim, keepdim=True))"
             ),
             details={"pooled_axes": pooled, "global": whole},
+            plan=PoolPlan(tuple(pooled), whole, tuple(kernel)),
         )
 
-    def rewrite(self, ctx: Context, node: ir.Node, finding: Finding) -> str:
-        graph = ctx.model.graph
-        pooled: list[int] = finding.details["pooled_axes"]
+    def rewrite(self, builder: RewriteBuilder, node: ir.Node, plan: PoolPlan) -> str:
+        pooled = list(plan.pooled_axes)
         x = node.inputs[0]
         assert x is not None
-        if finding.details["global"]:
+        if plan.global_pool:
             op = _GLOBAL[node.op_type]
-            new = ir.node(op, [x], name=new_name(graph, f"{node.name}_global"))
+            new = builder.node(op, [x], name=f"{node.name}_global")
         else:
             op = _REDUCE[node.op_type]
-            if ctx.opset >= 18:
-                axes = const_i64(graph, f"{node.name}_axes", pooled)
-                new = ir.node(op, [x, axes], attributes={"keepdims": 1}, name=new_name(graph, f"{node.name}_reduce"))
+            if builder.opset >= 18:
+                axes = builder.const(f"{node.name}_axes", pooled)
+                new = builder.node(op, [x, axes], attributes={"keepdims": 1}, name=f"{node.name}_reduce")
             else:
-                new = ir.node(
-                    op, [x], attributes={"axes": pooled, "keepdims": 1}, name=new_name(graph, f"{node.name}_reduce")
-                )
-        graph.insert_before(node, new)
-        replace_value(graph, node.outputs[0], new.outputs[0])
-        graph.remove(node, safe=True)
-        return (
-            f"{finding.node}: {node.op_type} kernel {list(_ints(node, 'kernel_shape', []))} -> {op} over axes {pooled}"
-        )
+                new = builder.node(op, [x], attributes={"axes": pooled, "keepdims": 1}, name=f"{node.name}_reduce")
+        builder.insert_before(node)
+        builder.replace_uses(node.outputs[0], new.outputs[0])
+        builder.remove(node)
+        return f"{node.name}: {node.op_type} kernel {list(plan.kernel)} -> {op} over axes {pooled}"
 
 
 # ---------------------------------------------------------------------------------------- DS004
@@ -290,7 +296,18 @@ def _flattens(ctx: Context, node: ir.Node) -> list[tuple[str, int]]:
     return out
 
 
-class AdaptivePoolBins(Rule):
+@dataclass(frozen=True)
+class AdaptivePoolPlan(RewritePlan):
+    """DS004: reshape into ``bins`` x window per spatial axis (by ``modes``), reduce the windows, and
+    flatten the grid with ``Shape[:axis] + [-1]`` in the reshapes ``flattens`` names."""
+
+    modes: tuple[str, ...]
+    bins: tuple[int, ...]
+    kernel: tuple[int, ...]
+    flattens: tuple[tuple[str, int], ...]
+
+
+class AdaptivePoolBins(Rule[AdaptivePoolPlan]):
     id = "DS004"
     title = "Adaptive pooling into k>1 bins frozen as a kernel == stride window (adaptive_avg_pool2d(x, k), PSP/PPM)"
     ops = ("AveragePool", "MaxPool")
@@ -353,15 +370,14 @@ class AdaptivePoolBins(Rule):
             ),
             details={"modes": found.modes, "bins": found.bins, "signs": found.signs, "kernel": kernel,
                      "flattens": [list(f) for f in found.flattens]},
+            plan=AdaptivePoolPlan(tuple(found.modes), tuple(found.bins), tuple(kernel), tuple(found.flattens)),
         )
 
-    def rewrite(self, ctx: Context, node: ir.Node, finding: Finding) -> str:
-        graph = ctx.model.graph
-        modes: list[str] = finding.details["modes"]
-        bins: list[int] = finding.details["bins"]
+    def rewrite(self, builder: RewriteBuilder, node: ir.Node, plan: AdaptivePoolPlan) -> str:
+        modes, bins = plan.modes, plan.bins
         x = node.inputs[0]
         assert x is not None
-        sa = ShapeArith(graph, node.name or "pool")
+        sa = ShapeArith(builder, node.name or "pool")
         parts: list[ir.Value] = [sa.dims(x, [0, 1])]
         for i, mode in enumerate(modes):
             d = sa.dim(x, 2 + i)
@@ -373,29 +389,28 @@ class AdaptivePoolBins(Rule):
                 parts += [d, sa.const([1], "one")]
         target = sa.concat(parts, "target")
         sa.insert_before(node)
-        reshape = ir.node("Reshape", [x, target], name=new_name(graph, f"{node.name}_bins"))
-        reshape.outputs[0].name = f"{reshape.name}_output"
+        reshape = builder.node("Reshape", [x, target], name=f"{node.name}_bins")
         window_axes = [3 + 2 * i for i in range(len(modes))]
         op = _REDUCE[node.op_type]
-        if ctx.opset >= 18:
-            axes = const_i64(graph, f"{node.name}_window_axes", window_axes)
-            reduce = ir.node(op, [reshape.outputs[0], axes], attributes={"keepdims": 0},
-                             name=new_name(graph, f"{node.name}_reduce"))
+        if builder.opset >= 18:
+            axes = builder.const(f"{node.name}_window_axes", window_axes)
+            reduce = builder.node(op, [reshape.outputs[0], axes], attributes={"keepdims": 0},
+                                  name=f"{node.name}_reduce")
         else:
-            reduce = ir.node(op, [reshape.outputs[0]], attributes={"axes": window_axes, "keepdims": 0},
-                             name=new_name(graph, f"{node.name}_reduce"))
-        graph.insert_before(node, [reshape, reduce])
-        replace_value(graph, node.outputs[0], reduce.outputs[0])
-        graph.remove(node, safe=True)
+            reduce = builder.node(op, [reshape.outputs[0]], attributes={"axes": window_axes, "keepdims": 0},
+                                  name=f"{node.name}_reduce")
+        builder.insert_before(node)
+        builder.replace_uses(node.outputs[0], reduce.outputs[0])
+        builder.remove(node)
         grid = "x".join(str(b) for b in bins)
-        done = f"{finding.node}: {node.op_type} kernel {finding.details['kernel']} -> Reshape into a {grid} grid " \
+        done = f"{node.name}: {node.op_type} kernel {list(plan.kernel)} -> Reshape into a {grid} grid " \
                f"of windows (from Shape) + {op}"
-        for name, axis in finding.details.get("flattens", []):
-            flat = next((n for n in graph if n.name == name), None)
+        for name, axis in plan.flattens:
+            flat = builder.find_node(name)
             src = flat.inputs[0] if flat is not None else None
             if flat is None or src is None:
                 continue
-            fa = ShapeArith(graph, f"{name}_flat")
+            fa = ShapeArith(builder, f"{name}_flat")
             flat.replace_input_with(1, fa.concat([fa.dims(src, list(range(axis))), fa.const([-1], "rest")], "target"))
             fa.insert_before(flat)
             done += f"; {name}: flatten target -> Shape[:{axis}] + [-1]"

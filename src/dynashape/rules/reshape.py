@@ -46,14 +46,17 @@ import itertools
 import math
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
-from dynashape.analysis import Context, const_i64, fmt, is_descendant, origin_of
-from dynashape.findings import Finding, Refusal
+from dynashape.analysis import Context, fmt, is_descendant, origin_of
+from dynashape.findings import Finding, Refusal, RewritePlan
 from dynashape.probe import Probe
-from dynashape.rules.base import Rule, new_name
+from dynashape.rules.base import Rule
+from dynashape.rules.builder import RewriteBuilder
 from dynashape.shapes import ShapeMap
 
 Dims = tuple[int, ...]
@@ -109,7 +112,39 @@ def _blocks(dims: Dims, out: list[int]) -> list[tuple[list[int], list[int]]] | N
     return blocks
 
 
-class FrozenReshapeTarget(Rule):
+@dataclass(frozen=True)
+class ReshapePlan(RewritePlan):
+    """DS005: the reshape's new target. ``kind`` "const": ``target``; "shape": built from ``Shape`` of
+    the input (``copies`` of its dims in place, ``products`` of runs of them); "regroup": ``entries``
+    set to constants (-1 among them); "earlier": entries from ``Shape(tensor)`` (entry -> its
+    ``axes``). ``live`` entries are computed by the graph and stay computed; the others keep their
+    export-time value in ``target_s0``."""
+
+    kind: str  # "const" | "shape" | "regroup" | "earlier"
+    target_s0: tuple[int, ...]
+    valid_at_s1: bool  # it runs at S1 but mixes axes (see Rule.shadows_downstream)
+    target: tuple[int, ...] = ()
+    copies: tuple[int, ...] = ()
+    products: tuple[tuple[int, tuple[int, ...]], ...] = ()  # entry -> the input axes it multiplies
+    entries: tuple[tuple[int, int], ...] = ()  # entry -> constant
+    live: tuple[int, ...] = ()
+    tensor: str = ""
+    axes: tuple[tuple[int, int], ...] = ()  # entry -> axis of ``tensor``
+
+    @classmethod
+    def from_dict(cls, plan: dict[str, Any], target_s0: list[int], valid_at_s1: bool) -> ReshapePlan:
+        """From the planning helpers' dict (entry keys as strings, as they print in the messages)."""
+        return cls(
+            plan["kind"], tuple(target_s0), valid_at_s1, target=tuple(plan.get("target", ())),
+            copies=tuple(plan.get("copies", ())),
+            products=tuple((int(k), tuple(v)) for k, v in plan.get("products", {}).items()),
+            entries=tuple((int(k), int(v)) for k, v in plan.get("entries", {}).items()),
+            live=tuple(plan.get("live", ())), tensor=plan.get("tensor", ""),
+            axes=tuple((int(k), int(a)) for k, a in plan.get("axes", {}).items()),
+        )
+
+
+class FrozenReshapeTarget(Rule[ReshapePlan]):
     id = "DS005"
     title = "Reshape target holds export-time sizes or their products (view(b, c, h*w) with ints)"
     ops = ("Reshape",)
@@ -208,88 +243,73 @@ class FrozenReshapeTarget(Rule):
             baked_value=baked,
             breaks_at="every input size other than the export size",
             fix=(_describe(plan) if plan else _no_plan_text(extents, ctx.p1 if upstream_failure else None)),
-            details={"plan": plan, "target_s0": t0, "valid_at_s1": not fails_at_s1},
+            details={"target_s0": t0, "valid_at_s1": not fails_at_s1},
+            plan=ReshapePlan.from_dict(plan, t0, not fails_at_s1) if plan else None,
         )
 
-    def _rewrite_from_earlier(self, ctx: Context, node: ir.Node, plan: dict, t0: list[int]) -> str:
+    @staticmethod
+    def _rewrite_from_earlier(builder: RewriteBuilder, node: ir.Node, plan: ReshapePlan) -> str:
         """Entries from ``Shape`` of the earlier tensor, computed entries kept, the rest as they were."""
-        graph = ctx.model.graph
         old_target = node.inputs[1]
-        source = next((v for v in _ancestors(node.inputs[0]) if v.name == plan["tensor"]), None)
+        source = next((v for v in _ancestors(node.inputs[0]) if v.name == plan.tensor), None)
         assert source is not None and old_target is not None
-        shape = ir.node("Shape", [source], name=new_name(graph, f"{node.name}_shape_of_earlier"))
-        new_nodes = [shape]
+        shape = builder.op("Shape", [source], name=f"{node.name}_shape_of_earlier")
         pieces: list[ir.Value] = []
-        axes = {int(k): int(a) for k, a in plan["axes"].items()}
-        live = set(plan.get("live", []))
+        axes = dict(plan.axes)
+        live = set(plan.live)
+        t0 = list(plan.target_s0)
         for i, v in enumerate(t0):
             if i in axes or i in live:
-                src, at = (shape.outputs[0], axes[i]) if i in axes else (old_target, i)
-                g = ir.node("Gather", [src, const_i64(graph, f"{node.name}_i{i}", [at])], attributes={"axis": 0},
-                            name=new_name(graph, f"{node.name}_dim{i}" if i in axes else f"{node.name}_keep{i}"))
-                new_nodes.append(g)
-                pieces.append(g.outputs[0])
+                src, at = (shape, axes[i]) if i in axes else (old_target, i)
+                pieces.append(builder.op("Gather", [src, builder.const(f"{node.name}_i{i}", [at])], axis=0,
+                                         name=f"{node.name}_dim{i}" if i in axes else f"{node.name}_keep{i}"))
             else:
-                pieces.append(const_i64(graph, f"{node.name}_c{i}", [v]))
-        _install_target(graph, node, pieces, new_nodes)
-        return f"{node.name}: target entries {sorted(axes)} of {t0} from Shape({plan['tensor']}) (axes {axes})"
+                pieces.append(builder.const(f"{node.name}_c{i}", [v]))
+        _install_target(builder, node, pieces)
+        return f"{node.name}: target entries {sorted(axes)} of {t0} from Shape({plan.tensor}) (axes {axes})"
 
     def shadows_downstream(self, finding: Finding) -> bool:
         # a reshape that runs at the second shape but mixes axes hands on consistent wrong shapes
-        return bool(finding.details.get("valid_at_s1"))
+        return isinstance(finding.plan, ReshapePlan) and finding.plan.valid_at_s1
 
-    def rewrite(self, ctx: Context, node: ir.Node, finding: Finding) -> str:
-        graph = ctx.model.graph
-        plan = finding.details["plan"]
-        t0 = finding.details["target_s0"]
-        if plan["kind"] == "const":
-            new_target = const_i64(graph, f"{node.name}_shape", plan["target"])
-            node.replace_input_with(1, new_target)
-            return f"{node.name}: target {t0} -> {plan['target']}"
+    def rewrite(self, builder: RewriteBuilder, node: ir.Node, plan: ReshapePlan) -> str:
+        t0 = list(plan.target_s0)
+        if plan.kind == "const":
+            node.replace_input_with(1, builder.const(f"{node.name}_shape", list(plan.target)))
+            return f"{node.name}: target {t0} -> {list(plan.target)}"
         x, old_target = node.inputs[0], node.inputs[1]
         assert x is not None and old_target is not None
-        live = set(plan.get("live", []))
-        if plan["kind"] == "regroup" and not live:
-            new = [int(plan["entries"].get(str(i), v)) for i, v in enumerate(t0)]
-            node.replace_input_with(1, const_i64(graph, f"{node.name}_shape", new))
+        live = set(plan.live)
+        entries = dict(plan.entries)
+        if plan.kind == "regroup" and not live:
+            new = [entries.get(i, v) for i, v in enumerate(t0)]
+            node.replace_input_with(1, builder.const(f"{node.name}_shape", new))
             return f"{node.name}: target {t0} -> {new}"
-        new_nodes: list[ir.Node] = []
-        shape: ir.Node | None = None
-        if plan["kind"] == "shape":
-            shape = ir.node("Shape", [x], name=new_name(graph, f"{node.name}_shape_in"))
-            new_nodes.append(shape)
-        elif plan["kind"] == "earlier":
-            return self._rewrite_from_earlier(ctx, node, plan, t0)
+        if plan.kind == "earlier":
+            return self._rewrite_from_earlier(builder, node, plan)
+        shape = builder.op("Shape", [x], name=f"{node.name}_shape_in") if plan.kind == "shape" else None
         pieces: list[ir.Value] = []
-        products = {int(k): v for k, v in plan.get("products", {}).items()}
-        entries = {int(k): int(v) for k, v in plan.get("entries", {}).items()}
+        products = dict(plan.products)
         for i, v in enumerate(t0):
-            if i in plan.get("copies", []):
+            if i in plan.copies:
                 assert shape is not None
-                g = ir.node("Gather", [shape.outputs[0], const_i64(graph, f"{node.name}_i{i}", [i])],
-                            attributes={"axis": 0}, name=new_name(graph, f"{node.name}_dim{i}"))
-                new_nodes.append(g)
-                pieces.append(g.outputs[0])
+                pieces.append(builder.op("Gather", [shape, builder.const(f"{node.name}_i{i}", [i])], axis=0,
+                                         name=f"{node.name}_dim{i}"))
             elif i in products:
                 assert shape is not None
-                g = ir.node("Gather", [shape.outputs[0], const_i64(graph, f"{node.name}_i{i}", products[i])],
-                            attributes={"axis": 0}, name=new_name(graph, f"{node.name}_dims{i}"))
-                p = ir.node("ReduceProd", [g.outputs[0]], attributes={"keepdims": 1},
-                            name=new_name(graph, f"{node.name}_prod{i}"))
-                new_nodes += [g, p]
-                pieces.append(p.outputs[0])
+                g = builder.op("Gather", [shape, builder.const(f"{node.name}_i{i}", list(products[i]))], axis=0,
+                               name=f"{node.name}_dims{i}")
+                pieces.append(builder.op("ReduceProd", [g], keepdims=1, name=f"{node.name}_prod{i}"))
             elif i in entries:
-                pieces.append(const_i64(graph, f"{node.name}_c{i}", [entries[i]]))
+                pieces.append(builder.const(f"{node.name}_c{i}", [entries[i]]))
             elif i in live:
                 # computed from shapes in the graph: keep computing it
-                g = ir.node("Gather", [old_target, const_i64(graph, f"{node.name}_i{i}", [i])],
-                            attributes={"axis": 0}, name=new_name(graph, f"{node.name}_keep{i}"))
-                new_nodes.append(g)
-                pieces.append(g.outputs[0])
+                pieces.append(builder.op("Gather", [old_target, builder.const(f"{node.name}_i{i}", [i])], axis=0,
+                                         name=f"{node.name}_keep{i}"))
             else:
-                pieces.append(const_i64(graph, f"{node.name}_c{i}", [v]))
-        _install_target(graph, node, pieces, new_nodes)
-        if plan["kind"] == "regroup":
+                pieces.append(builder.const(f"{node.name}_c{i}", [v]))
+        _install_target(builder, node, pieces)
+        if plan.kind == "regroup":
             return f"{node.name}: target entries {entries} set, the computed ones kept"
         return f"{node.name}: target {t0} -> built from Shape({x.name})"
 
@@ -622,14 +642,11 @@ def _fails_upstream(ctx: Context, probe: Probe, value: ir.Value | None) -> bool:
     return node is not None and is_descendant(value, node)
 
 
-def _install_target(graph: ir.Graph, node: ir.Node, pieces: list[ir.Value], new_nodes: list[ir.Node]) -> None:
-    """Concat ``pieces`` into the reshape's new target; insert ``new_nodes`` and it before ``node``."""
-    cat = ir.node("Concat", pieces, attributes={"axis": 0}, name=new_name(graph, f"{node.name}_target"))
-    new_nodes.append(cat)
-    for n in new_nodes:
-        n.outputs[0].name = f"{n.name}_output"
-    graph.insert_before(node, new_nodes)
-    node.replace_input_with(1, cat.outputs[0])
+def _install_target(builder: RewriteBuilder, node: ir.Node, pieces: list[ir.Value]) -> None:
+    """Concat ``pieces`` into the reshape's new target; insert the new nodes before ``node``."""
+    target = builder.op("Concat", pieces, name=f"{node.name}_target", axis=0)
+    builder.insert_before(node)
+    node.replace_input_with(1, target)
 
 
 def _batch_sizes(ctx: Context) -> tuple[int, int]:

@@ -29,10 +29,11 @@ from fractions import Fraction
 import numpy as np
 import onnx_ir as ir
 
-from dynashape.analysis import SAME_SIZE_UNARY, Context, const_i64, fmt, is_descendant, join_partners
-from dynashape.findings import Finding, Refusal
+from dynashape.analysis import SAME_SIZE_UNARY, Context, fmt, is_descendant, join_partners
+from dynashape.findings import Finding, Refusal, RewritePlan
 from dynashape.probe import Probe
-from dynashape.rules.base import Rule, new_name
+from dynashape.rules.base import Rule
+from dynashape.rules.builder import RewriteBuilder
 from dynashape.shapes import ShapeMap
 
 log = logging.getLogger(__name__)
@@ -68,11 +69,40 @@ class Explanation:
             dim = f"({dim} // {self.div})"
         return f"{dim} * {self.mul}" if self.mul > 1 else dim
 
-    def to_json(self) -> dict[str, str | int]:
-        return {"ref": self.ref.name or "", "axis": self.axis, "div": self.div, "mul": self.mul}
+    def term(self, entry: int) -> SizeTerm:
+        return SizeTerm(entry, self.ref.name or "", self.axis, self.div, self.mul, self.text())
 
 
-class FrozenResizeSize(Rule):
+@dataclass(frozen=True)
+class SizeTerm:
+    """Entry ``entry`` of ``sizes`` as ``floor(Shape(ref)[axis] / div) * mul`` (``text`` says so)."""
+
+    entry: int
+    ref: str
+    axis: int
+    div: int
+    mul: int
+    text: str
+
+
+@dataclass(frozen=True)
+class ResizePlan(RewritePlan):
+    """DS002: the frozen entries of ``sizes`` (``frozen_axes``; ``sizes_s0`` at the export shape)
+    from ``Shape(ref)`` (``kind`` "shape"), as constant scales (``kind`` "scales": ``factor`` on
+    ``scaled_axes``), or from ``terms`` (``kind`` "arith"; ``alternative``: the plain match it was
+    preferred to)."""
+
+    kind: str  # "shape" | "scales" | "arith"
+    frozen_axes: tuple[int, ...]
+    sizes_s0: tuple[int, ...]
+    ref: str = ""
+    factor: float = 0.0
+    scaled_axes: tuple[int, ...] = ()
+    terms: tuple[SizeTerm, ...] = ()
+    alternative: str = ""
+
+
+class FrozenResizeSize(Rule[ResizePlan]):
     id = "DS002"
     title = "Resize output size is a constant frozen at the export shape (interpolate(size=...) with ints)"
     ops = ("Resize",)
@@ -99,10 +129,11 @@ class FrozenResizeSize(Rule):
         plan, why_not = self._plan(ctx, node, s0, frozen, partners)
         out_dims = ctx.dims(node.outputs[0], ctx.p1)
         partner_txt = ""
-        if plan.get("kind") == "shape":
-            partner_txt = f", the export-time size of {plan['ref']!r}"
-        elif plan.get("kind") == "arith":
-            partner_txt = ", computed at export as " + ", ".join(plan["text"][str(i)] for i in frozen)
+        if plan is not None and plan.kind == "shape":
+            partner_txt = f", the export-time size of {plan.ref!r}"
+        elif plan is not None and plan.kind == "arith":
+            texts = {t.entry: t.text for t in plan.terms}
+            partner_txt = ", computed at export as " + ", ".join(texts[i] for i in frozen)
         frozen_txt = "x".join(str(s0[i]) for i in frozen)
         x_txt = "x".join(str(x1[i]) for i in frozen)
         message = (
@@ -122,22 +153,23 @@ class FrozenResizeSize(Rule):
                 f"not rewritten: {why_not}; in the source use F.interpolate(x, size=ref.shape[-2:]) "
                 "or scale_factor"
             ),
-            details={"frozen_axes": frozen, "sizes_s0": s0, "plan": plan, "out_s1": list(out_dims or [])},
+            details={"frozen_axes": frozen, "sizes_s0": s0, "out_s1": list(out_dims or [])},
+            plan=plan,
         )
 
     def _plan(self, ctx: Context, node: ir.Node, s0: list[int], frozen: list[int],
-              partners: list[ir.Value]) -> tuple[dict, str]:
-        """The fix as a JSON-able plan (empty: none), and why there is none."""
+              partners: list[ir.Value]) -> tuple[ResizePlan | None, str]:
+        """The fix (None: none), and why there is none."""
         joined = [p for p in partners if not is_descendant(p, node)]
         for ref in joined:
             if _same_size(ctx, ref, s0, frozen):
-                return {"kind": "shape", "ref": ref.name}, ""
+                return ResizePlan("shape", tuple(frozen), tuple(s0), ref=ref.name or ""), ""
         same = next((ref for ref in self._reference_candidates(ctx, node) if _same_size(ctx, ref, s0, frozen)), None)
         if same is not None:
             patch = _patch_idiom(ctx, node, s0, frozen, same)
             if patch:
                 return patch, ""
-            return {"kind": "shape", "ref": same.name}, ""
+            return ResizePlan("shape", tuple(frozen), tuple(s0), ref=same.name or ""), ""
         x0 = ctx.dims(node.inputs[0], ctx.p0)
         assert x0 is not None
         per_axis = {i: Fraction(s0[i], x0[i]) for i in frozen if x0[i]}
@@ -147,7 +179,8 @@ class FrozenResizeSize(Rule):
         if len(factors) == 1 and len(per_axis) == len(frozen):
             f = factors.pop()
             if f.denominator == 1 or f.numerator == 1:
-                return {"kind": "scales", "factor": float(f), "axes": sorted(scaled)}, ""
+                return ResizePlan("scales", tuple(frozen), tuple(s0), factor=float(f),
+                                  scaled_axes=tuple(sorted(scaled))), ""
         return _arithmetic_plan(ctx, node, s0, frozen)
 
     def _reference_candidates(self, ctx: Context, node: ir.Node) -> list[ir.Value]:
@@ -160,100 +193,74 @@ class FrozenResizeSize(Rule):
         return cands
 
     @staticmethod
-    def _describe(plan: dict) -> str:
-        if plan["kind"] == "shape":
-            return f"take the frozen entries of sizes from Shape({plan['ref']})"
-        if plan["kind"] == "arith":
+    def _describe(plan: ResizePlan) -> str:
+        if plan.kind == "shape":
+            return f"take the frozen entries of sizes from Shape({plan.ref})"
+        if plan.kind == "arith":
             return "compute the frozen entries of sizes from Shape: " + ", ".join(
-                f"axis {a}: {t}" for a, t in plan["text"].items())
-        return f"use constant scales (factor {plan['factor']:g}) instead of sizes"
+                f"axis {t.entry}: {t.text}" for t in plan.terms)
+        return f"use constant scales (factor {plan.factor:g}) instead of sizes"
 
-    def rewrite(self, ctx: Context, node: ir.Node, finding: Finding) -> str:
-        graph = ctx.model.graph
-        plan = finding.details["plan"]
-        frozen: list[int] = finding.details["frozen_axes"]
-        s0: list[int] = finding.details["sizes_s0"]
+    def rewrite(self, builder: RewriteBuilder, node: ir.Node, plan: ResizePlan) -> str:
+        frozen = list(plan.frozen_axes)
+        s0 = plan.sizes_s0
         x = node.inputs[0]
         assert x is not None
-        if plan["kind"] == "scales":
+        if plan.kind == "scales":
             rank = len(s0)
-            scaled_axes = plan.get("axes", frozen)
-            scales = np.array([plan["factor"] if i in scaled_axes else 1.0 for i in range(rank)], np.float32)
-            scales_v = ir.Value(
-                name=new_name_init(graph, f"{node.name}_scales"), shape=ir.Shape([rank]),
-                type=ir.TensorType(ir.DataType.FLOAT), const_value=ir.tensor(scales),
-            )
-            scales_v.const_value.name = scales_v.name  # type: ignore[union-attr]
-            graph.register_initializer(scales_v)
+            scales = np.array([plan.factor if i in plan.scaled_axes else 1.0 for i in range(rank)], np.float32)
+            scales_v = builder.initializer(f"{node.name}_scales", scales)
             roi = node.inputs[1]
-            if roi is None and ctx.opset < 13:
-                roi = ir.Value(
-                    name=new_name_init(graph, f"{node.name}_roi"), shape=ir.Shape([0]),
-                    type=ir.TensorType(ir.DataType.FLOAT), const_value=ir.tensor(np.zeros(0, np.float32)),
-                )
-                graph.register_initializer(roi)
+            if roi is None and builder.opset < 13:
+                roi = builder.initializer(f"{node.name}_roi", np.zeros(0, np.float32))
             node.resize_inputs(3)
             node.replace_input_with(1, roi)
             node.replace_input_with(2, scales_v)
-            return f"{node.name}: sizes {fmt(tuple(s0))} -> scales {scales.tolist()}"
-        if plan["kind"] == "arith":
-            return self._rewrite_arith(ctx, node, plan, s0, frozen)
-        ref = next(v for v in _all_values(ctx) if v.name == plan["ref"])
-        shape_x = ir.node("Shape", [x], name=new_name(graph, f"{node.name}_shape_in"))
-        shape_r = ir.node("Shape", [ref], name=new_name(graph, f"{node.name}_shape_ref"))
-        new_nodes = [shape_x, shape_r]
+            return f"{node.name}: sizes {fmt(s0)} -> scales {scales.tolist()}"
+        if plan.kind == "arith":
+            return self._rewrite_arith(builder, node, plan)
+        ref = builder.find_value(plan.ref)
+        assert ref is not None
+        shape_x = builder.node("Shape", [x], name=f"{node.name}_shape_in")
+        shape_r = builder.node("Shape", [ref], name=f"{node.name}_shape_ref")
         pieces: list[ir.Value] = []
         for from_ref, axes in _runs(len(s0), frozen):
             src = shape_r if from_ref else shape_x
-            idx = const_i64(graph, f"{node.name}_axes_{axes[0]}", axes)
-            g = ir.node("Gather", [src.outputs[0], idx], attributes={"axis": 0},
-                        name=new_name(graph, f"{node.name}_gather_{axes[0]}"))
-            new_nodes.append(g)
-            pieces.append(g.outputs[0])
-        _finish_sizes(graph, node, new_nodes, pieces)
-        return f"{node.name}: sizes {fmt(tuple(s0))} -> Shape({plan['ref']}) on axes {frozen}"
+            idx = builder.const(f"{node.name}_axes_{axes[0]}", axes)
+            pieces.append(builder.op("Gather", [src.outputs[0], idx], name=f"{node.name}_gather_{axes[0]}", axis=0))
+        _finish_sizes(builder, node, pieces)
+        return f"{node.name}: sizes {fmt(s0)} -> Shape({plan.ref}) on axes {frozen}"
 
     @staticmethod
-    def _rewrite_arith(ctx: Context, node: ir.Node, plan: dict, s0: list[int], frozen: list[int]) -> str:
+    def _rewrite_arith(builder: RewriteBuilder, node: ir.Node, plan: ResizePlan) -> str:
         """sizes = Concat(old sizes on the other axes, floor(Shape(ref)[axis] / div) * mul per frozen axis)."""
-        graph = ctx.model.graph
         sizes = node.inputs[3]
         assert sizes is not None
-        values = {v.name: v for v in _all_values(ctx)}
-        new_nodes: list[ir.Node] = []
+        terms = {t.entry: t for t in plan.terms}
         shapes: dict[str, ir.Value] = {}
         pieces: list[ir.Value] = []
-        for computed, axes in _runs(len(s0), frozen):
+        for computed, axes in _runs(len(plan.sizes_s0), list(plan.frozen_axes)):
             if not computed:
-                idx = const_i64(graph, f"{node.name}_axes_{axes[0]}", axes)
-                g = ir.node("Gather", [sizes, idx], attributes={"axis": 0},
-                            name=new_name(graph, f"{node.name}_kept_{axes[0]}"))
-                new_nodes.append(g)
-                pieces.append(g.outputs[0])
+                idx = builder.const(f"{node.name}_axes_{axes[0]}", axes)
+                pieces.append(builder.op("Gather", [sizes, idx], name=f"{node.name}_kept_{axes[0]}", axis=0))
                 continue
             for a in axes:
-                entry = plan["axes"][str(a)]
-                ref_name = str(entry["ref"])
-                if ref_name not in shapes:
-                    shape = ir.node("Shape", [values[ref_name]], name=new_name(graph, f"{node.name}_shape_{a}"))
-                    new_nodes.append(shape)
-                    shapes[ref_name] = shape.outputs[0]
-                idx = const_i64(graph, f"{node.name}_axis_{a}", [int(entry["axis"])])
-                g = ir.node("Gather", [shapes[ref_name], idx], attributes={"axis": 0},
-                            name=new_name(graph, f"{node.name}_dim_{a}"))
-                new_nodes.append(g)
-                piece = g.outputs[0]
+                term = terms[a]
+                if term.ref not in shapes:
+                    ref = builder.find_value(term.ref)
+                    assert ref is not None
+                    shapes[term.ref] = builder.op("Shape", [ref], name=f"{node.name}_shape_{a}")
+                idx = builder.const(f"{node.name}_axis_{a}", [term.axis])
+                piece = builder.op("Gather", [shapes[term.ref], idx], name=f"{node.name}_dim_{a}", axis=0)
                 # int64 Div truncates: floor for the non-negative sizes here
-                for op, k in (("Div", int(entry["div"])), ("Mul", int(entry["mul"]))):
+                for op, k in (("Div", term.div), ("Mul", term.mul)):
                     if k == 1:
                         continue
-                    arith = ir.node(op, [piece, const_i64(graph, f"{node.name}_{op.lower()}_{a}", [k])],
-                                    name=new_name(graph, f"{node.name}_{op.lower()}_{a}"))
-                    new_nodes.append(arith)
-                    piece = arith.outputs[0]
+                    piece = builder.op(op, [piece, builder.const(f"{node.name}_{op.lower()}_{a}", [k])],
+                                       name=f"{node.name}_{op.lower()}_{a}")
                 pieces.append(piece)
-        _finish_sizes(graph, node, new_nodes, pieces)
-        return f"{node.name}: sizes {fmt(tuple(s0))} -> " + ", ".join(plan["text"][str(a)] for a in frozen)
+        _finish_sizes(builder, node, pieces)
+        return f"{node.name}: sizes {fmt(plan.sizes_s0)} -> " + ", ".join(terms[a].text for a in plan.frozen_axes)
 
 
 def _runs(rank: int, chosen: list[int]) -> list[tuple[bool, list[int]]]:
@@ -268,16 +275,9 @@ def _runs(rank: int, chosen: list[int]) -> list[tuple[bool, list[int]]]:
     return runs
 
 
-def _finish_sizes(graph: ir.Graph, node: ir.Node, new_nodes: list[ir.Node], pieces: list[ir.Value]) -> None:
-    if len(pieces) == 1:
-        sizes = pieces[0]
-    else:
-        cat = ir.node("Concat", pieces, attributes={"axis": 0}, name=new_name(graph, f"{node.name}_sizes"))
-        new_nodes.append(cat)
-        sizes = cat.outputs[0]
-    for n in new_nodes:
-        n.outputs[0].name = f"{n.name}_output"
-    graph.insert_before(node, new_nodes)
+def _finish_sizes(builder: RewriteBuilder, node: ir.Node, pieces: list[ir.Value]) -> None:
+    sizes = pieces[0] if len(pieces) == 1 else builder.op("Concat", pieces, name=f"{node.name}_sizes", axis=0)
+    builder.insert_before(node)
     node.replace_input_with(3, sizes)
 
 
@@ -411,28 +411,26 @@ def _representative(cls: list[Explanation]) -> Explanation:
     return idioms[0] if idioms else cls[0]
 
 
-def _arith_plan(choice: dict[int, Explanation]) -> dict:
-    return {
-        "kind": "arith",
-        "axes": {str(a): e.to_json() for a, e in choice.items()},
-        "text": {str(a): e.text() for a, e in choice.items()},
-    }
+def _arith_plan(choice: dict[int, Explanation], s0: list[int], frozen: list[int], alternative: str = "") -> ResizePlan:
+    return ResizePlan("arith", tuple(frozen), tuple(s0), terms=tuple(e.term(a) for a, e in choice.items()),
+                      alternative=alternative)
 
 
-def _patch_idiom(ctx: Context, node: ir.Node, s0: list[int], frozen: list[int], same: ir.Value) -> dict:
+def _patch_idiom(ctx: Context, node: ir.Node, s0: list[int], frozen: list[int], same: ir.Value
+                 ) -> ResizePlan | None:
     """Depth Anything exported at a multiple of its patch size: ``sizes`` equals the input's size
     there, but the source computes ``(H // 14) * 14``. With a ViT patch embedding on the graph input
     that idiom explains every frozen spatial axis and differs from ``Shape(same)`` off the export
     shape: the idiom (the patch embedding corroborates it; a plain size match does not)."""
     x0 = ctx.dims(node.inputs[0], ctx.p0)
     if x0 is None:
-        return {}
+        return None
     rank = len(x0)
     choice: dict[int, Explanation] = {}
     plain: dict[int, Explanation] = {}
     for axis in frozen:
         if axis < 2:
-            return {}
+            return None
         for g in _graph_inputs(ctx, rank):
             d0 = ctx.dims(g, ctx.p0)
             if d0 is None or d0[axis] is None or axis not in ctx.dynamic_axes_of(g):
@@ -445,21 +443,20 @@ def _patch_idiom(ctx: Context, node: ir.Node, s0: list[int], frozen: list[int], 
             if axis in choice:
                 break
         if axis not in choice:
-            return {}
+            return None
         plain[axis] = Explanation(same, axis, 1, 1, "earlier")
     probes = _probes(ctx)
     differs = any(choice[a].value(ctx, p) != plain[a].value(ctx, p) for a in frozen for p in probes
                   if choice[a].value(ctx, p) is not None and plain[a].value(ctx, p) is not None)
     if not differs:
-        return {}
+        return None
     log.info("%s: sizes match Shape(%s) at the export shape; the patch embedding says (H // p) * p",
              node.name, same.name)
-    plan = _arith_plan(choice)
-    plan["alternative"] = f"Shape({same.name})"
-    return plan
+    return _arith_plan(choice, s0, frozen, alternative=f"Shape({same.name})")
 
 
-def _arithmetic_plan(ctx: Context, node: ir.Node, s0: list[int], frozen: list[int]) -> tuple[dict, str]:
+def _arithmetic_plan(ctx: Context, node: ir.Node, s0: list[int], frozen: list[int]
+                     ) -> tuple[ResizePlan | None, str]:
     x0 = ctx.dims(node.inputs[0], ctx.p0)
     assert x0 is not None
     rank = len(x0)
@@ -469,7 +466,7 @@ def _arithmetic_plan(ctx: Context, node: ir.Node, s0: list[int], frozen: list[in
         v0 = s0[axis]
         cands = _multiples(ctx, node, axis, v0, rank) + _idioms(ctx, axis, v0, rank)
         if not cands:
-            return {}, (
+            return None, (
                 f"the frozen size {v0} on axis {axis} matches no tensor's export-time size, no integer "
                 "multiple of one and no (d // p) * p of an input dim"
             )
@@ -480,31 +477,14 @@ def _arithmetic_plan(ctx: Context, node: ir.Node, s0: list[int], frozen: list[in
             backed = [c for c in classes if _corroborated(ctx, c)]
             if len(backed) != 1:
                 shown = ", ".join(_representative(c).text() for c in (backed or classes)[:3])
-                return {}, (
+                return None, (
                     f"ambiguous: on axis {axis} the frozen {v0} is {shown} (and {len(classes)} explanations "
                     "in all) at the export shape, which differ at other sizes and none of which the graph "
                     "singles out"
                 )
             classes = backed
         choice[axis] = _representative(classes[0])
-    return _arith_plan(choice), ""
-
-
-def _all_values(ctx: Context) -> list[ir.Value]:
-    vals: list[ir.Value] = list(ctx.model.graph.inputs)
-    for n in ctx.model.graph:
-        vals.extend(o for o in n.outputs if o is not None)
-    return vals
-
-
-def new_name_init(graph: ir.Graph, base: str) -> str:
-    taken = set(graph.initializers)
-    name = base
-    k = 1
-    while name in taken:
-        name = f"{base}_{k}"
-        k += 1
-    return name
+    return _arith_plan(choice, s0, frozen), ""
 
 
 RULES: list[Rule] = [FrozenResizeSize()]

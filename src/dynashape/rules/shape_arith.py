@@ -1,8 +1,9 @@
 """Small int64 shape computations for rewrites: ``Shape -> Gather -> Add/Div/Mod -> Concat``.
 
-A rewrite that replaces a baked size with one read from a tensor builds a few nodes; this keeps
-them named, typed by shape inference later, and inserted in one place before the node they feed.
-Every value is a 1-D int64 tensor of one element (``[1]``) unless ``concat`` joins several.
+A rewrite that replaces a baked size with one read from a tensor builds a few nodes; this writes
+them through the rewrite's :class:`RewriteBuilder`, named ``<prefix>_<what>``, and inserts them in one
+place before the node they feed. Every value is a 1-D int64 tensor of one element (``[1]``) unless
+``concat`` joins several.
 """
 
 from __future__ import annotations
@@ -11,40 +12,26 @@ from collections.abc import Sequence
 
 import onnx_ir as ir
 
-from dynashape.analysis import const_i64
+from dynashape.rules.builder import RewriteBuilder
 
 INT64_MAX = 2**63 - 1
 
 
 class ShapeArith:
-    """Collects the nodes of one shape computation; ``insert_before(node)`` puts them in the graph."""
+    """One shape computation; ``insert_before(node)`` puts its nodes in the graph."""
 
-    def __init__(self, graph: ir.Graph, prefix: str) -> None:
-        self.graph = graph
+    def __init__(self, builder: RewriteBuilder, prefix: str) -> None:
+        self.builder = builder
         self.prefix = prefix
-        self.nodes: list[ir.Node] = []
-        self._taken = {n.name for n in graph}
         self._shapes: dict[int, ir.Value] = {}
         self._dims: dict[tuple[int, int], ir.Value] = {}
 
-    def _name(self, what: str) -> str:
-        base = f"{self.prefix}_{what}"
-        name, k = base, 1
-        while name in self._taken:
-            name = f"{base}_{k}"
-            k += 1
-        self._taken.add(name)
-        return name
-
     def _node(self, op: str, inputs: Sequence[ir.Value], what: str, **attrs: int) -> ir.Value:
-        node = ir.node(op, list(inputs), attributes=attrs or None, name=self._name(what))
-        node.outputs[0].name = f"{node.name}_output"
-        self.nodes.append(node)
-        return node.outputs[0]
+        return self.builder.op(op, inputs, name=f"{self.prefix}_{what}", **attrs)
 
     def const(self, values: int | Sequence[int], what: str = "c") -> ir.Value:
         vals = [values] if isinstance(values, int) else list(values)
-        return const_i64(self.graph, f"{self.prefix}_{what}", vals)
+        return self.builder.const(f"{self.prefix}_{what}", vals)
 
     def shape(self, value: ir.Value) -> ir.Value:
         if id(value) not in self._shapes:
@@ -100,6 +87,4 @@ class ShapeArith:
         return self._node("Concat", parts, what, axis=0)
 
     def insert_before(self, node: ir.Node) -> None:
-        if self.nodes:
-            self.graph.insert_before(node, self.nodes)
-            self.nodes = []
+        self.builder.insert_before(node)

@@ -22,16 +22,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import islice
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
-from dynashape.analysis import Context, const_i64, fmt
-from dynashape.findings import Finding, Refusal
+from dynashape.analysis import Context, fmt
+from dynashape.findings import Finding, Refusal, RewritePlan
 from dynashape.probe import Probe
 from dynashape.rules import trace
-from dynashape.rules.base import Rule, new_name, replace_value
+from dynashape.rules.base import Rule
+from dynashape.rules.builder import RewriteBuilder
 from dynashape.rules.padding import pad_axes, pads_at
 from dynashape.rules.shape_arith import INT64_MAX, ShapeArith
 
@@ -52,10 +55,6 @@ def _checked(starts: list[int], ends: list[int], axes: list[int], steps: list[in
     if any(s == 0 for s in steps):
         return "a step is 0 (ONNX would reject this Slice)"
     return starts, ends, axes, steps, attr_form
-
-
-def _find(ctx: Context, name: str) -> ir.Node | None:
-    return next((n for n in ctx.model.graph if n.name == name), None)
 
 
 def _concat_boundaries(ctx: Context, cat: ir.Node, axis: int) -> list[int] | None:
@@ -84,7 +83,23 @@ def _input_factors(ctx: Context, probe: Probe) -> set[float]:
 # ---------------------------------------------------------------------------------------- DS006
 
 
-class FrozenSplitSizes(Rule):
+@dataclass(frozen=True)
+class SplitPlan(RewritePlan):
+    """DS006: Slices on ``axis`` whose bounds are running sums of ``Shape`` of the inputs of the
+    ``concat`` (``kind`` "concat": ``groups`` of its inputs per piece, on ``concat_axis``), or
+    ``Shape / parts`` (``kind`` "equal")."""
+
+    kind: str  # "concat" | "equal"
+    axis: int
+    sizes_s0: tuple[int, ...]
+    concat: str = ""
+    concat_axis: int = 0
+    groups: tuple[tuple[int, ...], ...] = ()
+    refs: tuple[tuple[str, ...], ...] = ()
+    parts: int = 0
+
+
+class FrozenSplitSizes(Rule[SplitPlan]):
     id = "DS006"
     title = "Split sizes are constants adding up to an export-time size (torch.split(y, (h, w)) with ints)"
     ops = ("Split",)
@@ -117,7 +132,7 @@ class FrozenSplitSizes(Rule):
                 node, f"sizes {s0} do not add up to axis {axis} of its input ({fmt(x0)}) at the export shape")
         plan = self._concat_plan(ctx, x, axis, s0) or self._equal_plan(ctx, x, axis, s0)
         if plan and ctx.opset < 10:
-            plan = {}
+            plan = None
         return self.finding(
             node,
             severity="error",
@@ -125,7 +140,7 @@ class FrozenSplitSizes(Rule):
                 f"Split sizes {s0} on axis {axis} add up to the export-time size {d0} of that axis of its input "
                 f"({fmt(x0)}){' (an attribute)' if attr_form else ''}: when its input is {fmt(x1)} the axis has "
                 f"{d1} and the sizes no longer add up, so the Split fails"
-                + (f"; the pieces are the tensors concatenated by {plan['concat']!r}" if plan.get("kind") == "concat"
+                + (f"; the pieces are the tensors concatenated by {plan.concat!r}" if plan and plan.kind == "concat"
                    else "")
             ),
             fixable=bool(plan),
@@ -137,18 +152,19 @@ class FrozenSplitSizes(Rule):
                 f"that stay tensors, e.g. torch.split(y, [a.shape[{axis}], b.shape[{axis}]], dim={axis}) for the "
                 "tensors that were concatenated, not int(...)"
             ),
-            details={"axis": axis, "sizes_s0": s0, "plan": plan},
+            details={"axis": axis, "sizes_s0": s0},
+            plan=plan,
         )
 
     @staticmethod
-    def _concat_plan(ctx: Context, x: ir.Value, axis: int, sizes: list[int]) -> dict:
+    def _concat_plan(ctx: Context, x: ir.Value, axis: int, sizes: list[int]) -> SplitPlan | None:
         found = trace.trace_concat(ctx, x, axis)
         if found is None:
-            return {}
+            return None
         cat, cat_axis = found
         parts = _concat_boundaries(ctx, cat, cat_axis)
         if parts is None:
-            return {}
+            return None
         groups: list[list[int]] = []
         j = 0
         for size in sizes:
@@ -159,83 +175,116 @@ class FrozenSplitSizes(Rule):
                 group.append(j)
                 j += 1
             if acc != size:
-                return {}
+                return None
             groups.append(group)
         if j != len(parts):
-            return {}
-        return {"kind": "concat", "concat": cat.name, "axis": cat_axis, "groups": groups,
-                "refs": [[cat.inputs[i].name for i in g] for g in groups]}  # type: ignore[union-attr]
+            return None
+        return SplitPlan("concat", axis, tuple(sizes), concat=cat.name or "", concat_axis=cat_axis,
+                         groups=tuple(tuple(g) for g in groups),
+                         refs=tuple(tuple(cat.inputs[i].name or "" for i in g) for g in groups))  # type: ignore[union-attr]
 
     @staticmethod
-    def _equal_plan(ctx: Context, x: ir.Value, axis: int, sizes: list[int]) -> dict:
+    def _equal_plan(ctx: Context, x: ir.Value, axis: int, sizes: list[int]) -> SplitPlan | None:
         if len(set(sizes)) != 1 or len(sizes) < 2:
-            return {}
+            return None
         d0 = trace.dim(ctx, x, axis, ctx.p0)
         assert d0 is not None
         for probe in islice(trace.probes(ctx), 2):  # S1 and the probe that scales the axes apart
             dp = trace.dim(ctx, x, axis, probe)
             if dp is None or dp / d0 not in _input_factors(ctx, probe):
-                return {}  # the axis is a sum of sizes (H + W): equal parts would be a guess
-        return {"kind": "equal", "parts": len(sizes)}
+                return None  # the axis is a sum of sizes (H + W): equal parts would be a guess
+        return SplitPlan("equal", axis, tuple(sizes), parts=len(sizes))
 
     @staticmethod
-    def _describe(plan: dict, sizes: list[int]) -> str:
-        if plan["kind"] == "concat":
-            refs = ", ".join("+".join(g) for g in plan["refs"])
+    def _describe(plan: SplitPlan, sizes: list[int]) -> str:
+        if plan.kind == "concat":
+            refs = ", ".join("+".join(g) for g in plan.refs)
             return (f"replace by Slices at the boundaries of the concatenated tensors: piece sizes from Shape of "
-                    f"{refs} on axis {plan['axis']}")
-        n = plan["parts"]
+                    f"{refs} on axis {plan.concat_axis}")
+        n = plan.parts
         return (f"replace by {n} Slices of Shape/{n} each (the pieces are equal parts of an axis that follows one "
                 f"input axis; exact wherever that axis divides into {n}, where PyTorch would also give {n} pieces)")
 
-    def rewrite(self, ctx: Context, node: ir.Node, finding: Finding) -> str:
-        graph = ctx.model.graph
-        plan = finding.details["plan"]
-        axis: int = finding.details["axis"]
+    def rewrite(self, builder: RewriteBuilder, node: ir.Node, plan: SplitPlan) -> str:
+        axis = plan.axis
         x = node.inputs[0]
         assert x is not None
-        sa = ShapeArith(graph, f"{node.name}_bounds")
+        sa = ShapeArith(builder, f"{node.name}_bounds")
         outs = [o for o in node.outputs]
         ends: list[ir.Value] = []  # the end of every piece but the last
-        if plan["kind"] == "concat":
-            cat = _find(ctx, plan["concat"])
+        if plan.kind == "concat":
+            cat = builder.find_node(plan.concat)
             assert cat is not None
             running: ir.Value | None = None
-            for group in plan["groups"][:-1]:
+            for group in plan.groups[:-1]:
                 for j in group:
                     src = cat.inputs[j]
                     assert src is not None
-                    d = sa.dim(src, plan["axis"])
+                    d = sa.dim(src, plan.concat_axis)
                     running = d if running is None else sa.add(running, d)
                 assert running is not None
                 ends.append(running)
         else:
-            piece = sa.div(sa.dim(x, axis), plan["parts"])
+            piece = sa.div(sa.dim(x, axis), plan.parts)
             ends = [piece] + [sa.mul(piece, i) for i in range(2, len(outs))]
-        zero = const_i64(graph, f"{node.name}_start", [0])
-        last = const_i64(graph, f"{node.name}_to_end", [INT64_MAX])
-        axes = const_i64(graph, f"{node.name}_axis", [axis])
+        zero = builder.const(f"{node.name}_start", [0])
+        last = builder.const(f"{node.name}_to_end", [INT64_MAX])
+        axes = builder.const(f"{node.name}_axis", [axis])
         sa.insert_before(node)
         slices = []
         for i in range(len(outs)):
             start = zero if i == 0 else ends[i - 1]
             end = last if i == len(outs) - 1 else ends[i]
-            sl = ir.node("Slice", [x, start, end, axes], name=new_name(graph, f"{node.name}_piece{i}"))
-            sl.outputs[0].name = f"{sl.name}_output"
-            slices.append(sl)
-        graph.insert_before(node, slices)
+            slices.append(builder.node("Slice", [x, start, end, axes], name=f"{node.name}_piece{i}"))
+        builder.insert_before(node)
         for out, sl in zip(outs, slices):
             if out is not None:
-                replace_value(graph, out, sl.outputs[0])
-        graph.remove(node, safe=True)
-        how = "concatenated tensors" if plan["kind"] == "concat" else f"Shape / {plan['parts']}"
-        return f"{finding.node}: Split sizes {finding.details['sizes_s0']} -> Slices with bounds from {how}"
+                builder.replace_uses(out, sl.outputs[0])
+        builder.remove(node)
+        how = "concatenated tensors" if plan.kind == "concat" else f"Shape / {plan.parts}"
+        return f"{node.name}: Split sizes {list(plan.sizes_s0)} -> Slices with bounds from {how}"
 
 
 # ---------------------------------------------------------------------------------------- DS014
 
 
-class FrozenSliceBounds(Rule):
+@dataclass(frozen=True)
+class BoundEntry:
+    """One bound of a Slice to rebuild: entry ``index`` of its ``which`` ("start"/"end") bounds, on
+    ``axis``, ``value`` at the export shape. ``kind``: "to_end" (INT64_MAX), "concat" (the sum of
+    ``Shape`` of the first ``upto`` inputs of ``concat`` on ``concat_axis``) or "ref"
+    (``Shape(ref)[ref_axis]``; ``pad``: the Pad whose input ``ref`` is, for a crop after it)."""
+
+    index: int
+    which: str
+    axis: int
+    value: int
+    kind: str
+    concat: str = ""
+    concat_axis: int = 0
+    upto: int = 0
+    refs: tuple[str, ...] = ()
+    ref: str = ""
+    ref_axis: int = 0
+    pad: str = ""
+
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any]) -> BoundEntry:
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()}
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class SlicePlan(RewritePlan):
+    """DS014: the bounds to rebuild; the others keep their export-time values (``starts_s0``,
+    ``ends_s0``: ``_COMPUTED`` where the graph computes them, kept as computed)."""
+
+    entries: tuple[BoundEntry, ...]
+    starts_s0: tuple[int, ...]
+    ends_s0: tuple[int, ...]
+
+
+class FrozenSliceBounds(Rule[SlicePlan]):
     id = "DS014"
     title = "Slice bounds are export-time sizes (x sliced to :h0 with a Python int h0)"
     ops = ("Slice",)
@@ -268,35 +317,37 @@ class FrozenSliceBounds(Rule):
                     entries.append({"index": j, "which": which, "axis": axis, "value": v, **plan})
         if not entries:
             return self.refuse(node, "no bound is an export-time size of a dynamic axis (fixed crop or open ends)")
-        if attr_form and any(e["kind"] != "to_end" for e in entries):
+        bounds_plan = SlicePlan(tuple(BoundEntry.from_dict(e) for e in entries), tuple(starts), tuple(ends))
+        if attr_form and any(e.kind != "to_end" for e in bounds_plan.entries):
             fixable, why = False, "opset < 10 keeps the bounds in attributes; re-export with opset >= 10"
         else:
             fixable, why = True, ""
         what = []
-        for e in entries:
-            if e["kind"] == "to_end":
-                what.append(f"{e['which']} {e['value']} on axis {e['axis']} is the axis's own export-time size")
-            elif e["kind"] == "concat":
-                what.append(f"{e['which']} {e['value']} on axis {e['axis']} is where {', '.join(e['refs'])} end in "
-                            f"the concat {e['concat']!r}")
-            elif e.get("pad"):
-                what.append(f"{e['which']} {e['value']} on axis {e['axis']} is the export-time size of {e['ref']!r}, "
-                            f"the input of Pad {e['pad']!r} it is computed from (the crop back to the unpadded size; "
+        for e in bounds_plan.entries:
+            if e.kind == "to_end":
+                what.append(f"{e.which} {e.value} on axis {e.axis} is the axis's own export-time size")
+            elif e.kind == "concat":
+                what.append(f"{e.which} {e.value} on axis {e.axis} is where {', '.join(e.refs)} end in "
+                            f"the concat {e.concat!r}")
+            elif e.pad:
+                what.append(f"{e.which} {e.value} on axis {e.axis} is the export-time size of {e.ref!r}, "
+                            f"the input of Pad {e.pad!r} it is computed from (the crop back to the unpadded size; "
                             "the axis only looks fixed because the reshapes in between hold export-time sizes)")
             else:
-                what.append(f"{e['which']} {e['value']} on axis {e['axis']} is the export-time size of {e['ref']!r}")
-        kept = self._kept_at(x1, starts, ends, axes, {e["axis"] for e in entries})
+                what.append(f"{e.which} {e.value} on axis {e.axis} is the export-time size of {e.ref!r}")
+        kept = self._kept_at(x1, starts, ends, axes, {e.axis for e in bounds_plan.entries})
         return self.finding(
             node,
             severity="error",
             message=(f"Slice of {fmt(x0)} with constant bounds: {'; '.join(what)}: when its input is {fmt(x1)} the "
                      f"slice still keeps {kept} (a Python int taken from the export shape)"),
             fixable=fixable,
-            baked_value={f"{e['which']}[{e['axis']}]": e["value"] for e in entries},
+            baked_value={f"{e.which}[{e.axis}]": e.value for e in bounds_plan.entries},
             breaks_at="every input size other than the export size",
-            fix=("; ".join(self._describe(e) for e in entries) if fixable else
+            fix=("; ".join(self._describe(e) for e in bounds_plan.entries) if fixable else
                  f"not rewritten: {why}; in the source slice with open ends or bounds from another tensor's shape"),
-            details={"entries": entries, "starts_s0": starts, "ends_s0": ends, "axes": axes},
+            details={"axes": axes},
+            plan=bounds_plan,
         )
 
     @staticmethod
@@ -426,46 +477,43 @@ class FrozenSliceBounds(Rule):
         return ", ".join(parts)
 
     @staticmethod
-    def _describe(entry: dict) -> str:
-        if entry["kind"] == "to_end":
-            return f"end on axis {entry['axis']} -> INT64_MAX (to the end)"
-        if entry["kind"] == "concat":
-            return (f"{entry['which']} on axis {entry['axis']} -> sum of Shape({'), Shape('.join(entry['refs'])}) "
-                    f"on axis {entry['concat_axis']}")
-        return f"{entry['which']} on axis {entry['axis']} -> Shape({entry['ref']})[{entry['ref_axis']}]"
+    def _describe(entry: BoundEntry) -> str:
+        if entry.kind == "to_end":
+            return f"end on axis {entry.axis} -> INT64_MAX (to the end)"
+        if entry.kind == "concat":
+            return (f"{entry.which} on axis {entry.axis} -> sum of Shape({'), Shape('.join(entry.refs)}) "
+                    f"on axis {entry.concat_axis}")
+        return f"{entry.which} on axis {entry.axis} -> Shape({entry.ref})[{entry.ref_axis}]"
 
-    def rewrite(self, ctx: Context, node: ir.Node, finding: Finding) -> str:
-        graph = ctx.model.graph
-        entries: list[dict] = finding.details["entries"]
-        starts: list[int] = finding.details["starts_s0"]
-        ends: list[int] = finding.details["ends_s0"]
+    def rewrite(self, builder: RewriteBuilder, node: ir.Node, plan: SlicePlan) -> str:
+        entries = plan.entries
         if len(node.inputs) < 3:  # opset < 10: only "to the end" reaches here
             new_ends = list(node.attributes.get_ints("ends", []) or [])
             for e in entries:
-                new_ends[e["index"]] = INT64_MAX
+                new_ends[e.index] = INT64_MAX
             node.attributes["ends"] = ir.AttrInt64s("ends", new_ends)
-            return f"{finding.node}: " + "; ".join(self._describe(e) for e in entries)
-        sa = ShapeArith(graph, f"{node.name}_bounds")
+            return f"{node.name}: " + "; ".join(self._describe(e) for e in entries)
+        sa = ShapeArith(builder, f"{node.name}_bounds")
         by_slot: dict[str, dict[int, ir.Value | int]] = {"start": {}, "end": {}}
         values: dict[str, ir.Value | None] = {}
         for e in entries:
-            if e["kind"] == "to_end":
-                by_slot[e["which"]][e["index"]] = INT64_MAX
-            elif e["kind"] == "concat":
-                cat = _find(ctx, e["concat"])
+            if e.kind == "to_end":
+                by_slot[e.which][e.index] = INT64_MAX
+            elif e.kind == "concat":
+                cat = builder.find_node(e.concat)
                 assert cat is not None
                 running: ir.Value | None = None
-                for inp in cat.inputs[: e["upto"]]:
+                for inp in cat.inputs[: e.upto]:
                     assert inp is not None
-                    d = sa.dim(inp, e["concat_axis"])
+                    d = sa.dim(inp, e.concat_axis)
                     running = d if running is None else sa.add(running, d)
                 assert running is not None
-                by_slot[e["which"]][e["index"]] = running
+                by_slot[e.which][e.index] = running
             else:
-                ref = next((v for v in _all_values(ctx) if v.name == e["ref"]), None)
+                ref = builder.find_value(e.ref)
                 assert ref is not None
-                by_slot[e["which"]][e["index"]] = sa.dim(ref, e["ref_axis"])
-        for which, slot, old in (("start", 1, starts), ("end", 2, ends)):
+                by_slot[e.which][e.index] = sa.dim(ref, e.ref_axis)
+        for which, slot, old in (("start", 1, plan.starts_s0), ("end", 2, plan.ends_s0)):
             changes = by_slot[which]
             if not changes:
                 values[which] = None
@@ -487,14 +535,7 @@ class FrozenSliceBounds(Rule):
             v = values[which]
             if v is not None:
                 node.replace_input_with(slot, v)
-        return f"{finding.node}: " + "; ".join(self._describe(e) for e in entries)
-
-
-def _all_values(ctx: Context) -> list[ir.Value]:
-    vals: list[ir.Value] = list(ctx.model.graph.inputs)
-    for n in ctx.model.graph:
-        vals.extend(o for o in n.outputs if o is not None)
-    return vals
+        return f"{node.name}: " + "; ".join(self._describe(e) for e in entries)
 
 
 RULES: list[Rule] = [FrozenSplitSizes(), FrozenSliceBounds()]

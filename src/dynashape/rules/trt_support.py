@@ -20,16 +20,14 @@ constant tensor". Later versions were not checked: findings say "not supported b
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
-import numpy as np
-import onnx
 import onnx_ir as ir
-import onnx_ir.passes.common as ir_passes
-from onnx import helper
 
 from dynashape.analysis import Context, origin_of
-from dynashape.findings import Finding, Refusal
+from dynashape.findings import Finding, Refusal, RewritePlan
 from dynashape.rules.base import Rule
+from dynashape.rules.builder import RewriteBuilder
 
 _REDUCE = (
     "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
@@ -57,21 +55,6 @@ _MAX_FOLD_ELEMENTS = 1 << 16
 _MAX_FOLD_WEIGHT_ELEMENTS = 1 << 24  # a folded weight replaces one of the same size
 
 
-def fold_value(proto: onnx.ModelProto, value_name: str, node_outputs: set[str]) -> np.ndarray:
-    """Evaluate one constant-only subgraph of ``proto`` (its nodes given by their outputs)."""
-    from onnx.reference import ReferenceEvaluator
-
-    nodes = [n for n in proto.graph.node if set(n.output) & node_outputs]
-    used = {i for n in nodes for i in n.input}
-    inits = [t for t in proto.graph.initializer if t.name in used]
-    graph = helper.make_graph(nodes, "fold", [], [helper.make_empty_tensor_value_info(value_name)],
-                              initializer=inits)
-    model = helper.make_model(graph, opset_imports=list(proto.opset_import))
-    model.ir_version = proto.ir_version
-    (out,) = ReferenceEvaluator(model).run([value_name], {})
-    return np.asarray(out)
-
-
 def _slots(node: ir.Node) -> Iterator[tuple[int, str, ir.Value]]:
     for slot, what in CONSTANT_SLOTS.get(node.op_type, {}).items():
         if slot < len(node.inputs) and node.inputs[slot] is not None:
@@ -80,7 +63,22 @@ def _slots(node: ir.Node) -> Iterator[tuple[int, str, ir.Value]]:
             yield slot, what, value
 
 
-class TensorRTUnsupported(Rule):
+@dataclass(frozen=True)
+class FoldPlan(RewritePlan):
+    """DS016: fold the constant-only subgraphs feeding input ``slot`` (the outputs of its nodes)
+    into initializers."""
+
+    slots: tuple[tuple[int, tuple[str, ...]], ...]
+
+
+@dataclass(frozen=True)
+class FoldBatchNormPlan(RewritePlan):
+    """DS016: fold the training-mode BatchNormalization of constants (its subgraph's node outputs)."""
+
+    outputs: tuple[str, ...]
+
+
+class TensorRTUnsupported(Rule[FoldPlan]):
     id = "DS016"
     title = ("Op TensorRT rejects at any shape: computed K/axes/scales (folded when constant), "
              "cubic or antialiased Resize")
@@ -133,18 +131,17 @@ class TensorRTUnsupported(Rule):
             node, severity="warning" if fixable else "error",
             message=f"{node.op_type}: " + "; ".join(parts), fixable=fixable,
             baked_value=None, breaks_at=f"every shape: the engine build fails ({TRT_CHECKED})", fix=fix,
-            details={"fold": foldable, "checked_against": TRT_CHECKED},
+            details={"checked_against": TRT_CHECKED},
+            plan=FoldPlan(tuple((int(s), tuple(outs)) for s, outs in foldable.items())) if fixable else None,
         )
 
-    def rewrite(self, ctx: Context, node: ir.Node, finding: Finding) -> str:
-        graph = ctx.model.graph
+    def rewrite(self, builder: RewriteBuilder, node: ir.Node, plan: FoldPlan) -> str:
         done = []
-        for slot_txt, outputs in finding.details["fold"].items():
-            slot = int(slot_txt)
+        for slot, outputs in plan.slots:
             value = node.inputs[slot]
             assert value is not None and value.name
             try:
-                arr = fold_value(ctx.proto, value.name, set(outputs))
+                arr = builder.fold(value.name, outputs)
             except Exception as exc:  # the constants fail to evaluate: the model fails there at run time too
                 done.append(f"{value.name} not folded: evaluating its constants fails ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0][:160] if str(exc) else ''})")
@@ -152,28 +149,17 @@ class TensorRTUnsupported(Rule):
             what = CONSTANT_SLOTS[node.op_type][slot]
             if arr.size > (_MAX_FOLD_WEIGHT_ELEMENTS if what in _WEIGHT_SLOTS else _MAX_FOLD_ELEMENTS):
                 continue
-            name = _unique_initializer(graph, f"{node.name}_{CONSTANT_SLOTS[node.op_type][slot]}_folded")
-            folded = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.from_numpy(
-                arr.dtype)), const_value=ir.tensor(arr, name=name))
-            graph.register_initializer(folded)
+            folded = builder.initializer(f"{node.name}_{CONSTANT_SLOTS[node.op_type][slot]}_folded", arr,
+                                         avoid_node_outputs=True)
             node.replace_input_with(slot, folded)
             shown = arr.tolist() if arr.size <= 16 else f"<{'x'.join(map(str, arr.shape))} tensor>"
             done.append(f"{CONSTANT_SLOTS[node.op_type][slot]}={shown}")
         # the folded nodes are dead now unless something else reads them
-        ir_passes.RemoveUnusedNodesPass()(ctx.model)
-        return f"{finding.node}: folded {', '.join(done)} into initializers"
+        builder.remove_unused_nodes()
+        return f"{node.name}: folded {', '.join(done)} into initializers"
 
 
-def _unique_initializer(graph: ir.Graph, base: str) -> str:
-    taken = set(graph.initializers) | {v.name for n in graph for v in n.outputs}
-    name, k = base, 1
-    while name in taken:
-        name = f"{base}_{k}"
-        k += 1
-    return name
-
-
-class TrainingModeBatchNorm(Rule):
+class TrainingModeBatchNorm(Rule[FoldBatchNormPlan]):
     """``BatchNormalization`` with ``training_mode=1`` (batch statistics). TensorRT 8.5's parser
     rejects it ("does not support training_mode == 1", seen on the H200 with HF BiT). HF BiT's
     weight standardization calls ``F.batch_norm(weight, training=True)`` on the conv weight: a
@@ -198,7 +184,8 @@ class TrainingModeBatchNorm(Rule):
                 message=f"{reason}; here it normalizes constants only (a weight standardization)",
                 breaks_at=f"every shape: the engine build fails ({TRT_CHECKED})",
                 fix="fold it into an initializer: its value is the same at every input size",
-                details={"fold": outputs, "checked_against": TRT_CHECKED},
+                details={"checked_against": TRT_CHECKED},
+                plan=FoldBatchNormPlan(tuple(outputs)),
             )
         return self.finding(
             node, severity="error", fixable=False,
@@ -208,20 +195,16 @@ class TrainingModeBatchNorm(Rule):
             details={"checked_against": TRT_CHECKED},
         )
 
-    def rewrite(self, ctx: Context, node: ir.Node, finding: Finding) -> str:
-        graph = ctx.model.graph
+    def rewrite(self, builder: RewriteBuilder, node: ir.Node, plan: FoldBatchNormPlan) -> str:
         y = node.outputs[0]
         assert y is not None and y.name
-        arr = fold_value(ctx.proto, y.name, set(finding.details["fold"]))
+        arr = builder.fold(y.name, plan.outputs)
         if arr.size > _MAX_FOLD_WEIGHT_ELEMENTS:
-            return f"{finding.node}: not folded ({arr.size} elements)"
-        name = _unique_initializer(graph, f"{node.name}_folded")
-        folded = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)),
-                          const_value=ir.tensor(arr, name=name))
-        graph.register_initializer(folded)
-        ir.convenience.replace_all_uses_with(y, folded, replace_graph_outputs=True)
-        ir_passes.RemoveUnusedNodesPass()(ctx.model)
-        return f"{finding.node}: training-mode BatchNormalization of constants folded into {name}"
+            return f"{node.name}: not folded ({arr.size} elements)"
+        folded = builder.initializer(f"{node.name}_folded", arr, avoid_node_outputs=True)
+        builder.replace_uses(y, folded, take_name=False)  # an initializer keeps its own name
+        builder.remove_unused_nodes()
+        return f"{node.name}: training-mode BatchNormalization of constants folded into {folded.name}"
 
 
 RULES: list[Rule] = [TensorRTUnsupported(), TrainingModeBatchNorm()]
