@@ -40,10 +40,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dynashape.bench import time_engine
+from dynashape.bench import TrtMeasurer, time_engine
 from dynashape.engine import Engine
 from dynashape.model import load_model, save_model
-from dynashape.planning import TrtMeasurer, plan_profiles
+from dynashape.planning import plan_profiles
 from dynashape.shapes import Profile, ShapeMap, format_shape
 
 SHAPES = [(1, 3, 256, 256), (1, 3, 512, 512), (1, 3, 1024, 1024), (1, 3, 1024, 2048), (4, 3, 512, 512)]

@@ -267,7 +267,7 @@ def test_sample_calls_counts_calls() -> None:
 
 def test_bench_cli_passes_cuda_graph_and_infer(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                                                 tmp_path: Path) -> None:
-    from dynashape import cli_engine
+    from dynashape import cli
 
     seen: dict[str, Any] = {}
 
@@ -280,11 +280,11 @@ def test_bench_cli_passes_cuda_graph_and_infer(monkeypatch: pytest.MonkeyPatch, 
 
     monkeypatch.setattr(bench, "run_bench", fake_run_bench)
     engine = str(tmp_path / "m.engine")
-    assert cli_engine.main(["bench", engine, "--cuda-graph"]) == 0
+    assert cli.main(["bench", engine, "--cuda-graph"]) == 0
     out = capsys.readouterr().out
     assert seen["cuda_graph"] is True and seen["infer"] is True
     assert "CUDA graphs" in out and "end-to-end infer" in out and "50.0 GB/s" in out and "1.10x" in out
-    assert cli_engine.main(["bench", engine, "--no-infer"]) == 0
+    assert cli.main(["bench", engine, "--no-infer"]) == 0
     out = capsys.readouterr().out
     assert seen["cuda_graph"] is False and seen["infer"] is False and "end-to-end infer" not in out
 
@@ -324,7 +324,7 @@ class FakeRunEngine:
 
 def test_run_cli_reports_first_call_and_steady(monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    from dynashape import cli_engine
+    from dynashape import cli
     from dynashape.engine import Engine
 
     made: list[FakeRunEngine] = []
@@ -335,14 +335,14 @@ def test_run_cli_reports_first_call_and_steady(monkeypatch: pytest.MonkeyPatch,
         return made[-1]
 
     monkeypatch.setattr(Engine, "load", classmethod(load))
-    assert cli_engine.main(["run", "m.engine", "--cuda-graph", "--repeat", "3"]) == 0
+    assert cli.main(["run", "m.engine", "--cuda-graph", "--repeat", "3"]) == 0
     out = capsys.readouterr().out
     assert FakeRunEngine.loaded == {"cuda_graph": True}
     assert made[-1].calls == 4 and made[-1].warmed
     assert "warm-up 0.50 s" in out and "first call" in out and "median of 3" in out and "CUDA graph" in out
-    assert cli_engine.main(["run", "m.engine", "--no-warmup", "--repeat", "0"]) == 0
+    assert cli.main(["run", "m.engine", "--no-warmup", "--repeat", "0"]) == 0
     out = capsys.readouterr().out
     assert made[-1].calls == 1 and not made[-1].warmed and "no warm-up" in out and "median" not in out
-    assert cli_engine.main(["run", "m.engine", "--repeat", "-1"]) == 2
+    assert cli.main(["run", "m.engine", "--repeat", "-1"]) == 2
     err = capsys.readouterr().err
     assert "--repeat -1" in err and "Traceback" not in err

@@ -12,7 +12,7 @@ import pytest
 from trt_fixtures import conv_model, fixed_demo_model, skip_gpu_tests_without_trt  # noqa: F401
 
 import dynashape.engine as engine_mod
-from dynashape import cli_engine, trt_compat
+from dynashape import bench, cli, cli_engine, trt_compat
 from dynashape.demo import demo_onnx_path
 from dynashape.engine import BuildError, BuiltEngine, EngineInfo, TensorInfo, read_sidecar
 from dynashape.model import save_model
@@ -22,7 +22,7 @@ NO_TRT = "TensorRT is not installed (No module named 'tensorrt'); install the ex
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = cli_engine.main(list(argv))
+    code = cli.main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -171,8 +171,8 @@ def test_forced_build_failure_prints_tensorrt_lines_then_check_findings(
 
     monkeypatch.setattr(trt_compat, "tensorrt_available", lambda: None)
     monkeypatch.setattr(engine_mod, "build_engine", failing_build)
-    monkeypatch.setattr(cli_engine, "_timing_cache", lambda args, path: None)
     code, _, err = _run(capsys, "build", str(demo_onnx_path()), "-o", str(tmp_path / "d.engine"), "--force",
+                        "--no-timing-cache",
                         "--min", "input:1x3x128x128", "--max", "input:1x3x1024x1024")
     assert code == 1
     assert "TensorRT said:" in err and "Cask convolution isConsistent check failed" in err
@@ -200,7 +200,7 @@ def test_timing_cache_options(
 
 
 class FakeMeasurer:
-    """Stands in for planning.TrtMeasurer: a wide profile costs 20% at every probe."""
+    """Stands in for bench.TrtMeasurer: a wide profile costs 20% at every probe."""
 
     instances: ClassVar[list[FakeMeasurer]] = []
 
@@ -233,9 +233,7 @@ def test_build_profiles_auto_plans_writes_the_plan_and_prints_the_table(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, fixed_demo: Path, monkeypatch: pytest.MonkeyPatch,
     fake_trt: Path,
 ) -> None:
-    from dynashape import planning
-
-    monkeypatch.setattr(planning, "TrtMeasurer", FakeMeasurer)
+    monkeypatch.setattr(bench, "TrtMeasurer", FakeMeasurer)
     out = tmp_path / "planned.engine"
     code, stdout, err = _run(
         capsys, "build", str(fixed_demo), "-o", str(out), "--profiles", "auto:3", "--fp16",

@@ -20,7 +20,8 @@ from onnx import TensorProto, helper
 from trt_fixtures import conv_model
 
 import dynashape
-from dynashape import cli, cli_engine, cli_torch, inputs, trt_compat
+from dynashape import __main__ as entry
+from dynashape import api, cli, inputs, trt_compat
 from dynashape.demo import demo_onnx_path
 from dynashape.model import save_model
 
@@ -166,14 +167,14 @@ def test_ctrl_c_during_the_lazy_onnxruntime_import_is_interrupted(
 
 def test_ctrl_c_anywhere_is_interrupted(capsys: pytest.CaptureFixture[str], conv: str,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("dynashape.check.check_model", _raise(KeyboardInterrupt()))
+    monkeypatch.setattr(api, "check_model", _raise(KeyboardInterrupt()))
     code, _, err = run(capsys, "check", conv)
     assert code == 130 and err.strip() == "dynashape: interrupted"
 
 
 def test_a_reader_that_goes_away_is_not_a_bug(capsys: pytest.CaptureFixture[str], conv: str,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("dynashape.check.check_model", _raise(BrokenPipeError(32, "Broken pipe")))
+    monkeypatch.setattr(api, "check_model", _raise(BrokenPipeError(32, "Broken pipe")))
     code, _, err = run(capsys, "check", conv, "--json")  # as in `dynashape check --json | head`
     assert code == 141 and err == ""
 
@@ -183,7 +184,7 @@ def test_a_reader_that_goes_away_is_not_a_bug(capsys: pytest.CaptureFixture[str]
 
 def test_a_bug_prints_its_traceback_and_says_it_is_one(capsys: pytest.CaptureFixture[str], conv: str,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("dynashape.check.check_model", _raise(IndexError("tuple index out of range")))
+    monkeypatch.setattr(api, "check_model", _raise(IndexError("tuple index out of range")))
     code, _, err = run(capsys, "check", conv)
     assert code == 3
     assert "Traceback" in err and "IndexError: tuple index out of range" in err
@@ -196,32 +197,40 @@ def test_a_broken_command_module_is_loud_not_a_missing_command(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # build/run/bench/export used to vanish from the command list when their module failed to import
-    monkeypatch.delattr(dynashape, "cli_engine")
+    for name in ("cli", "cli_engine"):
+        monkeypatch.delattr(dynashape, name)
+    monkeypatch.delitem(sys.modules, "dynashape.cli")
     monkeypatch.setitem(sys.modules, "dynashape.cli_engine", None)  # importing it raises ImportError
-    code, _, err = run(capsys, "check", "--list-rules")
+    monkeypatch.setattr(sys, "argv", ["dynashape", "check", "--list-rules"])
+    code = entry.main()
+    err = capsys.readouterr().err
     assert code == 3 and "dynashape.cli_engine" in err and "bug in dynashape" in err.splitlines()[-1]
 
 
 def test_the_command_modules_import_without_torch_or_tensorrt() -> None:
-    code = ("import sys; import dynashape.cli, dynashape.cli_engine, dynashape.cli_torch; "
+    code = ("import sys; import dynashape.cli, dynashape.cli_engine, dynashape.cli_torch, dynashape.api; "
             "heavy = {'torch', 'tensorrt', 'onnxruntime'} & set(sys.modules); assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_a_missing_optional_extra_is_a_user_error(capsys: pytest.CaptureFixture[str], conv: str,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("dynashape.check.check_model", _raise(ModuleNotFoundError("No module", name="torch")))
+    monkeypatch.setattr(api, "check_model", _raise(ModuleNotFoundError("No module", name="torch")))
     user_error(capsys, "check", conv, words=("pip install 'dynashape[torch]'",))
 
 
-def test_every_entry_point_goes_through_the_same_wrapper(capsys: pytest.CaptureFixture[str],
-                                                         tmp_path: Path) -> None:
-    for main in (cli_engine.main, cli_torch.main):
-        code = main(["build", str(tmp_path / "gone.onnx"), "-o", str(tmp_path / "x.engine")])
+def test_every_entry_point_goes_through_the_same_wrapper(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    argv = ["build", str(tmp_path / "gone.onnx"), "-o", str(tmp_path / "x.engine")]
+    monkeypatch.setattr(sys, "argv", ["dynashape", *argv])
+    for main in (entry.main, lambda: cli.main(argv)):
+        code = main()
         err = capsys.readouterr().err
         assert code == 2 and err.strip() == f"dynashape: error: {tmp_path / 'gone.onnx'}: no such file"
     assert cli.main(["--version"]) == 0  # argparse's SystemExit becomes the code
     capsys.readouterr()
+    # one wrapper: the entry point and cli.main both end in dynashape.errors.run_guarded
+    assert entry.run_guarded is cli.run_guarded is dynashape.errors.run_guarded
 
 
 @pytest.mark.parametrize("argv", [["check", "--no-such-option"], ["check", "x.onnx", "--range"], ["bogus"],

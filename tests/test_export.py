@@ -17,7 +17,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from dynashape import cli_torch  # noqa: E402
+from dynashape import cli  # noqa: E402
 from dynashape.backends.ort import run_model  # noqa: E402
 from dynashape.backends.torch import TorchRunner  # noqa: E402
 from dynashape.errors import DynashapeError  # noqa: E402
@@ -313,7 +313,7 @@ def test_multihead_attention_exports_with_the_legacy_exporter_and_fix_repairs_it
 
 def test_cli_export_prints_warnings_with_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "m.onnx"
-    code = cli_torch.main(["export", "dynashape.demo.model:build", "--input", "input:1x3x128x128",
+    code = cli.main(["export", "dynashape.demo.model:build", "--input", "input:1x3x128x128",
                            "--dynamic", "input:0,2,3", "-o", str(out)])
     text = capsys.readouterr().out
     assert code == 0
@@ -334,7 +334,7 @@ def test_cli_export_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[
         ([f"{path}:build", "--input", "input:1x3x32x32", "--dynamic", "input:a"], "axes are integers"),
     ]
     for argv, message in cases:
-        code = cli_torch.main(["export", *argv, "-o", str(tmp_path / "x.onnx")])
+        code = cli.main(["export", *argv, "-o", str(tmp_path / "x.onnx")])
         err = capsys.readouterr().err
         assert code == 2, argv
         assert message in err, (argv, err)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from trt_fixtures import conv_model, skip_gpu_tests_without_trt  # noqa: F401  (skips gpu tests without TensorRT)
 
-from dynashape import planning
+from dynashape import bench, planning
 from dynashape.engine import EngineInfo, TensorInfo, select_profile
 from dynashape.errors import DynashapeError
 from dynashape.planning import Measured, ProfilePlan, plan_profiles, probe_cell, shape_key
@@ -246,8 +246,8 @@ def test_planning_on_tensorrt_builds_each_engine_once_and_runs_correctly(tmp_pat
     probes = [{"input": s} for s in [(1, 3, 32, 32), (1, 3, 64, 64), (1, 3, 256, 256), (2, 3, 128, 128)]]
     store = tmp_path / "measurements.json"
 
-    def measurer() -> planning.TrtMeasurer:
-        return planning.TrtMeasurer(path, timing_cache=tmp_path / "timing.cache", store=store,
+    def measurer() -> bench.TrtMeasurer:
+        return bench.TrtMeasurer(path, timing_cache=tmp_path / "timing.cache", store=store,
                                     warmup=2, iters=20, budget_s=0.2)
 
     first = measurer()

@@ -28,14 +28,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
+from dynashape import cudart, trt_compat
+from dynashape.backends.torch import load_module
+from dynashape.engine import Engine, build_engine, profile_from_shapes
 from dynashape.errors import DynashapeError
+from dynashape.model import sha256_file, write_json_atomic
+from dynashape.planning import BuildRecord, profile_key, shape_key
 from dynashape.shapes import Profile, ShapeMap, format_shapes, parse_shapes
 
 log = logging.getLogger(__name__)
@@ -213,8 +219,6 @@ def _torch_cuda() -> Any:
 
 def _cuda_events() -> Any:
     """:mod:`dynashape.cudart` when cuda-python sees a GPU (for CUDA events), else None."""
-    from dynashape import cudart
-
     return cudart if cudart.cuda_available() is None else None
 
 
@@ -365,9 +369,6 @@ def compare_static(
     rather than ending the run. One timing cache is shared by all builds (a temporary one when
     ``timing_cache`` is None), so later builds reuse the tactics timed by earlier ones.
     """
-    from dynashape import trt_compat
-    from dynashape.engine import Engine, build_engine, profile_from_shapes
-
     tactics = tactic_sources if tactic_sources is not None else trt_compat.DEFAULT_TACTIC_SOURCES
     results: list[tuple[LatencyStats | None, float | None, str | None]] = []
     with tempfile.TemporaryDirectory(prefix="dynashape-static-") as tmp:
@@ -413,10 +414,6 @@ def bench_torch(
     torch = _torch_cuda()
     if torch is None:
         raise DynashapeError("PyTorch with CUDA is not available in this Python; pass --torch-python")
-    try:
-        from dynashape.export import load_module
-    except ImportError as exc:
-        raise DynashapeError(f"dynashape.export is not available ({exc}); cannot load {spec}") from None
     module = load_module(spec).cuda().eval()
     dtype = torch.float16 if fp16 else torch.float32
     if fp16:
@@ -523,8 +520,6 @@ def time_infer(
     """``engine.infer`` at one shape: the first call (the engine should be warmed up already),
     then steady NumPy-input calls, device-input calls (synchronized per call, and pipelined),
     and the copy bound from ``bandwidth`` (a :class:`dynashape.cudart.CopyBandwidth`)."""
-    from dynashape import cudart
-
     feeds = random_inputs(shapes, {t.name: t.dtype for t in engine.inputs}, seed=1)
     t0 = time.perf_counter()
     engine.infer(feeds)
@@ -576,10 +571,6 @@ def run_bench(
     (and the static engines) as CUDA-graph replays and runs ``infer`` with graphs. ``infer``
     (default) also times end-to-end ``Engine.infer`` after ``warmup()`` (see :func:`time_infer`).
     """
-    from dynashape import cudart, trt_compat
-    from dynashape.engine import Engine
-    from dynashape.model import sha256_file
-
     report = progress or (lambda _msg: None)
     notes: list[str] = []
     warmup_s = bandwidth = None
@@ -690,6 +681,163 @@ def _source_model(
             "pass the right one with --model, or rebuild the engine"
         )
     return model
+
+
+# --------------------------------------------------------------------------- profile planning
+
+
+class TrtMeasurer:
+    """Builds and times engines for the planner; one timing cache for every build.
+
+    Measurements are kept by key (precision, tactic sources, workspace, TensorRT version, the
+    GPU card, and the shape or profile) in memory and, with ``store``, in a JSON file, so a
+    static probe engine or a candidate profile is never built twice, in this run or a later one
+    on the same card. Another card, even of the same model, measures afresh: ratios are only
+    made of latencies from one card (its builds are quick then, thanks to the timing cache).
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | onnx.ModelProto,
+        *,
+        fp16: bool = False,
+        workspace: int | None = None,
+        tactic_sources: str | None = None,
+        timing_cache: str | os.PathLike[str] | None = None,
+        store: str | os.PathLike[str] | None = None,
+        warmup: int = 10,
+        iters: int = 100,
+        budget_s: float = 1.0,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        self.model = model
+        self.options: dict[str, Any] = {
+            "fp16": fp16, "workspace": workspace, "timing_cache": timing_cache,
+            "tactic_sources": tactic_sources if tactic_sources is not None else trt_compat.DEFAULT_TACTIC_SOURCES,
+        }
+        self.warmup, self.iters, self.budget_s = warmup, iters, budget_s
+        self.progress = progress or (lambda _msg: None)
+        env = trt_compat.runtime_env()
+        self._tag = json.dumps({
+            "fp16": fp16, "workspace": workspace, "tactics": self.options["tactic_sources"],
+            "trt": env.tensorrt_version, "gpu": env.gpu_name, "card": trt_compat.gpu_uuid(),
+        }, sort_keys=True)
+        self.store = Path(store) if store is not None else None
+        self._memo: dict[str, Any] = self._load_store()
+        self.builds: list[BuildRecord] = []
+        self.final_engine: Any = None  # the BuiltEngine of the last ``final`` call
+        self._engines: dict[str, Any] = {}  # static and candidate BuiltEngines of this run, by key
+        self._seen: set[str] = set()
+
+    def _load_store(self) -> dict[str, Any]:
+        if self.store is None or not self.store.is_file():
+            return {}
+        try:
+            data = json.loads(self.store.read_text())
+        except (OSError, ValueError):
+            log.warning("%s: unreadable measurement cache; measuring afresh", self.store)
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _remember(self, key: str, value: Any) -> None:
+        self._memo[key] = value
+        if self.store is not None:
+            self.store.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.store, self._memo)
+
+    def _build(self, profiles: Sequence[Profile], kind: str, label: str) -> tuple[Any, BuildRecord]:
+        self.progress(f"building the {kind} engine {label}")
+        start = time.perf_counter()
+        built = build_engine(self.model, list(profiles), **self.options)
+        record = BuildRecord(kind, label, time.perf_counter() - start, len(built.data))
+        self.builds.append(record)
+        log.info("%s engine %s built in %.1f s", kind, label, record.seconds)
+        return built, record
+
+    def _reused(self, kind: str, label: str, entry: Mapping[str, Any]) -> None:
+        """An earlier build's record, marked as reused (its time was spent in that run)."""
+        self.builds.append(BuildRecord(kind, label, float(entry.get("build_s", 0.0)),
+                                       int(entry.get("size", 0)), cached=True))
+
+    def _time(self, engine: Any, shapes: ShapeMap, profile: int | None = None) -> float:
+        stats = time_engine(engine, shapes, warmup=self.warmup, iters=self.iters, budget_s=self.budget_s,
+                            profile=profile)
+        return stats.median_ms
+
+    def static_ms(self, shapes: ShapeMap) -> float | None:
+        label = shape_key(shapes)
+        key = f"static|{self._tag}|{label}"
+        entry = self._memo.get(key)
+        if isinstance(entry, dict):
+            self._reused("static", label, entry)
+            return None if entry.get("ms") is None else float(entry["ms"])
+        prof = profile_from_shapes([shapes])  # min = opt = max
+        try:
+            built, record = self._build([prof], "static", label)
+        except DynashapeError as exc:
+            log.warning("static engine at %s: %s", label, exc)
+            self._remember(key, {"ms": None, "error": str(exc)})
+            return None
+        self._engines[key] = built
+        with Engine(built.data, built.info, where=f"static engine {label}") as eng:
+            ms = self._time(eng, shapes)
+        self._remember(key, {"ms": ms, "build_s": record.seconds, "size": record.size})
+        return ms
+
+    def profile_ms(self, profile: Profile, probes: Sequence[ShapeMap]) -> dict[str, float]:
+        """Times at ``probes``; the engine is built once per profile and kept while this measurer
+        lives, so probes asked for later are timed without a rebuild."""
+        label = str(profile)
+        key = f"profile|{self._tag}|{profile_key(profile)}"
+        entry = dict(self._memo.get(key) or {"ms": {}})
+        times: dict[str, float] = {k: float(v) for k, v in entry["ms"].items()}
+        missing = [p for p in probes if shape_key(p) not in times]
+        if missing:
+            built = self._engines.get(key)
+            if built is None:
+                built, record = self._build([profile], "candidate", label)
+                self._engines[key] = built
+                # the first build's time is the one to report: a rebuild (in a later run, to time
+                # probes asked for afterwards) finds its tactics in the timing cache
+                entry.setdefault("build_s", record.seconds)
+                entry.setdefault("size", record.size)
+            with Engine(built.data, built.info, where="candidate engine") as eng:
+                for probe in missing:
+                    times[shape_key(probe)] = self._time(eng, probe)
+            entry["ms"] = times
+            self._remember(key, entry)
+        elif key not in self._seen:
+            self._reused("candidate", label, entry)
+        self._seen.add(key)
+        return {shape_key(p): times[shape_key(p)] for p in probes}
+
+    def static_engine(self, shapes: ShapeMap) -> Any:
+        """The static BuiltEngine at ``shapes``: this run's, or rebuilt when its measurement came
+        from an earlier run (quick: its tactics are in the timing cache). For timing engines side
+        by side; a rebuild is recorded as kind "rebuild", not as part of the search."""
+        key = f"static|{self._tag}|{shape_key(shapes)}"
+        if key not in self._engines:
+            self._engines[key], _ = self._build([profile_from_shapes([shapes])], "rebuild", shape_key(shapes))
+        return self._engines[key]
+
+    def profile_engine(self, profile: Profile) -> Any:
+        """The one-profile BuiltEngine of a candidate, like ``static_engine``."""
+        key = f"profile|{self._tag}|{profile_key(profile)}"
+        if key not in self._engines:
+            self._engines[key], _ = self._build([profile], "rebuild", str(profile))
+        return self._engines[key]
+
+    def final(self, profiles: Sequence[Profile], points: Sequence[ShapeMap]) -> list[dict[int, float]]:
+        built, _ = self._build(profiles, "final", f"{len(profiles)} profile(s)")
+        self.final_engine = built
+        out: list[dict[int, float]] = []
+        with Engine(built.data, built.info, where="planned engine") as eng:
+            for point in points:
+                out.append({
+                    i: self._time(eng, point, profile=i)
+                    for i, prof in enumerate(profiles) if prof.contains(point)
+                })
+        return out
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 ``cli.py`` calls ``register(subparsers)``; each subcommand stores its handler as ``func`` and the
 handler returns the exit code: 0 done, 1 refused or failed (hazards found, TensorRT's build
-failed); a usage or environment error is a ``DynashapeError``, which ``dynashape.cli.main`` (the
-one entry point, also behind ``python -m dynashape.cli_engine``) prints as one line with exit 2.
+failed); a usage or environment error is a ``DynashapeError``, which the one wrapper
+(:func:`dynashape.errors.run_guarded`) prints as one line with exit 2. The build's policy (the
+hazard gate, the default profile, the timing cache, the planner) is :mod:`dynashape.api`'s.
+TensorRT is imported by the library, only when a command runs.
 """
 
 from __future__ import annotations
@@ -12,16 +14,23 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
 
-from dynashape import planning, trt_compat
+from dynashape import api, bench, planning, trt_compat
+from dynashape.cli_args import add_cuda_graph, add_fp16, add_json
+from dynashape.engine import BuildError, Engine, read_sidecar
 from dynashape.errors import DynashapeError
 from dynashape.findings import Finding
-from dynashape.shapes import Profile, ShapeMap, format_shape, format_shapes, make_profile, parse_shapes
+from dynashape.inputs import engine_inputs, validate_shapes
+from dynashape.model import atomic_path, check_output_path
+from dynashape.planning import ProfilePlan
+from dynashape.shapes import ShapeMap, format_shape, format_shapes, parse_shapes
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +71,7 @@ def register(subparsers: Any) -> None:
                    help="opt shapes (default: between min and max)")
     b.add_argument("--max", dest="max_shapes", metavar="SHAPES", help="max shapes, e.g. input:1x3x1024x1024")
     b.add_argument("--profile", action="append", nargs=3, metavar=("MIN", "OPT", "MAX"), help=_PROFILE_HELP)
-    b.add_argument("--fp16", action="store_true", help="allow fp16 kernels")
+    add_fp16(b, "allow fp16 kernels")
     b.add_argument("--workspace", type=int, metavar="MIB", help="workspace memory limit in MiB")
     b.add_argument("--profiles", metavar="auto[:N]",
                    help="plan the profiles by measurement over the --min/--max range (or the one derived "
@@ -98,9 +107,8 @@ def register(subparsers: Any) -> None:
                    help="an input's value from a .npy file (repeatable)")
     r.add_argument("-o", "--output", metavar="OUT.npz", help="save the outputs here")
     r.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
-    r.add_argument("--cuda-graph", action="store_true",
-                   help="capture each shape's run into a CUDA graph once and replay it (as trtexec's "
-                        "--useCudaGraph); a shape whose capture fails runs without")
+    add_cuda_graph(r, "capture each shape's run into a CUDA graph once and replay it (as trtexec's "
+                      "--useCudaGraph); a shape whose capture fails runs without")
     r.add_argument("--repeat", type=int, default=10, metavar="N",
                    help="after the first call, N more calls timed as the steady latency (default 10)")
     r.add_argument("--no-warmup", action="store_true",
@@ -126,58 +134,38 @@ def register(subparsers: Any) -> None:
     n.add_argument("--torch", metavar="FILE.py:FACTORY", help="also time PyTorch eager on this module")
     n.add_argument("--torch-python", metavar="PYTHON",
                    help="run PyTorch in this interpreter (when TensorRT and torch live in different Pythons)")
-    n.add_argument("--fp16", action="store_true", default=None,
-                   help="fp16 static engines and PyTorch (default: as the engine was built)")
+    add_fp16(n, "fp16 static engines and PyTorch (default: as the engine was built)", default=None)
     n.add_argument("--warmup", type=int, default=10, help="warm-up runs per shape (default 10)")
     n.add_argument("--iters", type=int, default=200, help="timed runs per shape, at most (default 200)")
-    n.add_argument("--json", action="store_true", help="print the results as JSON")
-    n.add_argument("--cuda-graph", action="store_true",
-                   help="time CUDA-graph replays of the engine (and of the static engines), as trtexec's "
-                        "--useCudaGraph, and run infer with graphs")
+    add_json(n, "print the results as JSON")
+    add_cuda_graph(n, "time CUDA-graph replays of the engine (and of the static engines), as trtexec's "
+                      "--useCudaGraph, and run infer with graphs")
     n.add_argument("--no-infer", action="store_true",
                    help="time only the engine, not end-to-end infer (device and NumPy inputs, copy bound, "
                         "first call)")
     n.set_defaults(func=cmd_bench)
 
 
-def _console() -> Any:
-    from rich.console import Console
-
+def _console() -> Console:
     return Console(stderr=True)
 
 
 # --------------------------------------------------------------------------- build
 
 
-def _profiles_from_args(args: argparse.Namespace, names: Sequence[str]) -> list[Profile]:
-    profiles = []
+def _profiles_from_args(args: argparse.Namespace) -> list[tuple[str, str | None, str]]:
+    """--min/--opt/--max or --profile groups, as (min, opt, max) shape specs."""
+    profiles: list[tuple[str, str | None, str]] = []
     given = [args.min_shapes, args.opt_shapes, args.max_shapes]
     if any(given):
         if args.profile:
             raise DynashapeError("give either --min/--opt/--max or --profile groups, not both")
         if not (args.min_shapes and args.max_shapes):
             raise DynashapeError("--min and --max go together (--opt is optional)")
-        profiles.append(make_profile(
-            parse_shapes(args.min_shapes, names),
-            parse_shapes(args.opt_shapes, names) if args.opt_shapes else None,
-            parse_shapes(args.max_shapes, names),
-        ))
+        profiles.append((args.min_shapes, args.opt_shapes, args.max_shapes))
     for lo, mid, hi in args.profile or []:
-        profiles.append(
-            make_profile(parse_shapes(lo, names), parse_shapes(mid, names), parse_shapes(hi, names))
-        )
+        profiles.append((lo, mid, hi))
     return profiles
-
-
-def _run_check(model: Any, path: str) -> Any:
-    """`check`'s report, or None when the model has no dynamic input (nothing to check)."""
-    from dynashape.model import graph_inputs
-
-    if not any(i.dynamic_axes for i in graph_inputs(model)):
-        return None
-    from dynashape.check import check_model
-
-    return check_model(model, export_shape=None, ranges=None, path=path)
 
 
 def _finding_lines(findings: Sequence[Finding]) -> list[str]:
@@ -198,26 +186,16 @@ def _auto_profiles(text: str) -> int | None:
     return int(count) if count else None
 
 
-def _timing_cache(args: argparse.Namespace, model_path: str) -> str | None:
+def _timing_cache(args: argparse.Namespace) -> str | bool:
+    """--timing-cache PATH, --no-timing-cache (False), or neither (True: the library's default file)."""
     if args.no_timing_cache:
         if args.timing_cache:
             raise DynashapeError("--timing-cache and --no-timing-cache contradict each other")
-        return None
-    if args.timing_cache:
-        return str(args.timing_cache)
-    from dynashape.model import sha256_file
-
-    env = trt_compat.runtime_env()
-    path = planning.default_timing_cache(sha256_file(model_path), env.tensorrt_version, env.compute_capability)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return str(path)
+        return False
+    return str(args.timing_cache) if args.timing_cache else True
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from dynashape.engine import BuildError, build_engine, profile_from_lattice
-    from dynashape.inputs import model_inputs, validate_shapes
-    from dynashape.model import check_output_path, graph_inputs, load_model
-
     planned = args.profiles is not None
     max_profiles = _auto_profiles(args.profiles) if planned else None
     if planned and args.profile:
@@ -226,76 +204,46 @@ def cmd_build(args: argparse.Namespace) -> int:
         )
     if args.probes and not planned:
         raise DynashapeError("--probes goes with --profiles auto")
-    model = load_model(args.model)
-    out = check_output_path(args.output, [args.model])
-    if out.suffix.lower() == ".onnx":
-        raise DynashapeError(
-            f"{out}: an engine is not an ONNX model; name it e.g. {out.with_suffix('.engine')}"
+    profiles = _profiles_from_args(args)
+    cache = _timing_cache(args)
+    try:
+        setup = api.prepare_build(
+            args.model, args.output, profiles=profiles, fp16=args.fp16, workspace=args.workspace,
+            tactic_sources=args.tactic_sources, timing_cache=cache, force=args.force, plan=planned,
+            max_profiles=max_profiles, target=args.target, probes=args.probes,
         )
-    tactics = trt_compat.parse_tactic_sources(args.tactic_sources)  # a typo fails before the slow parts
-    inputs = graph_inputs(model)
-    names = [i.name for i in inputs]
-    profiles = _profiles_from_args(args, names)
-    probes = [parse_shapes(text, names) for text in args.probes]
-    declared = model_inputs(model)
-    bounds = {f"--{key}": [{name: getattr(p, key) for name, p in prof} for prof in profiles]
-              for key in ("min", "opt", "max")}
-    validate_shapes(declared, shapes=bounds, runs=False)  # the engine is built, not run, at these
-    validate_shapes(declared, shapes={"--probes": probes})
-    # before the hazard gate: a user without TensorRT learns that first, not after a list of hazards
-    reason = trt_compat.tensorrt_available()
-    if reason is not None:
-        raise DynashapeError(reason)
-
-    report = _run_check(model, args.model)
-    findings: list[Finding] = list(report.findings) if report is not None else []
-    errors = [f for f in findings if f.severity == "error"]
-    if errors and not args.force:
+    except api.BuildRefused as refused:
         print(
-            f"dynashape build: refusing to build {args.model}: `check` found {len(errors)} hazard(s) "
+            f"dynashape build: refusing to build {args.model}: `check` found {len(refused.hazards)} hazard(s) "
             "that break it at other input shapes:",
             file=sys.stderr,
         )
-        print("\n".join(_finding_lines(errors)), file=sys.stderr)
+        print("\n".join(_finding_lines(refused.hazards)), file=sys.stderr)
         print(
             f"fix them first (`dynashape fix {args.model} -o FIXED.onnx`), or pass --force to build anyway",
             file=sys.stderr,
         )
         return 1
+    findings = setup.findings
     for f in findings:
         if f.severity != "error":
             print(f"dynashape build: {f.rule} {f.severity}: {f.message}", file=sys.stderr)
-    if errors:
-        print(f"dynashape build: --force: building despite {len(errors)} hazard(s)", file=sys.stderr)
+    if setup.forced:
+        print(f"dynashape build: --force: building despite {len(setup.forced)} hazard(s)", file=sys.stderr)
+    if setup.profile_source == "lattice":
+        print(f"dynashape build: profile from the export shape and lattice: {setup.profiles[0]}", file=sys.stderr)
 
-    if planned and report is None:
-        raise DynashapeError("--profiles auto: the model has no dynamic input, so there is nothing to plan")
-    if not profiles:
-        if report is None:
-            profiles = [Profile()]  # static model: TensorRT needs no shapes
-        else:
-            profiles = [profile_from_lattice(inputs, report.export_shape, report.lattice)]
-            print(f"dynashape build: profile from the export shape and lattice: {profiles[0]}",
-                  file=sys.stderr)
-
-    cache = _timing_cache(args, args.model)
-
+    out = setup.output
+    assert out is not None  # -o is required
     console = _console()
     start = time.perf_counter()
-    plan = None
     try:
         with console.status(f"building {out.name} ...") as status:
 
             def progress(msg: str) -> None:
                 status.update(f"{out.name}: {msg} ({time.perf_counter() - start:.0f} s)")
 
-            if not planned:
-                built = build_engine(
-                    model, profiles, fp16=args.fp16, workspace=args.workspace,
-                    timing_cache=cache, tactic_sources=tactics.text, progress=progress,
-                )
-            else:
-                built, plan = _plan(args, profiles[0], probes, max_profiles, report, cache, tactics.text, progress)
+            result = api.run_build(setup, progress)
     except BuildError as exc:
         print(f"dynashape build: error: {exc}", file=sys.stderr)
         if len(exc.trt_errors) > 1:
@@ -312,14 +260,11 @@ def cmd_build(args: argparse.Namespace) -> int:
         else:
             print("`check` found no hazard in this model; the failure is TensorRT's own.", file=sys.stderr)
         return 1
-    built.info.source_path = args.model
-    built.info.plan = plan
-    built.save(out)
-    info = built.info
-    if cache:
-        print(f"timing cache: {cache}", file=sys.stderr)
-    if plan is not None:
-        _print_plan(plan)
+    info = result.built.info
+    if setup.timing_cache is not None:
+        print(f"timing cache: {setup.timing_cache}", file=sys.stderr)
+    if result.plan is not None:
+        _print_plan(result.plan)
     print(
         f"built {out} in {info.build_seconds:.1f} s ({len(info.profiles)} profile(s)"
         f"{', fp16' if args.fp16 else ''}; TensorRT {info.tensorrt_version} on {info.gpu_name}); "
@@ -330,33 +275,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan(
-    args: argparse.Namespace, rng: Profile, probes: list[ShapeMap], max_profiles: int | None, report: Any,
-    cache: str | None, tactics: str, progress: Callable[[str], None],
-) -> tuple[Any, Any]:
-    """Plan the profiles by measurement; returns the final BuiltEngine and the plan."""
-    from dynashape.model import sha256_file
-
-    multiples: dict[tuple[str, int], int] = {}
-    if report is not None:
-        for name, axes in report.lattice.items():
-            for axis, lat in axes.items():
-                multiples[(name, int(axis))] = int(lat.multiple)
-    store = planning.default_cache_dir(sha256_file(args.model)) / "measurements.json"
-    measurer = planning.TrtMeasurer(
-        args.model, fp16=args.fp16, workspace=args.workspace, tactic_sources=tactics,
-        timing_cache=cache, store=store, progress=progress,
-    )
-    plan = planning.plan_profiles(
-        rng, measurer, probes=probes or None, target=args.target, max_profiles=max_profiles,
-        multiples=multiples, progress=progress,
-    )
-    return measurer.final_engine, plan
-
-
-def _print_plan(plan: Any) -> None:
-    from rich.table import Table
-
+def _print_plan(plan: ProfilePlan) -> None:
     table = Table(title=f"planned profiles: {plan.stopped}; latency in ms")
     for col in ("shape", "static", "planned", "ratio", "profile", "per profile"):
         table.add_column(col, justify="left" if col in ("shape", "per profile") else "right")
@@ -368,8 +287,6 @@ def _print_plan(plan: Any) -> None:
             f"{point.best_ms:.3f}" if point.best_ms is not None else "-",
             _ratio(point.ratio), str(point.best_profile), per,
         )
-    from rich.console import Console
-
     Console().print(table)
     for i, prof in enumerate(plan.profiles):
         built = [b for b in plan.builds if b.kind == "candidate" and b.label == str(prof)]
@@ -415,9 +332,6 @@ def _shapes_of(feeds: dict[str, np.ndarray]) -> ShapeMap:
 
 
 def _feeds_from_args(args: argparse.Namespace, engine: Any) -> dict[str, np.ndarray]:
-    from dynashape.bench import random_inputs
-    from dynashape.inputs import engine_inputs, validate_shapes
-
     names = engine.input_names
     feeds: dict[str, np.ndarray] = {}
     for item in args.input:
@@ -443,16 +357,11 @@ def _feeds_from_args(args: argparse.Namespace, engine: Any) -> dict[str, np.ndar
     if missing:
         print(f"dynashape run: using profile 0's opt shape for {', '.join(missing)}", file=sys.stderr)
     dtypes = {t.name: t.dtype for t in engine.inputs}
-    feeds.update(random_inputs(shapes, dtypes, seed=args.seed))
+    feeds.update(bench.random_inputs(shapes, dtypes, seed=args.seed))
     return feeds
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
-    from dynashape.engine import Engine
-    from dynashape.model import atomic_path, check_output_path
-
     if args.repeat < 0:
         raise DynashapeError(f"--repeat {args.repeat}: give 0 or more calls")
     out = check_output_path(args.output, [args.engine]) if args.output else None
@@ -479,8 +388,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             stats = ["-", "-", "-"]
         table.add_row(name, format_shape(arr.shape), str(arr.dtype), *stats)
-    from rich.console import Console
-
     Console().print(table)
     timing = [f"warm-up {warm_s:.2f} s" if warm_s is not None else "no warm-up",
               f"first call {first_ms:.2f} ms"]
@@ -509,28 +416,21 @@ def _ms(stats: Any) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
-    from dynashape.bench import run_bench, to_json
-    from dynashape.engine import read_sidecar
-
     info = read_sidecar(args.engine) if Path(args.engine).is_file() else None
     names = [t.name for t in info.inputs] if info is not None else None
     shape_list = [parse_shapes(text, names) for text in args.shapes]
     if info is not None:
-        from dynashape.inputs import engine_inputs, validate_shapes
-
         validate_shapes(engine_inputs(info.inputs), shapes={"--shapes": shape_list})
     console = _console()
     with console.status("benchmarking ...") as status:
-        result = run_bench(
+        result = bench.run_bench(
             args.engine, shape_list, static=args.compare_static, source_model=args.model,
             torch_spec=args.torch, torch_python=args.torch_python, fp16=args.fp16,
             warmup=args.warmup, iters=args.iters, progress=lambda msg: status.update(msg),
             cuda_graph=args.cuda_graph, infer=not args.no_infer,
         )
     if args.json:
-        print(to_json(result))
+        print(bench.to_json(result))
         return 0
     table = Table(title=f"{Path(args.engine).name}: {result.precision}, {result.device}, "
                         f"TensorRT {result.tensorrt_version}, latency in ms"
@@ -550,8 +450,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.torch:
             cells += [_ms(row.torch), _ratio(row.torch_vs_dynamic)]
         table.add_row(*cells)
-    from rich.console import Console
-
     Console().print(table)
     if any(row.infer for row in result.rows):
         Console().print(_infer_table(result))
@@ -563,10 +461,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _infer_table(result: Any) -> Any:
+def _infer_table(result: Any) -> Table:
     """End-to-end ``Engine.infer`` next to the engine's time, per shape."""
-    from rich.table import Table
-
     bw = (f"; pinned copies {result.h2d_gbps:.1f} GB/s in, {result.d2h_gbps:.1f} GB/s out"
           if result.h2d_gbps else "")
     warm = f"; warm-up {result.warmup_s:.2f} s" if result.warmup_s is not None else ""
@@ -585,17 +481,3 @@ def _infer_table(result: Any) -> Any:
             _ratio(row.numpy_vs_bound), f"{inf.first_call_ms:.3f}", _ratio(row.first_vs_steady),
         )
     return table
-
-
-# --------------------------------------------------------------------------- standalone
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m dynashape.cli_engine build ...`: the same as `dynashape build ...` (one entry point)."""
-    from dynashape.cli import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,13 +1,19 @@
 """`dynashape triton`: write a Triton model repository for an engine or an ONNX model.
 
 ``cli.py`` calls ``register(subparsers)``; the handler returns 0 once the repository is written
-and raises DynashapeError for the user's mistakes (``cli.main`` prints it as one line, exit 2).
+and raises DynashapeError for the user's mistakes (the one wrapper, ``dynashape.errors.run_guarded``,
+prints it as one line, exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
+
+from rich.console import Console
+from rich.markup import escape as esc
+
+from dynashape.serving.repository import write_repository
 
 _DESCRIPTION = (
     "Write a Triton Inference Server model repository: REPO/NAME/config.pbtxt and REPO/NAME/1/. "
@@ -47,11 +53,6 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_triton(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.markup import escape as esc
-
-    from dynashape.serving.repository import write_repository
-
     repo = write_repository(
         args.model, args.output, name=args.name, backend=args.backend, max_batch=args.max_batch,
         instances=args.instances, triton_trt=args.triton_trt, triton_gpu=args.triton_gpu,

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib
-import importlib.util
 import io
 import logging
 import os
@@ -31,6 +29,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import onnx
 
+from dynashape.backends.torch import display_path, flatten_outputs
+from dynashape.backends.torch import load_module as load_module  # loading is the backend's; re-exported
 from dynashape.errors import DynashapeError
 from dynashape.model import save_model, write_export_shape
 from dynashape.shapes import ShapeMap, format_shape
@@ -84,125 +84,6 @@ class ExportResult:
     path: Path | None = None
     # axes that were asked to be dynamic but came out fixed (the exporter specialized them)
     specialized: dict[str, list[int]] = field(default_factory=dict)
-
-
-def display_path(path: str) -> str:
-    """A path relative to the working directory when it lies inside it, else as given."""
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path
-    return path if rel.startswith("..") else rel
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def load_module(spec: str) -> torch.nn.Module:
-    """Build the module named by ``path/to/file.py:FACTORY`` or ``package.module:FACTORY``.
-
-    FACTORY is a class or a function called with no arguments; it must give an ``nn.Module``,
-    which is returned in eval mode.
-    """
-    import torch
-
-    target, factory_name = _split_spec(spec)
-    if target.endswith(".py") or os.sep in target or "/" in target:
-        mod = _import_file(Path(target), spec)
-    else:
-        mod = _import_dotted(target, spec)
-    if not hasattr(mod, factory_name):
-        available = sorted(
-            n for n, v in vars(mod).items() if callable(v) and not n.startswith("_")
-            and getattr(v, "__module__", None) == mod.__name__
-        )
-        hint = f" (callables defined there: {', '.join(available)})" if available else ""
-        raise DynashapeError(f"{spec}: {target} has no {factory_name!r}{hint}")
-    factory = getattr(mod, factory_name)
-    if not callable(factory):
-        raise DynashapeError(f"{spec}: {factory_name!r} is not a class or function")
-    try:
-        built = factory()
-    except Exception as exc:
-        raise DynashapeError(
-            f"{spec}: calling {factory_name}() failed: {type(exc).__name__}: {exc}; FACTORY must "
-            "build the model with no arguments (wrap it in a small function)"
-        ) from None
-    if not isinstance(built, torch.nn.Module):
-        raise DynashapeError(
-            f"{spec}: {factory_name}() returned {type(built).__name__}, not a torch.nn.Module; "
-            "FACTORY must be a class or function that returns the model"
-        )
-    return built.eval()
-
-
-def _split_spec(spec: str) -> tuple[str, str]:
-    target, sep, factory = spec.rpartition(":")
-    if not sep or not target or not factory:
-        raise DynashapeError(
-            f"{spec!r}: name the model as path/to/file.py:FACTORY or package.module:FACTORY"
-        )
-    if not factory.isidentifier():
-        raise DynashapeError(f"{spec!r}: {factory!r} is not a Python name; write FILE.py:FACTORY")
-    return target, factory
-
-
-def _import_file(path: Path, spec: str) -> Any:
-    if not path.exists():
-        raise DynashapeError(f"{spec}: {path}: no such file")
-    if path.is_dir():
-        raise DynashapeError(f"{spec}: {path} is a directory; name the .py file that defines the model")
-    module_name = f"_dynashape_user_{abs(hash(str(path.resolve())))}"
-    loader_spec = importlib.util.spec_from_file_location(module_name, path)
-    if loader_spec is None or loader_spec.loader is None:
-        raise DynashapeError(f"{spec}: {path} cannot be imported as Python source")
-    mod = importlib.util.module_from_spec(loader_spec)
-    # The file's own folder goes on sys.path while it runs, so it can import its siblings.
-    folder = str(path.resolve().parent)
-    added = folder not in sys.path
-    if added:
-        sys.path.insert(0, folder)
-    sys.modules[module_name] = mod
-    try:
-        loader_spec.loader.exec_module(mod)
-    except Exception as exc:
-        sys.modules.pop(module_name, None)
-        raise DynashapeError(
-            f"{spec}: importing {path} failed: {type(exc).__name__}: {exc}{_where(exc, path)}; "
-            "fix the file so that `python " + str(path) + "` runs"
-        ) from None
-    finally:
-        if added:
-            with contextlib.suppress(ValueError):
-                sys.path.remove(folder)
-    return mod
-
-
-def _where(exc: BaseException, path: Path) -> str:
-    """' (file.py:LINE)' for the deepest traceback frame inside the user's file."""
-    if isinstance(exc, SyntaxError) and exc.lineno:
-        return f" ({display_path(str(path))}:{exc.lineno})"
-    tb = exc.__traceback__
-    line = None
-    resolved = str(path.resolve())
-    while tb is not None:
-        if os.path.abspath(tb.tb_frame.f_code.co_filename) == resolved:
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    return f" ({display_path(str(path))}:{line})" if line else ""
-
-
-def _import_dotted(name: str, spec: str) -> Any:
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
-            raise DynashapeError(
-                f"{spec}: no module named {name!r}; give a path to a .py file or install the package"
-            ) from None
-        raise DynashapeError(f"{spec}: importing {name} failed: {exc}") from None
-    except Exception as exc:
-        raise DynashapeError(f"{spec}: importing {name} failed: {type(exc).__name__}: {exc}") from None
 
 
 # --------------------------------------------------------------------------- exporting
@@ -291,8 +172,6 @@ def export_module(
     native opset). The export shape is written into the model's metadata; with ``path`` the
     model is also saved there atomically.
     """
-    from dynashape.backends.torch import flatten_outputs
-
     if exporter not in EXPORTERS:
         raise DynashapeError(f"unknown exporter {exporter!r}; choose legacy or dynamo")
     if not input_shapes:
@@ -510,7 +389,12 @@ def _export_legacy(
             raise DynashapeError(
                 f"the legacy exporter failed: {first[:400]}; try --exporter dynamo"
             ) from None
-    model = onnx.load_from_string(buf.getvalue())
+    # parsed from the buffer itself, which is then freed: getvalue() would be a third copy of the
+    # weights beside the buffer and the parsed model at the exporter's memory peak
+    model = onnx.ModelProto()
+    with buf.getbuffer() as view:
+        model.ParseFromString(view)
+    buf.close()
     found = [
         ExportWarning(w.category.__name__, str(w.message).strip().splitlines()[0], str(w.filename), w.lineno)
         for w in caught if _keep_warning(w)

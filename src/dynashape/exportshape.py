@@ -28,6 +28,7 @@ import onnx
 import onnx_ir as ir
 
 from dynashape.analysis import JOINS, is_standard, traced_dims
+from dynashape.errors import DynashapeError
 from dynashape.model import InputInfo, graph_inputs, read_export_shape
 from dynashape.probe import Probe, Prober
 from dynashape.shapes import ShapeMap, format_shapes
@@ -93,8 +94,6 @@ def resolve_export_shape(
 
 
 def _complete(inputs: list[InputInfo], shapes: ShapeMap) -> ShapeMap:
-    from dynashape.errors import DynashapeError
-
     out: ShapeMap = {}
     for info in inputs:
         if info.name in shapes:

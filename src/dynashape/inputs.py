@@ -23,13 +23,14 @@ from typing import Any
 import onnx
 
 from dynashape.errors import DynashapeError
+from dynashape.model import graph_inputs
 from dynashape.shapes import RangeMap, Shape, ShapeMap, format_shape
 
 log = logging.getLogger(__name__)
 
 Dim = int | None  # int: fixed in the model, None: dynamic (named or unknown)
 
-# Random inputs are drawn in float64 (or int64) and then cast (dynashape.testing.random_feeds,
+# Random inputs are drawn in float64 (or int64) and then cast (dynashape.feeds.random_feeds,
 # bench.random_inputs): a run at a shape holds at least the input plus that 8-byte draw, before the
 # runtime allocates one activation. A lower bound, so a sweep refused by it cannot have fitted.
 DRAW_ITEMSIZE = 8
@@ -53,8 +54,6 @@ class DeclaredInput:
 
 def model_inputs(model: onnx.ModelProto) -> list[DeclaredInput]:
     """The model's real inputs (initializers listed as inputs left out)."""
-    from dynashape.model import graph_inputs
-
     out = []
     for info in graph_inputs(model):
         try:

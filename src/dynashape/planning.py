@@ -19,8 +19,9 @@ so the plan is measured, never guessed:
    that fits several profiles runs in the one measured fastest at the nearest measured point.
 
 Building is separate from measuring (``Measurer``) so the search is tested without a GPU; the
-TensorRT measurer caches every static and candidate measurement by key (in memory and on disk),
-so no engine is built twice, within a run or across runs.
+TensorRT measurer (:class:`dynashape.bench.TrtMeasurer`, beside the other timings of engines)
+caches every static and candidate measurement by key (in memory and on disk), so no engine is
+built twice, within a run or across runs. This module imports neither TensorRT nor the engine.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import json
 import logging
 import math
 import os
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -448,173 +448,3 @@ def default_timing_cache(model_sha256: str, tensorrt_version: str, compute_capab
     """The timing cache shared by every build of one model on one TensorRT and GPU type."""
     tag = f"trt{tensorrt_version}-sm{compute_capability}".replace("/", "_")
     return default_cache_dir(model_sha256) / f"timing-{tag}.cache"
-
-
-class TrtMeasurer:
-    """Builds and times engines for the planner; one timing cache for every build.
-
-    Measurements are kept by key (precision, tactic sources, workspace, TensorRT version, the
-    GPU card, and the shape or profile) in memory and, with ``store``, in a JSON file, so a
-    static probe engine or a candidate profile is never built twice, in this run or a later one
-    on the same card. Another card, even of the same model, measures afresh: ratios are only
-    made of latencies from one card (its builds are quick then, thanks to the timing cache).
-    """
-
-    def __init__(
-        self,
-        model: str | os.PathLike[str],
-        *,
-        fp16: bool = False,
-        workspace: int | None = None,
-        tactic_sources: str | None = None,
-        timing_cache: str | os.PathLike[str] | None = None,
-        store: str | os.PathLike[str] | None = None,
-        warmup: int = 10,
-        iters: int = 100,
-        budget_s: float = 1.0,
-        progress: ProgressFn | None = None,
-    ) -> None:
-        from dynashape import trt_compat
-
-        self.model = model
-        self.options: dict[str, Any] = {
-            "fp16": fp16, "workspace": workspace, "timing_cache": timing_cache,
-            "tactic_sources": tactic_sources if tactic_sources is not None else trt_compat.DEFAULT_TACTIC_SOURCES,
-        }
-        self.warmup, self.iters, self.budget_s = warmup, iters, budget_s
-        self.progress = progress or (lambda _msg: None)
-        env = trt_compat.runtime_env()
-        self._tag = json.dumps({
-            "fp16": fp16, "workspace": workspace, "tactics": self.options["tactic_sources"],
-            "trt": env.tensorrt_version, "gpu": env.gpu_name, "card": trt_compat.gpu_uuid(),
-        }, sort_keys=True)
-        self.store = Path(store) if store is not None else None
-        self._memo: dict[str, Any] = self._load_store()
-        self.builds: list[BuildRecord] = []
-        self.final_engine: Any = None  # the BuiltEngine of the last ``final`` call
-        self._engines: dict[str, Any] = {}  # static and candidate BuiltEngines of this run, by key
-        self._seen: set[str] = set()
-
-    def _load_store(self) -> dict[str, Any]:
-        if self.store is None or not self.store.is_file():
-            return {}
-        try:
-            data = json.loads(self.store.read_text())
-        except (OSError, ValueError):
-            log.warning("%s: unreadable measurement cache; measuring afresh", self.store)
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def _remember(self, key: str, value: Any) -> None:
-        self._memo[key] = value
-        if self.store is not None:
-            from dynashape.model import write_json_atomic
-
-            self.store.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.store, self._memo)
-
-    def _build(self, profiles: Sequence[Profile], kind: str, label: str) -> tuple[Any, BuildRecord]:
-        from dynashape.engine import build_engine
-
-        self.progress(f"building the {kind} engine {label}")
-        start = time.perf_counter()
-        built = build_engine(self.model, list(profiles), **self.options)
-        record = BuildRecord(kind, label, time.perf_counter() - start, len(built.data))
-        self.builds.append(record)
-        log.info("%s engine %s built in %.1f s", kind, label, record.seconds)
-        return built, record
-
-    def _reused(self, kind: str, label: str, entry: Mapping[str, Any]) -> None:
-        """An earlier build's record, marked as reused (its time was spent in that run)."""
-        self.builds.append(BuildRecord(kind, label, float(entry.get("build_s", 0.0)),
-                                       int(entry.get("size", 0)), cached=True))
-
-    def _time(self, engine: Any, shapes: ShapeMap, profile: int | None = None) -> float:
-        from dynashape.bench import time_engine
-
-        stats = time_engine(engine, shapes, warmup=self.warmup, iters=self.iters, budget_s=self.budget_s,
-                            profile=profile)
-        return stats.median_ms
-
-    def static_ms(self, shapes: ShapeMap) -> float | None:
-        label = shape_key(shapes)
-        key = f"static|{self._tag}|{label}"
-        entry = self._memo.get(key)
-        if isinstance(entry, dict):
-            self._reused("static", label, entry)
-            return None if entry.get("ms") is None else float(entry["ms"])
-        from dynashape.engine import Engine, profile_from_shapes
-
-        prof = profile_from_shapes([shapes])  # min = opt = max
-        try:
-            built, record = self._build([prof], "static", label)
-        except DynashapeError as exc:
-            log.warning("static engine at %s: %s", label, exc)
-            self._remember(key, {"ms": None, "error": str(exc)})
-            return None
-        self._engines[key] = built
-        with Engine(built.data, built.info, where=f"static engine {label}") as eng:
-            ms = self._time(eng, shapes)
-        self._remember(key, {"ms": ms, "build_s": record.seconds, "size": record.size})
-        return ms
-
-    def profile_ms(self, profile: Profile, probes: Sequence[ShapeMap]) -> dict[str, float]:
-        """Times at ``probes``; the engine is built once per profile and kept while this measurer
-        lives, so probes asked for later are timed without a rebuild."""
-        from dynashape.engine import Engine
-
-        label = str(profile)
-        key = f"profile|{self._tag}|{profile_key(profile)}"
-        entry = dict(self._memo.get(key) or {"ms": {}})
-        times: dict[str, float] = {k: float(v) for k, v in entry["ms"].items()}
-        missing = [p for p in probes if shape_key(p) not in times]
-        if missing:
-            built = self._engines.get(key)
-            if built is None:
-                built, record = self._build([profile], "candidate", label)
-                self._engines[key] = built
-                # the first build's time is the one to report: a rebuild (in a later run, to time
-                # probes asked for afterwards) finds its tactics in the timing cache
-                entry.setdefault("build_s", record.seconds)
-                entry.setdefault("size", record.size)
-            with Engine(built.data, built.info, where="candidate engine") as eng:
-                for probe in missing:
-                    times[shape_key(probe)] = self._time(eng, probe)
-            entry["ms"] = times
-            self._remember(key, entry)
-        elif key not in self._seen:
-            self._reused("candidate", label, entry)
-        self._seen.add(key)
-        return {shape_key(p): times[shape_key(p)] for p in probes}
-
-    def static_engine(self, shapes: ShapeMap) -> Any:
-        """The static BuiltEngine at ``shapes``: this run's, or rebuilt when its measurement came
-        from an earlier run (quick: its tactics are in the timing cache). For timing engines side
-        by side; a rebuild is recorded as kind "rebuild", not as part of the search."""
-        key = f"static|{self._tag}|{shape_key(shapes)}"
-        if key not in self._engines:
-            from dynashape.engine import profile_from_shapes
-
-            self._engines[key], _ = self._build([profile_from_shapes([shapes])], "rebuild", shape_key(shapes))
-        return self._engines[key]
-
-    def profile_engine(self, profile: Profile) -> Any:
-        """The one-profile BuiltEngine of a candidate, like ``static_engine``."""
-        key = f"profile|{self._tag}|{profile_key(profile)}"
-        if key not in self._engines:
-            self._engines[key], _ = self._build([profile], "rebuild", str(profile))
-        return self._engines[key]
-
-    def final(self, profiles: Sequence[Profile], points: Sequence[ShapeMap]) -> list[dict[int, float]]:
-        from dynashape.engine import Engine
-
-        built, _ = self._build(profiles, "final", f"{len(profiles)} profile(s)")
-        self.final_engine = built
-        out: list[dict[int, float]] = []
-        with Engine(built.data, built.info, where="planned engine") as eng:
-            for point in points:
-                out.append({
-                    i: self._time(eng, point, profile=i)
-                    for i, prof in enumerate(profiles) if prof.contains(point)
-                })
-        return out

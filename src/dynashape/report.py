@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dynashape.findings import Finding, Lattice
+from dynashape.lattice import LatticeScanner
 from dynashape.model import atomic_path
 from dynashape.probe import Prober
 from dynashape.shapes import ShapeMap, format_shapes
@@ -221,8 +222,6 @@ def validity_grid(model: onnx.ModelProto, s0: ShapeMap, name: str, axes: tuple[i
 
     The grid is streamed: each probe is dropped once its cell is known (a probe of a large
     graph holds megabytes; ``rows`` and ``cols`` come from :func:`grid_sizes`, which caps them)."""
-    from dynashape.lattice import LatticeScanner
-
     scanner = LatticeScanner(model, s0, Prober(model))
     follow = [(out, j, axis) for axis in axes for out, j in scanner._following_outputs(name, axis)]
     grid = np.zeros((len(rows), len(cols)), dtype=bool)

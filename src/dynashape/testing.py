@@ -1,43 +1,17 @@
-"""Helpers shared by the tests and the benchmarks (no pytest dependency)."""
+"""Helpers shared by the tests and the benchmarks (no pytest dependency); production code does not
+import this module (what it shares with them lives in :mod:`dynashape.feeds`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import onnx
 
-from dynashape.shapes import Shape, ShapeMap
+from dynashape.backends.ort import run_model
+from dynashape.feeds import max_abs_error, random_feeds
+from dynashape.shapes import ShapeMap
 
-
-def random_feeds(model: onnx.ModelProto, shapes: ShapeMap, seed: int = 0) -> dict[str, np.ndarray]:
-    """Deterministic random inputs of the model's element types at the given shapes."""
-    from dynashape.model import graph_inputs
-
-    rng = np.random.default_rng(seed)
-    feeds: dict[str, np.ndarray] = {}
-    for info in graph_inputs(model):
-        shape: Shape = shapes[info.name]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(info.elem_type)
-        if np.issubdtype(dtype, np.floating):
-            feeds[info.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype == np.bool_:
-            feeds[info.name] = rng.integers(0, 2, shape).astype(bool)
-        else:
-            feeds[info.name] = rng.integers(0, 4, shape).astype(dtype)
-    return feeds
-
-
-def max_abs_error(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:
-    """Largest absolute difference over outputs matched by position; inf on a shape mismatch."""
-    worst = 0.0
-    for x, y in zip(a.values(), b.values()):
-        if np.shape(x) != np.shape(y):
-            return float("inf")
-        if np.size(x):
-            worst = max(worst, float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))))
-    return worst
+__all__ = ["assert_models_equivalent", "import_torchvision", "max_abs_error", "random_feeds"]
 
 
 def assert_models_equivalent(
@@ -48,8 +22,6 @@ def assert_models_equivalent(
     seed: int = 0,
 ) -> float:
     """Run both models in ONNX Runtime on the same random inputs; fail unless they agree."""
-    from dynashape.backends.ort import run_model
-
     feeds = random_feeds(original, shapes, seed)
     a = run_model(original, feeds)
     b = run_model(rewritten, feeds)

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 
 from dynashape.backends import Runner
+from dynashape.engine import BuiltEngine, Engine, build_engine, profile_from_shapes
 from dynashape.shapes import ShapeMap
 
 log = logging.getLogger(__name__)
@@ -26,13 +27,11 @@ class TrtRunner(Runner):
     name = "tensorrt"
 
     def __init__(self, engine: Any) -> None:
-        # Engine / BuiltEngine / path; typed Any so that importing this module needs no TensorRT
+        # Engine / BuiltEngine / path (importing this module, or engine.py, needs no TensorRT)
         self._source = engine
         self._engine: Any = None
 
     def activate(self) -> None:
-        from dynashape.engine import BuiltEngine, Engine
-
         src = self._source
         if isinstance(src, Engine):
             self._engine = src
@@ -71,8 +70,6 @@ def engine_runner_for_shapes(
     ``timing_cache``, ``tactic_sources``, ``progress``). Raises ``BuildError`` with TensorRT's own
     lines when the build fails.
     """
-    from dynashape.engine import build_engine, profile_from_shapes
-
     profile = profile_from_shapes(list(shapes))
     log.info("building a verification engine over %d shapes: %s", len(shapes), profile)
     built = build_engine(model, [profile], **build_opts)

@@ -28,9 +28,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import onnx
+
 from dynashape import __version__
 from dynashape.errors import DynashapeError
 from dynashape.findings import Lattice, lattice_to_json
+from dynashape.model import graph_inputs
 from dynashape.shapes import Profile, format_shape
 
 log = logging.getLogger(__name__)
@@ -178,10 +181,6 @@ def served_from_engine(info: Any, source: str) -> ServedModel:
 
 def served_from_onnx(model: Any, source: str) -> ServedModel:
     """From an ONNX model's graph inputs and outputs (symbolic or unknown dims -> -1)."""
-    import onnx
-
-    from dynashape.model import graph_inputs
-
     def tensor(name: str, elem_type: int, dims: Sequence[Any]) -> IOTensor:
         if not elem_type:
             raise DynashapeError(f"{source}: {name!r} has no element type in the graph; re-export the model")

@@ -17,12 +17,15 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from dynashape.check import check_model
+from dynashape.engine import check_sidecar, read_sidecar, sidecar_path
 from dynashape.errors import DynashapeError
+from dynashape.model import load_model, sha256_file
 from dynashape.serving.config import (
     ModelConfig,
     ServedModel,
@@ -124,8 +127,6 @@ def write_repository(
     if is_engine:
         served, onnx_file = _from_engine(src, onnx_path, notes)
     else:
-        from dynashape.model import load_model
-
         if onnx_path is not None:
             raise DynashapeError("--model is for an engine's source model; the ONNX model was given already")
         onnx_model = load_model(src)
@@ -165,15 +166,10 @@ def write_repository(
 
 
 def _sidecar(engine: Path) -> Path:
-    from dynashape.engine import sidecar_path
-
     return sidecar_path(engine)
 
 
 def _from_engine(src: Path, onnx_path: str | Path | None, notes: list[str]) -> tuple[ServedModel, Path | None]:
-    from dynashape.engine import check_sidecar, read_sidecar
-    from dynashape.model import sha256_file
-
     info = read_sidecar(src)
     if info is None:
         raise DynashapeError(
@@ -200,11 +196,6 @@ def _from_engine(src: Path, onnx_path: str | Path | None, notes: list[str]) -> t
 
 
 def _with_lattice(served: ServedModel, model: Any, path: Path, notes: list[str]) -> ServedModel:
-    from dataclasses import replace
-
-    from dynashape.check import check_model
-    from dynashape.model import load_model
-
     start = time.perf_counter()
     try:
         report = check_model(model if model is not None else load_model(path), path=str(path))
