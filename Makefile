@@ -14,7 +14,7 @@ TEST_EXTRAS := torchvision==0.28.0 transformers==5.23.0 segmentation-models-pyto
 	'tritonclient[http,grpc]==2.73.0' \
 	timm==1.0.31 scipy==1.16.3 hypothesis==6.170.15
 
-.PHONY: demo test lint setup clean
+.PHONY: demo test test-slow test-all lint setup clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,15 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/dynashape doctor
 
+# `make test`: everything but the tests marked `slow` (model zoos, torchvision models, exports
+# through torch.export; see pyproject.toml); `make test-slow`: those; .ci/run runs both.
 test: setup
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+test-all: setup
 	$(PY) -m pytest -q
 
 lint: setup

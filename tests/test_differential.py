@@ -166,6 +166,7 @@ def test_clean_model_has_no_findings() -> None:
     assert result.findings == [], [f.message for f in result.findings]
 
 
+@pytest.mark.slow  # six torch.export runs
 @pytest.mark.parametrize("cls", [PoolNet, ResizeNet, ReshapeNet, IfNet, ZerosNet, SliceNet],
                          ids=lambda c: c.__name__)
 def test_dynamo_either_reports_or_exports_correctly(cls: type[nn.Module]) -> None:

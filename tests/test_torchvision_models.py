@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("torch")
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.slow]  # torchvision exports: `make test-slow`
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
