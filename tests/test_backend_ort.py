@@ -10,6 +10,7 @@ import models as M
 import numpy as np
 import pytest
 
+from dynashape import model as model_module
 from dynashape.backends import ort as ort_backend
 from dynashape.backends.ort import OrtRunner, RunError
 from dynashape.testing import random_feeds
@@ -30,8 +31,10 @@ def test_a_large_model_runs_from_a_file_and_gives_the_same_outputs(monkeypatch: 
     small = _outputs(model, feeds)
     before = set(_leftovers())
     monkeypatch.setattr(ort_backend, "_LARGE_MODEL_BYTES", 0)  # every model is "large" now
+    monkeypatch.setattr(model_module, "_EXTERNAL_OVER", 1)  # and every weight goes to the weights file
     runner = OrtRunner(model)
     assert runner._model_file is not None and os.path.isfile(runner._model_file)
+    assert os.path.getsize(runner._model_file + ".weights") > 0
     model.graph.node[0].name = "edited after the runner was made"  # the runner has its own snapshot
     with runner:
         large = runner.infer(feeds)

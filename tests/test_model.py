@@ -359,3 +359,20 @@ def test_lighten_keeps_the_graph_and_what_probes_read() -> None:
     # an estimate on the safe side of protobuf's 2 GB limit: the digests' labels are counted too
     assert model.ByteSize() <= serialized_size(model) <= model.ByteSize() + 64
     assert model.graph.initializer[-1].doc_string != DIGESTED  # the input is not touched
+
+
+def test_external_weights_are_written_one_tensor_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dynashape import model as model_module
+    from dynashape.model import save_with_external_weights
+
+    model = _big_weight_model()
+    before = model.SerializeToString()
+    monkeypatch.setattr(model_module, "_EXTERNAL_OVER", 1024)
+    path = save_with_external_weights(model, tmp_path / "m.onnx")
+    assert model.SerializeToString() == before  # the model itself is not touched
+    assert (tmp_path / "m.onnx.weights").stat().st_size == 64 * 80 * 4
+    (w,) = onnx.load(path, load_external_data=False).graph.initializer
+    assert w.data_location == TensorProto.EXTERNAL and {e.key for e in w.external_data} >= {"location", "offset"}
+    back = onnx.load(path)  # resolves the weights file beside it
+    assert back.graph.initializer[0].raw_data == model.graph.initializer[0].raw_data
+    assert back.graph.node == model.graph.node

@@ -788,14 +788,18 @@ class Intermediates(Mapping[str, np.ndarray]):
     """Every tensor a model computes at ``feeds``, computed on demand a window of node outputs
     at a time (in graph order), so that about ``budget`` bytes of them are held at once: all of
     a Swin-T's at 4x3x448x448 are gigabytes. Read in graph order, the model runs about (total
-    bytes / budget) times; ONNX Runtime computes only what the requested outputs need."""
+    bytes / budget) times."""
 
-    def __init__(self, model: onnx.ModelProto, feeds: dict[str, np.ndarray],
-                 budget: int | None = None, window: int = 32) -> None:
+    def __init__(self, model: onnx.ModelProto, feeds: dict[str, np.ndarray], budget: int | None = None,
+                 window: int = 32, names: Sequence[str] | None = None, nodes: Sequence[int] | None = None) -> None:
+        """``names``: only these node outputs (default: all), in graph order; ``nodes``: the
+        indices of the only nodes to run (default: all), when the others would fail."""
         self.model = model
+        self.nodes = nodes
         self.feeds = feeds
         self.budget = INTERMEDIATES_BUDGET if budget is None else budget
-        self.order = list(dict.fromkeys(o for n in model.graph.node for o in n.output if o))
+        every = (o for n in model.graph.node for o in n.output if o)
+        self.order = list(dict.fromkeys(every if names is None else names))
         self._index = {name: i for i, name in enumerate(self.order)}
         self.window = window  # node outputs per run, adapted to the budget
         self.runs = 0
@@ -814,7 +818,7 @@ class Intermediates(Mapping[str, np.ndarray]):
         if name not in self._values:
             start = self._index[name]
             self._values = {}  # drop the last window before computing the next
-            self._values = _run_outputs(self.model, self.order[start : start + self.window], self.feeds)
+            self._values = _run_outputs(self.model, self.order[start : start + self.window], self.feeds, self.nodes)
             self.runs += 1
             held = sum(v.nbytes for v in self._values.values())
             if held > self.budget:
@@ -824,22 +828,35 @@ class Intermediates(Mapping[str, np.ndarray]):
         return self._values[name]
 
 
-def _run_outputs(model: onnx.ModelProto, names: list[str], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``names`` computed at ``feeds``. The model's outputs are swapped in place for the
-    session and put back (no copy of its weights)."""
+def _run_outputs(model: onnx.ModelProto, names: list[str], feeds: dict[str, np.ndarray],
+                 nodes: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    """``names`` computed at ``feeds``, by ``nodes`` only (indices; default: every node; ONNX
+    Runtime runs every node it is given). The model's outputs and nodes are swapped in place for
+    the session and put back (no copy of its weights)."""
     from dynashape.backends.ort import OrtRunner
 
     outputs = [onnx.ValueInfoProto() for _ in model.graph.output]
     for saved, out in zip(outputs, model.graph.output, strict=True):
         saved.CopyFrom(out)
+    all_nodes: list[onnx.NodeProto] | None = None
+    if nodes is not None:
+        all_nodes = [onnx.NodeProto() for _ in model.graph.node]
+        for saved_node, node in zip(all_nodes, model.graph.node, strict=True):
+            saved_node.CopyFrom(node)
     try:
         del model.graph.output[:]
         for name in names:
             model.graph.output.add().name = name  # untyped: ONNX Runtime fills the type in
+        if all_nodes is not None and nodes is not None:
+            del model.graph.node[:]
+            model.graph.node.extend(all_nodes[i] for i in nodes)
         runner = OrtRunner(model)  # serializes the model here
     finally:
         del model.graph.output[:]
         model.graph.output.extend(outputs)
+        if all_nodes is not None:
+            del model.graph.node[:]
+            model.graph.node.extend(all_nodes)
     with runner:
         return runner.infer(feeds)
 
@@ -957,19 +974,16 @@ def _intermediates_before(
             continue
         keep.add(id(node))
         stack.extend(i for i in node.input if i)
-    upstream = onnx.ModelProto()
-    upstream.CopyFrom(model)
-    del upstream.graph.node[:]
-    upstream.graph.node.extend(n for n in model.graph.node if id(n) in keep)
-    del upstream.graph.output[:]
-    for name in wanted:
-        upstream.graph.output.add().name = name  # untyped: ONNX Runtime fills the type in
+    # the model itself, cut down in place to the nodes before the failing one while a session is
+    # made, not a copy of it: a copy would hold every weight once more
+    kept = [i for i, n in enumerate(model.graph.node) if id(n) in keep]
+    order = [o for i in kept for o in model.graph.node[i].output if o]
     try:
-        _runs(upstream, feeds)
-        return Intermediates(upstream, feeds)
+        _run_outputs(model, wanted, feeds, kept)
     except RunError as exc:
         log.debug("cannot run the graph up to %s either: %s", failing.name, exc)
         return None
+    return Intermediates(model, feeds, names=order, nodes=kept)
 
 
 def _first_divergent(

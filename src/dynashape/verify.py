@@ -39,14 +39,16 @@ import onnx
 
 from dynashape.backends import Runner
 from dynashape.backends.ort import OrtRunner, RunError
+from dynashape.backends.torch import TorchRunner, load_module
 from dynashape.check import CheckReport
 from dynashape.errors import DynashapeError
+from dynashape.feeds import random_feeds
 from dynashape.findings import Lattice
-from dynashape.lattice import snap_down, snap_up
+from dynashape.lattice import LatticeScanner
 from dynashape.model import graph_inputs, load_model
 from dynashape.probe import Prober
-from dynashape.shapes import AxisRange, RangeMap, ShapeMap, ShapeRange, format_shapes
-from dynashape.testing import random_feeds
+from dynashape.ranges import default_ranges
+from dynashape.shapes import AxisRange, RangeMap, ShapeMap, format_shapes
 
 log = logging.getLogger(__name__)
 
@@ -275,15 +277,18 @@ def _set_ints(attr: onnx.AttributeProto, values: list[int]) -> None:
 
 class TorchReference(Reference):
     def __init__(self, spec: str, output_names: list[str]) -> None:
-        from dynashape.backends.torch import TorchRunner
-        from dynashape.export import load_module
-
         self.label = f"PyTorch eager ({spec})"
         self.runner: Runner = TorchRunner(load_module(spec), output_names=output_names)
         self.runner.activate()
 
     def outputs(self, shapes: ShapeMap, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
-        return self.runner.infer(feeds)
+        try:
+            return self.runner.infer(feeds)
+        except DynashapeError:
+            raise
+        except Exception as exc:  # the user's module refusing a size (an assert, a shape error) is a result
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            raise RunError(f"the module raised {type(exc).__name__}" + (f": {first}" if first else "")) from None
 
     def close(self) -> None:
         self.runner.deactivate()
@@ -314,27 +319,6 @@ def make_reference(
 
 
 # ---------------------------------------------------------------- the sweep
-
-
-def default_ranges(model: onnx.ModelProto, s0: ShapeMap, lattice: Lattice) -> RangeMap:
-    """A range around the export shape, on the lattice: spatial S0/4 .. 2*S0, batch 1..4."""
-    ranges: RangeMap = {}
-    for info in graph_inputs(model):
-        axes = []
-        for axis, size in enumerate(s0[info.name]):
-            if axis not in info.dynamic_axes:
-                axes.append(AxisRange(size, size))
-                continue
-            lat = lattice.get(info.name, {}).get(axis)
-            if axis == 0 and info.rank >= 3:
-                axes.append(AxisRange(1, max(4, size)))
-                continue
-            step = lat.multiple if lat else 1
-            lo = snap_up(max(1, size // 4), lat) if lat else max(1, size // 4)
-            hi = snap_down(size * 2, lat) if lat else size * 2
-            axes.append(AxisRange(lo, hi, step))
-        ranges[info.name] = ShapeRange(tuple(axes))
-    return ranges
 
 
 def sweep_shapes(model: onnx.ModelProto, s0: ShapeMap, ranges: RangeMap, lattice: Lattice) -> list[ShapeMap]:
@@ -461,13 +445,16 @@ def verify(
     judge_reference = export_shape is not None and reference.proof == PROOF_INDEPENDENT
     mismatch = ""
     diagnosed: set[str] = set()
+    pending: list[tuple[ShapeResult, dict[str, np.ndarray]]] = []
 
     def diagnose_once(res: ShapeResult, feeds: dict[str, np.ndarray]) -> None:
         # the first divergent node of the first wrong and the first failing shape: a search
-        # re-exports and re-runs the model, and other shapes mostly name the same node again
+        # re-exports and re-runs the model, and other shapes mostly name the same node again.
+        # It runs after the sweep, once the sweep's session and reference are gone: with them,
+        # a large model's weights would be held three and four times at once (ViT-B/16: 3.1 GB)
         if diagnose is not None and res.status not in diagnosed:
             diagnosed.add(res.status)
-            res.divergent = diagnose(res.shapes, feeds)
+            pending.append((res, feeds))
 
     results: list[ShapeResult] = []
     runner = runner_factory() if runner_factory else OrtRunner(model)
@@ -488,7 +475,11 @@ def verify(
                 res.output_shapes = {k: list(v.shape) for k, v in out.items()}
             except RunError as exc:
                 res.status, res.message, res.node = "error", str(exc), exc.node
-                diagnose_once(res, feeds)
+                refused = _reference_refuses(reference, s, feeds) if diagnose is not None else ""
+                if refused:  # nothing to compare the nodes with: the shape is outside the reference's too
+                    res.message += f"; the reference fails at this shape too ({refused})"
+                else:
+                    diagnose_once(res, feeds)
                 continue
             try:
                 ref = reference.outputs(s, feeds)
@@ -515,9 +506,23 @@ def verify(
     finally:
         runner.deactivate()
         reference.close()
+    for res, feeds in pending:
+        assert diagnose is not None
+        res.divergent = diagnose(res.shapes, feeds)
     if progress:
         progress(len(shapes), len(shapes), {})
     return SweepResult(results, reference.label, backend, atol, rtol, reference.proof, mismatch)
+
+
+def _reference_refuses(reference: Reference, shapes: ShapeMap, feeds: dict[str, np.ndarray]) -> str:
+    """Why an independent reference cannot run at these shapes (ViT's fixed image size), or ""."""
+    if reference.proof != PROOF_INDEPENDENT:
+        return ""
+    try:
+        reference.outputs(shapes, feeds)
+    except (RunError, DynashapeError) as exc:
+        return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    return ""
 
 
 def known_export_shape(report: CheckReport) -> ShapeMap | None:
@@ -527,8 +532,6 @@ def known_export_shape(report: CheckReport) -> ShapeMap | None:
 
 def output_follow_check(model: onnx.ModelProto, s0: ShapeMap) -> Callable[[ShapeMap, dict[str, np.ndarray]], str]:
     """For reference-free sweeps: outputs whose spatial size equals the input's at S0 must follow it."""
-    from dynashape.lattice import LatticeScanner
-
     scanner = LatticeScanner(model, s0)
     follow: list[tuple[str, int, str, int]] = []
     for info in scanner.inputs:

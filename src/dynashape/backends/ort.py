@@ -14,14 +14,15 @@ import numpy as np
 import onnx
 
 from dynashape.backends import Runner
-from dynashape.model import serialized_size
+from dynashape.model import save_with_external_weights, serialized_size
 
 log = logging.getLogger(__name__)
 
-# A model whose weights pass this size reaches ONNX Runtime through a file, not bytes, and without
-# prepacked weights: from bytes, ORT holds the Python bytes, its parsed copy and its tensors at once
-# (ViT-B/16's 330 MB: 1.08 GB peak; from a file 0.64 GB); prepacking keeps a second, packed copy of
-# every MatMul/Conv weight (0.45 GB without it), for about 15% more time per run on that model.
+# A model whose weights pass this size reaches ONNX Runtime through a file with its weights as
+# external data, not bytes, and without prepacked weights: from bytes, ORT holds the Python bytes,
+# its parsed copy and its tensors at once (ViT-B/16's 330 MB: 1.08 GB peak; from a file 0.64 GB);
+# prepacking keeps a second, packed copy of every MatMul/Conv weight (0.45 GB without it), for
+# about 15% more time per run on that model.
 _LARGE_MODEL_BYTES = 64 << 20
 
 _NODE_IN_MESSAGE = re.compile(r"[Nn]ode \(([^)]+)\)|node name: ([^,\s)]+)|Name:'([^']+)'")
@@ -79,7 +80,7 @@ class OrtRunner(Runner):
             directory = tempfile.mkdtemp(prefix="dynashape-ort-")
             self._cleanup = weakref.finalize(self, shutil.rmtree, directory, True)
             self._model_file = os.path.join(directory, "model.onnx")
-            onnx.save_model(model, self._model_file)
+            save_with_external_weights(model, self._model_file)
         else:
             self._model_bytes = model.SerializeToString()
 
