@@ -38,9 +38,9 @@ from onnx import TensorProto, helper, numpy_helper
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from dynashape.check import check_model  # noqa: E402
-from dynashape.fix import fix_model  # noqa: E402
 from dynashape.model import load_model, save_model, write_export_shape  # noqa: E402
+from dynashape.pipeline.check import check_model  # noqa: E402
+from dynashape.pipeline.fix import fix_model  # noqa: E402
 
 TARGET_SECONDS = 2.0  # fix (its own check + proofs) of a 5,000-node graph on one core
 CHECK_TARGET_SECONDS = 1.0  # check alone

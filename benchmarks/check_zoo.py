@@ -87,10 +87,10 @@ def check_one(path: Path, label: str) -> dict[str, Any]:
     """Load, check and fix one model as the zoo does; the result record (JSON-able)."""
     import zoo_thirdparty  # how that zoo tells that check asks for the export shape
 
-    from dynashape.check import check_model
     from dynashape.errors import DynashapeError
-    from dynashape.fix import fix_model
     from dynashape.model import load_model
+    from dynashape.pipeline.check import check_model
+    from dynashape.pipeline.fix import fix_model
 
     meta = _meta(path)
     s0 = {k: tuple(v) for k, v in meta["s0"].items()} if meta.get("s0") else None

@@ -31,11 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from dynashape import cudart
-from dynashape.bench import BenchResult, random_inputs, run_bench, time_engine
-from dynashape.engine import Engine, build_engine, profile_from_shapes
 from dynashape.model import load_model, save_model
 from dynashape.shapes import Profile, ShapeMap, format_shape, format_shapes, parse_shapes
+from dynashape.trt import cudart
+from dynashape.trt.bench import BenchResult, random_inputs, run_bench, time_engine
+from dynashape.trt.engine import Engine, build_engine, profile_from_shapes
 
 DEMO_PROFILE = ("input:1x3x256x256", "input:1x3x512x512", "input:4x3x1024x2048")
 DEMO_SHAPES = ["input:1x3x256x256", "input:1x3x512x512", "input:1x3x1024x1024", "input:4x3x512x512",
@@ -66,7 +66,7 @@ class GraphRow:
 
 def fixed_demo(out: Path) -> Path:
     from dynashape.demo import demo_onnx_path
-    from dynashape.fix import fix_model
+    from dynashape.pipeline.fix import fix_model
 
     return save_model(fix_model(load_model(demo_onnx_path())).fixed, out)
 

@@ -7,7 +7,7 @@ For each model and precision, with one timing cache shared by every build of tha
 
 1. the one-profile engine over 1x3x256x256 ... 4x3x1024x2048 (opt 512x512) is built first (with
    a cold timing cache, unless --state holds one from an earlier run: the report says so) and timed;
-2. ``dynashape.planning.plan_profiles`` plans up to N profiles with the five benchmark shapes as
+2. ``dynashape.trt.planning.plan_profiles`` plans up to N profiles with the five benchmark shapes as
    probes (static engines at each, built once and reused by the search);
 3. at the five shapes and at two shapes between the planned profiles' opt points (static
    engines are built there too), the static, one-profile and planned engines are timed side by
@@ -40,11 +40,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dynashape.bench import TrtMeasurer, time_engine
-from dynashape.engine import Engine
 from dynashape.model import load_model, save_model
-from dynashape.planning import plan_profiles
 from dynashape.shapes import Profile, ShapeMap, format_shape
+from dynashape.trt.bench import TrtMeasurer, time_engine
+from dynashape.trt.engine import Engine
+from dynashape.trt.planning import plan_profiles
 
 SHAPES = [(1, 3, 256, 256), (1, 3, 512, 512), (1, 3, 1024, 1024), (1, 3, 1024, 2048), (4, 3, 512, 512)]
 RANGE = ((1, 3, 256, 256), (1, 3, 512, 512), (4, 3, 1024, 2048))
@@ -53,7 +53,7 @@ MULTIPLE = 32  # spatial sizes stay multiples of 32: on the lattice of the demo 
 
 def fixed_demo(out: Path) -> Path:
     from dynashape.demo import demo_onnx_path
-    from dynashape.fix import fix_model
+    from dynashape.pipeline.fix import fix_model
 
     return save_model(fix_model(load_model(demo_onnx_path())).fixed, out)
 

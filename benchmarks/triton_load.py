@@ -7,7 +7,7 @@
 Starts ``tritonserver`` (the binary of the nvidia-pytriton wheel, see dynashape.serving.server)
 on REPO, unless --url names a running one. K client threads (one client each) send N requests in
 all, spread over a few shapes: --shapes, or taken from the config's ``dynashape.profiles``
-(each profile's min, opt, max and the points between them, snapped onto ``dynashape.lattice``)
+(each profile's min, opt, max and the points between them, snapped onto ``dynashape.analysis.lattice``)
 or ``dynashape.export_shape``. Each shape is sent once per client first (warm-up, not counted).
 
 Every answer is checked: against ONNX Runtime on CPU running REPO/NAME/1/model.onnx when the

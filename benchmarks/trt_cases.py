@@ -106,10 +106,10 @@ def _compare(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> tuple[s
 
 
 def run_model_dir(model_dir: Path, cache: Path) -> dict[str, Any]:
-    from dynashape.engine import build_engine
-    from dynashape.fix import fix_model, write_fixed
     from dynashape.model import load_model
+    from dynashape.pipeline.fix import fix_model, write_fixed
     from dynashape.shapes import Profile
+    from dynashape.trt.engine import build_engine
 
     cases = _load_cases(model_dir)
     result: dict[str, Any] = {"model": model_dir.name, "shapes": [], "variants": {}}

@@ -6,7 +6,7 @@ The dynamic engine has one profile 1x3x256x256 / 1x3x512x512 / 4x3x1024x2048; ea
 gets its own static engine (min = opt = max) built with the same options and a shared timing
 cache. Prints median latencies and the dynamic/static ratio per shape and precision, and PyTorch
 eager (``dynashape.demo.model:build``) on the same GPU. Without --model the demo is fixed in memory
-with ``dynashape.fix.fix_model``. With --cuda-graph, dynamic and static engines are both timed as
+with ``dynashape.pipeline.fix.fix_model``. With --cuda-graph, dynamic and static engines are both timed as
 CUDA-graph replays (trtexec's --useCudaGraph). Needs TensorRT and a GPU; numbers are ratios from one run.
 """
 
@@ -19,10 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from dynashape.bench import BenchResult, run_bench
-from dynashape.engine import build_engine
 from dynashape.model import load_model, save_model
 from dynashape.shapes import Profile, format_shape, parse_shapes
+from dynashape.trt.bench import BenchResult, run_bench
+from dynashape.trt.engine import build_engine
 
 SHAPES = ["input:1x3x256x256", "input:1x3x512x512", "input:1x3x1024x1024", "input:4x3x512x512",
           "input:1x3x1024x2048"]
@@ -31,7 +31,7 @@ PROFILE = ((1, 3, 256, 256), (1, 3, 512, 512), (4, 3, 1024, 2048))
 
 def fixed_demo(out: Path) -> Path:
     from dynashape.demo import demo_onnx_path
-    from dynashape.fix import fix_model
+    from dynashape.pipeline.fix import fix_model
 
     return save_model(fix_model(load_model(demo_onnx_path())).fixed, out)
 

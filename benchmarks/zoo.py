@@ -391,8 +391,8 @@ def run_one(name: str, exporter: str) -> dict[str, Any]:
     timings["naive"] = time.perf_counter() - t
 
     # check and fix
-    from dynashape.check import check_model
-    from dynashape.fix import fix_model
+    from dynashape.pipeline.check import check_model
+    from dynashape.pipeline.fix import fix_model
 
     t = time.perf_counter()
     report = None
@@ -468,8 +468,8 @@ def control_flow(module: Any, proto: Any, s0: Shape, exporter: str) -> dict[str,
     control flow on a size, which no single graph shows (the branch not taken is not in it). Only
     DS009 counts: the value diffs of two large exports are aligned node by node and are not
     reliable enough to explain a pair."""
-    from dynashape.differential import differential_export
     from dynashape.errors import DynashapeError
+    from dynashape.pipeline.differential import differential_export
 
     try:
         diff = differential_export(module, {"input": s0}, dynamic={"input": [0, 2, 3]}, exporter=exporter)

@@ -127,9 +127,9 @@ def _asks_for_export_shape(exc: Exception) -> bool:
 def _check_and_fix(proto: Any, export_shape: dict[str, tuple[int, ...]] | None) -> tuple[Any, Any, dict[str, Any],
                                                                               dict[str, Any], list[str]]:
     """check then fix; returns (report, fixed proto or None, check json, fix json, bugs)."""
-    from dynashape.check import check_model
     from dynashape.errors import DynashapeError
-    from dynashape.fix import fix_model
+    from dynashape.pipeline.check import check_model
+    from dynashape.pipeline.fix import fix_model
 
     bugs: list[str] = []
     try:

@@ -446,9 +446,9 @@ class Outcome:
 
 def run_case(case: Case, directory: Path, *, cli: bool = False) -> Outcome:
     """Load and check the case's file: success and DynashapeError pass, anything else is a crash."""
-    from dynashape.check import UNREADABLE, check_model
     from dynashape.errors import DynashapeError
     from dynashape.model import load_model, read_export_shape
+    from dynashape.pipeline.check import UNREADABLE, check_model
 
     path = directory / f"{case.seed}-{case.number}.onnx"
     path.write_bytes(case.data)

@@ -12,10 +12,10 @@ from typing import Any, ClassVar
 import pytest
 from trt_fixtures import conv_model, skip_gpu_tests_without_trt  # noqa: F401
 
-from dynashape import bench
-from dynashape.bench import BenchResult, LatencyStats, ShapeResult
 from dynashape.errors import DynashapeError
 from dynashape.shapes import Profile
+from dynashape.trt import bench
+from dynashape.trt.bench import BenchResult, LatencyStats, ShapeResult
 
 
 def _stats(median: float) -> LatencyStats:
@@ -168,8 +168,8 @@ def test_torch_worker_with_a_missing_python() -> None:
 
 @pytest.mark.gpu
 def test_bench_dynamic_against_static(tmp_path: Path) -> None:
-    from dynashape.engine import build_engine
     from dynashape.model import save_model
+    from dynashape.trt.engine import build_engine
 
     model_path = save_model(conv_model(), tmp_path / "conv.onnx")
     prof = Profile().add("input", (1, 3, 32, 32), (1, 3, 64, 64), (2, 3, 128, 128))
@@ -295,7 +295,7 @@ class FakeRunEngine:
     loaded: ClassVar[dict[str, Any]] = {}
 
     def __init__(self) -> None:
-        from dynashape.engine import TensorInfo
+        from dynashape.trt.engine import TensorInfo
 
         self.inputs = [TensorInfo("input", "float32", (-1, 3, -1, -1), True)]
         self.input_names = ["input"]
@@ -325,7 +325,7 @@ class FakeRunEngine:
 def test_run_cli_reports_first_call_and_steady(monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     from dynashape import cli
-    from dynashape.engine import Engine
+    from dynashape.trt.engine import Engine
 
     made: list[FakeRunEngine] = []
 

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from dynashape.demo import demo_onnx_path
-from dynashape.engine import select_profile
-from dynashape.planning import BuildRecord, log_distance
 from dynashape.shapes import Profile, ShapeMap
+from dynashape.trt.engine import select_profile
+from dynashape.trt.planning import BuildRecord, log_distance
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "profile_planning.py"
 
@@ -87,7 +87,7 @@ class FakeMeasurer:
         return fake_ms([], shapes, None)
 
     def profile_ms(self, profile: Profile, probes: Sequence[ShapeMap]) -> dict[str, float]:
-        from dynashape.planning import shape_key
+        from dynashape.trt.planning import shape_key
 
         self._build(str(profile), [profile], "candidate")
         return {shape_key(p): fake_ms([profile], p, 0) for p in probes}

@@ -14,11 +14,11 @@ import pytest
 from fuzz_onnx import splice_after
 from onnx import TensorProto, helper
 
-from dynashape.analysis import unchecked_region
-from dynashape.check import check_model
+from dynashape.analysis.context import unchecked_region
 from dynashape.cli import main
 from dynashape.demo import __file__ as demo_init
 from dynashape.model import load_model
+from dynashape.pipeline.check import check_model
 from dynashape.rules import rule_catalogue
 
 DEMO = Path(demo_init).parent / "demo.onnx"

@@ -13,8 +13,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dynashape.check import CheckReport, check_model  # noqa: E402
 from dynashape.model import load_model  # noqa: E402
+from dynashape.pipeline.check import CheckReport, check_model  # noqa: E402
 
 EXPORT = (1, 3, 128, 128)
 HAZARDS = {"DS001", "DS002", "DS005"}

@@ -11,12 +11,15 @@ import numpy as np
 import pytest
 from trt_fixtures import conv_model, fixed_demo_model, skip_gpu_tests_without_trt  # noqa: F401
 
-import dynashape.engine as engine_mod
-from dynashape import bench, cli, cli_engine, trt_compat
+import dynashape.trt.engine as engine_mod
+from dynashape import cli
+from dynashape.cli import engine as cli_engine
 from dynashape.demo import demo_onnx_path
-from dynashape.engine import BuildError, BuiltEngine, EngineInfo, TensorInfo, read_sidecar
 from dynashape.model import save_model
 from dynashape.shapes import Profile
+from dynashape.trt import bench
+from dynashape.trt import compat as trt_compat
+from dynashape.trt.engine import BuildError, BuiltEngine, EngineInfo, TensorInfo, read_sidecar
 
 NO_TRT = "TensorRT is not installed (No module named 'tensorrt'); install the extra"
 
@@ -220,7 +223,7 @@ class FakeMeasurer:
         return float(np.prod(shapes["input"])) * 1e-6
 
     def profile_ms(self, profile: Profile, probes: Any) -> dict[str, float]:
-        from dynashape.planning import shape_key
+        from dynashape.trt.planning import shape_key
 
         return {shape_key(p): self._ms(profile, p) for p in probes}
 
@@ -417,7 +420,7 @@ def test_end_to_end_fixed_demo(capsys: pytest.CaptureFixture[str], tmp_path: Pat
 
 
 def test_plan_table_reports_each_profile_and_the_build_times(capsys: pytest.CaptureFixture[str]) -> None:
-    from dynashape.planning import BuildRecord, Measured, ProfilePlan
+    from dynashape.trt.planning import BuildRecord, Measured, ProfilePlan
 
     whole = Profile().add("input", (1, 3, 64, 64), (1, 3, 128, 128), (2, 3, 512, 512))
     cell = Profile().add("input", (1, 3, 362, 362), (1, 3, 512, 512), (2, 3, 512, 512))

@@ -17,19 +17,19 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from dynashape import cli_torch  # noqa: E402
+from dynashape.analysis.second_shapes import ShapeClasses, plan_class_shapes, shape_classes  # noqa: E402
 from dynashape.backends.ort import run_model  # noqa: E402
 from dynashape.backends.torch import TorchRunner  # noqa: E402
-from dynashape.differential import (  # noqa: E402
+from dynashape.cli import torch as cli_torch  # noqa: E402
+from dynashape.errors import DynashapeError  # noqa: E402
+from dynashape.export import export_module, load_module  # noqa: E402
+from dynashape.findings import AxisLattice  # noqa: E402
+from dynashape.pipeline.differential import (  # noqa: E402
     choose_s1,
     differential_export,
     first_divergent_node,
     module_path,
 )
-from dynashape.errors import DynashapeError  # noqa: E402
-from dynashape.export import export_module, load_module  # noqa: E402
-from dynashape.findings import AxisLattice  # noqa: E402
-from dynashape.second_shapes import ShapeClasses, plan_class_shapes, shape_classes  # noqa: E402
 from dynashape.testing import max_abs_error, random_feeds  # noqa: E402
 
 S0 = {"input": (1, 3, 64, 64)}
@@ -432,8 +432,8 @@ def test_check_torch_cli_says_how_many_exports_and_why(tmp_path: Path, capsys: p
 def test_intermediates_are_computed_a_window_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """The search holds a bounded share of the intermediates: with a tiny budget it runs the model
     window by window, gives the same tensors as one run with every output, and finds the same node."""
-    from dynashape import differential
-    from dynashape.differential import Intermediates, run_intermediates
+    from dynashape.pipeline import differential
+    from dynashape.pipeline.differential import Intermediates, run_intermediates
 
     net = load_module("dynashape.demo.model:build")
     model = export_module(net, {"input": (1, 3, 256, 256)}).model

@@ -13,9 +13,9 @@ import models_reports as MR
 import pytest
 
 from dynashape import cli
-from dynashape.check import check_model
 from dynashape.demo import demo_onnx_path
-from dynashape.doctor import run_doctor
+from dynashape.pipeline.check import check_model
+from dynashape.pipeline.doctor import run_doctor
 
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs PyTorch")
 
@@ -166,7 +166,7 @@ def test_doctor_export_child_gives_what_the_in_process_run_gives(tmp_path: Path)
     """The module exported and compared in one child process (the doctor's way, so the exporter's
     memory peak ends before the model is loaded) finds the same branch, at the same shapes, as
     the differential export run here."""
-    from dynashape.doctor import export_module_for_doctor
+    from dynashape.pipeline.doctor import export_module_for_doctor
 
     path = MR.write_size_branch_modules(tmp_path)
     spec = f"{path}:DPTStyle"
@@ -189,7 +189,7 @@ def test_doctor_export_child_gives_what_the_in_process_run_gives(tmp_path: Path)
 @pytest.mark.torch
 @needs_torch
 def test_doctor_export_child_reports_a_module_that_runs_at_one_size(tmp_path: Path) -> None:
-    from dynashape.doctor import export_module_for_doctor
+    from dynashape.pipeline.doctor import export_module_for_doctor
 
     path = tmp_path / "fixed_size.py"
     path.write_text(_FIXED_SIZE)
@@ -202,8 +202,8 @@ def test_doctor_export_child_reports_a_module_that_runs_at_one_size(tmp_path: Pa
 @pytest.mark.torch
 @needs_torch
 def test_doctor_export_child_refuses_a_bad_spec_in_one_line(tmp_path: Path) -> None:
-    from dynashape.doctor import export_module_for_doctor
     from dynashape.errors import DynashapeError
+    from dynashape.pipeline.doctor import export_module_for_doctor
 
     path = tmp_path / "fixed_size.py"
     path.write_text(_FIXED_SIZE)

@@ -1,4 +1,4 @@
-"""``dynashape.doctor`` called in-process (the CLI's doctor is tested through a subprocess):
+"""``dynashape.pipeline.doctor`` called in-process (the CLI's doctor is tested through a subprocess):
 ``run_doctor`` on ONNX files with a fixable hazard, with none and with one it cannot fix, the
 result's claims and JSON, and ``write_doctor_heatmap``."""
 
@@ -13,10 +13,10 @@ import models_reports as R
 import onnx
 import pytest
 
-from dynashape.check import check_model
-from dynashape.doctor import DoctorResult, run_doctor, write_doctor_heatmap
 from dynashape.errors import DynashapeError
 from dynashape.model import load_model
+from dynashape.pipeline.check import check_model
+from dynashape.pipeline.doctor import DoctorResult, run_doctor, write_doctor_heatmap
 from dynashape.testing import assert_models_equivalent
 
 S0: dict[str, tuple[int, ...]] = {"x": (1, 4, 32, 32)}

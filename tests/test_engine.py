@@ -16,9 +16,15 @@ from trt_fixtures import (  # noqa: F401  (the autouse fixture skips gpu tests w
     two_input_model,
 )
 
-from dynashape import cudart, trt_compat
 from dynashape.backends.ort import run_model
-from dynashape.engine import (
+from dynashape.errors import DynashapeError
+from dynashape.findings import AxisLattice
+from dynashape.model import InputInfo
+from dynashape.shapes import Profile
+from dynashape.testing import max_abs_error, random_feeds
+from dynashape.trt import compat as trt_compat
+from dynashape.trt import cudart
+from dynashape.trt.engine import (
     BuildError,
     BuildOptions,
     BuiltEngine,
@@ -38,11 +44,6 @@ from dynashape.engine import (
     shape_key,
     sidecar_path,
 )
-from dynashape.errors import DynashapeError
-from dynashape.findings import AxisLattice
-from dynashape.model import InputInfo
-from dynashape.shapes import Profile
-from dynashape.testing import max_abs_error, random_feeds
 
 ENV = trt_compat.RuntimeEnv("8.5.3.1", "NVIDIA H100 80GB HBM3", "9.0")
 
@@ -239,7 +240,7 @@ def _compare_with_ort(engine: Engine, model, shapes, atol: float = 1e-3) -> floa
 def test_build_save_load_run_one_profile(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     model = conv_model()
     cache = tmp_path / "timing.cache"
-    with caplog.at_level(logging.INFO, logger="dynashape.engine"):
+    with caplog.at_level(logging.INFO, logger="dynashape.trt.engine"):
         built = build_engine(model, [RANGE], timing_cache=cache)
     assert any("built the engine in" in r.getMessage() for r in caplog.records)
     assert cache.is_file() and cache.stat().st_size > 0
@@ -308,7 +309,7 @@ def test_corrupt_engine_and_other_version_sidecar(tmp_path: Path, caplog: pytest
         Engine.load(path)
 
     sidecar_path(path).unlink()  # no sidecar: loads, with a warning
-    with caplog.at_level(logging.WARNING, logger="dynashape.engine"), Engine.load(path) as eng:
+    with caplog.at_level(logging.WARNING, logger="dynashape.trt.engine"), Engine.load(path) as eng:
         _compare_with_ort(eng, model, {"input": (1, 3, 24, 24)})
     assert any("no sidecar" in r.getMessage() for r in caplog.records)
 
@@ -592,7 +593,7 @@ class FakePinned:
 def test_pinned_output_blocks_come_back_only_when_every_view_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
     import gc
 
-    from dynashape.engine import _PinnedOutputs
+    from dynashape.trt.engine import _PinnedOutputs
 
     monkeypatch.setattr(cudart, "PinnedBuffer", FakePinned)
     pool = _PinnedOutputs(limit=2)

@@ -21,9 +21,10 @@ from trt_fixtures import conv_model
 
 import dynashape
 from dynashape import __main__ as entry
-from dynashape import api, cli, inputs, trt_compat
+from dynashape import api, cli, inputs
 from dynashape.demo import demo_onnx_path
 from dynashape.model import save_model
+from dynashape.trt import compat as trt_compat
 
 DEMO = str(demo_onnx_path())
 
@@ -197,18 +198,17 @@ def test_a_broken_command_module_is_loud_not_a_missing_command(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # build/run/bench/export used to vanish from the command list when their module failed to import
-    for name in ("cli", "cli_engine"):
-        monkeypatch.delattr(dynashape, name)
+    monkeypatch.delattr(dynashape, "cli")
     monkeypatch.delitem(sys.modules, "dynashape.cli")
-    monkeypatch.setitem(sys.modules, "dynashape.cli_engine", None)  # importing it raises ImportError
+    monkeypatch.setitem(sys.modules, "dynashape.cli.engine", None)  # importing it raises ImportError
     monkeypatch.setattr(sys, "argv", ["dynashape", "check", "--list-rules"])
     code = entry.main()
     err = capsys.readouterr().err
-    assert code == 3 and "dynashape.cli_engine" in err and "bug in dynashape" in err.splitlines()[-1]
+    assert code == 3 and "dynashape.cli.engine" in err and "bug in dynashape" in err.splitlines()[-1]
 
 
 def test_the_command_modules_import_without_torch_or_tensorrt() -> None:
-    code = ("import sys; import dynashape.cli, dynashape.cli_engine, dynashape.cli_torch, dynashape.api; "
+    code = ("import sys; import dynashape.cli, dynashape.cli.engine, dynashape.cli.torch, dynashape.api; "
             "heavy = {'torch', 'tensorrt', 'onnxruntime'} & set(sys.modules); assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 

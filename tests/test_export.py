@@ -135,7 +135,7 @@ def test_load_module_bad_spec_and_unknown_package() -> None:
 
 
 def test_importing_export_does_not_import_torch() -> None:
-    code = "import sys, dynashape.export, dynashape.differential, dynashape.cli_torch, " \
+    code = "import sys, dynashape.export, dynashape.pipeline.differential, dynashape.cli.torch, " \
            "dynashape.backends.torch; assert 'torch' not in sys.modules, 'torch imported eagerly'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -293,7 +293,7 @@ class Attention(torch.nn.Module):
 
 
 def test_multihead_attention_exports_with_the_legacy_exporter_and_fix_repairs_its_views() -> None:
-    from dynashape.fix import fix_model
+    from dynashape.pipeline.fix import fix_model
 
     # under no_grad, nn.MultiheadAttention runs a fused kernel the legacy exporter has no symbolic for
     net = Attention().eval()

@@ -1,4 +1,4 @@
-"""The export shape S0, recovered from the graph's baked constants (dynashape.exportshape).
+"""The export shape S0, recovered from the graph's baked constants (dynashape.analysis.exportshape).
 
 Each kind of baked constant gives an equation in the input sizes; S0 is solved from them together
 and checked (the graph is consistent there, the constants match). Where they do not pin it down
@@ -19,10 +19,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from dynashape.check import check_model
-from dynashape.exportshape import resolve_export_shape
+from dynashape.analysis.exportshape import resolve_export_shape
+from dynashape.analysis.probe import Probe, Prober
 from dynashape.model import write_export_shape
-from dynashape.probe import Probe, Prober
+from dynashape.pipeline.check import check_model
 from dynashape.shapes import ShapeMap
 
 

@@ -11,13 +11,13 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from dynashape.analysis import Context, const_i64
+from dynashape.analysis.context import Context, const_i64
 from dynashape.backends.ort import run_model
 from dynashape.demo import demo_onnx_path
 from dynashape.errors import DynashapeError
 from dynashape.findings import Finding, Refusal, RewritePlan
-from dynashape.fix import fix_model, pad_wrap, proof_shapes, write_fixed
 from dynashape.model import load_model
+from dynashape.pipeline.fix import fix_model, pad_wrap, proof_shapes, write_fixed
 from dynashape.rules import DEFAULT_RULES
 from dynashape.rules.base import Rule
 from dynashape.rules.builder import RewriteBuilder
@@ -206,7 +206,7 @@ def test_a_worse_model_no_rewrite_explains_is_never_written(
     # Whatever the rewrites, the written model must be no worse than the original. Break the
     # step after the rules (the wrap that --pad-to would add): every rewrite is taken back in turn,
     # none explains it, and fix refuses instead of writing a worse model.
-    fixmod = importlib.import_module("dynashape.fix")  # `dynashape.fix` is the API function
+    fixmod = importlib.import_module("dynashape.pipeline.fix")
 
     monkeypatch.setattr(fixmod, "_wrapped", lambda report, multiple: _doubled(report.fixed_model))
     out = tmp_path / "fixed.onnx"

@@ -40,9 +40,9 @@ CASES: list[Any] = [
 def test_fixed_model_builds_and_matches_onnx_runtime(rule: str, build: Callable[[], onnx.ModelProto],
                                                       s0: ShapeMap) -> None:
     from dynashape.backends.ort import run_model
-    from dynashape.engine import build_engine, profile_from_shapes
-    from dynashape.fix import fix_model
+    from dynashape.pipeline.fix import fix_model
     from dynashape.testing import max_abs_error, random_feeds
+    from dynashape.trt.engine import build_engine, profile_from_shapes
 
     result = fix_model(build(), export_shape=s0)
     assert any(line for line in result.applied), f"{rule}: nothing was rewritten"

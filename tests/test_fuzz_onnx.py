@@ -20,9 +20,9 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from dynashape.check import UNREADABLE, check_model
 from dynashape.errors import DynashapeError
 from dynashape.model import load_model
+from dynashape.pipeline.check import UNREADABLE, check_model
 
 
 def test_fuzz(tmp_path: Path) -> None:

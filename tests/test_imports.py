@@ -20,18 +20,10 @@ PACKAGE = Path(dynashape.__file__).parent
 MUST_BE_LAZY = {
     ("dynashape.__main__", "dynashape.cli"): "the console script imports the CLI inside the one error wrapper, "
     "so a Ctrl-C or a broken module during that import ends as exit 130 or 3",
-    ("dynashape.serving.triton_model", "dynashape.engine"): "runs inside Triton's Python backend, where dynashape "
+    ("dynashape.serving.triton_model", "dynashape.trt.engine"): "runs inside Triton's Python backend, where dynashape "
     "is optional (the ONNX Runtime fallback needs only numpy and onnxruntime)",
 }
 
-# function-local imports in modules owned by other engineers during issue 16, still to be moved to
-# the top of their module (none of them is needed to break a cycle any more); remove an entry once
-# it is done: the test fails on an entry that no longer matches anything
-PENDING = {
-    "dynashape.differential": {"dynashape.backends.ort", "dynashape.export", "dynashape.model", "dynashape.shapes"},
-    "dynashape.doctor": {"dynashape.backends.trt", "dynashape.demo", "dynashape.differential", "dynashape.export",
-                         "dynashape.model", "dynashape.report", "dynashape.trt_compat"},
-}
 
 
 @dataclass(frozen=True)
@@ -151,14 +143,12 @@ def test_the_cycle_finder_finds_one() -> None:
 def test_no_function_local_import_of_a_dynashape_module() -> None:
     local = [e for e in _edges() if e.local]
     assert local, "the scan found no function-local import at all: it is not reading the package"
-    unexpected = [e for e in local if (e.importer, e.imported) not in MUST_BE_LAZY
-                  and e.imported not in PENDING.get(e.importer, set())]
+    unexpected = [e for e in local if (e.importer, e.imported) not in MUST_BE_LAZY]
     assert not unexpected, "import these at the top of the module (lazy imports are for torch, TensorRT, " \
         "onnxruntime, cuda and tritonclient only):\n" + "\n".join(
             f"  {e.importer}:{e.line} imports {e.imported}" for e in unexpected)
     seen = {(e.importer, e.imported) for e in local}
     stale = [pair for pair in MUST_BE_LAZY if pair not in seen]
-    stale += [(m, t) for m, targets in PENDING.items() for t in targets if (m, t) not in seen]
     assert not stale, f"allow-list entries that match no import any more; remove them: {stale}"
 
 

@@ -1,4 +1,4 @@
-"""DS003: the valid-size lattice of each dynamic axis, found by probing (dynashape.lattice)."""
+"""DS003: the valid-size lattice of each dynamic axis, found by probing (dynashape.analysis.lattice)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from dynashape.check import check_model
+from dynashape.analysis.lattice import LatticeScanner, check_ranges, snap_down, snap_up
+from dynashape.analysis.probe import Prober
 from dynashape.findings import AxisLattice
-from dynashape.lattice import LatticeScanner, check_ranges, snap_down, snap_up
-from dynashape.probe import Prober
+from dynashape.pipeline.check import check_model
 from dynashape.shapes import parse_ranges
 
 S0 = {"x": (1, 4, 128, 128)}
@@ -131,7 +131,7 @@ def test_a_lattice_never_excludes_the_export_shape(caplog: pytest.LogCaptureFixt
     # before, a lattice that excludes the export shape) and the problem is logged as a bug
     model = M.unet(depth=1)
     scanner = LatticeScanner(model, {"x": (1, 4, 129, 64)})
-    with caplog.at_level("WARNING", logger="dynashape.lattice"):
+    with caplog.at_level("WARNING", logger="dynashape.analysis.lattice"):
         lattice, findings = scanner.scan()
     assert lattice == {} and findings == []
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [

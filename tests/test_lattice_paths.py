@@ -10,10 +10,10 @@ import onnx
 import pytest
 from onnx import helper
 
-from dynashape.check import check_model
+from dynashape.analysis.lattice import suggest_profile
 from dynashape.demo import demo_onnx_path
-from dynashape.lattice import suggest_profile
 from dynashape.model import load_model
+from dynashape.pipeline.check import check_model
 from dynashape.shapes import parse_ranges
 
 

@@ -12,7 +12,6 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from dynashape.check import check_model
 from dynashape.errors import DynashapeError
 from dynashape.model import (
     check_output_path,
@@ -27,6 +26,7 @@ from dynashape.model import (
     write_export_shape,
     write_json_atomic,
 )
+from dynashape.pipeline.check import check_model
 
 
 def _static_model(opset: int = 17) -> onnx.ModelProto:

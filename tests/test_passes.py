@@ -11,12 +11,12 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper
 
-from dynashape.analysis import Context
-from dynashape.check import check_model
+from dynashape.analysis.context import Context
 from dynashape.demo import demo_onnx_path
 from dynashape.findings import Finding, Refusal, RewritePlan
 from dynashape.model import load_model
-from dynashape.passes import PassManager, RewritePolicy
+from dynashape.pipeline.check import check_model
+from dynashape.pipeline.passes import PassManager, RewritePolicy
 from dynashape.rules.base import Rule
 from dynashape.rules.builder import RewriteBuilder
 

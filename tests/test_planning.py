@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from trt_fixtures import conv_model, skip_gpu_tests_without_trt  # noqa: F401  (skips gpu tests without TensorRT)
 
-from dynashape import bench, planning
-from dynashape.engine import EngineInfo, TensorInfo, select_profile
 from dynashape.errors import DynashapeError
-from dynashape.planning import Measured, ProfilePlan, plan_profiles, probe_cell, shape_key
 from dynashape.shapes import Profile, ShapeMap
+from dynashape.trt import bench, planning
+from dynashape.trt.engine import EngineInfo, TensorInfo, select_profile
+from dynashape.trt.planning import Measured, ProfilePlan, plan_profiles, probe_cell, shape_key
 
 RANGE = Profile().add("input", (1, 3, 256, 256), (1, 3, 512, 512), (4, 3, 1024, 2048))
 BENCH = [{"input": s} for s in [(1, 3, 256, 256), (1, 3, 512, 512), (1, 3, 1024, 1024),
@@ -236,9 +236,9 @@ def test_cache_paths_are_per_model_and_per_tensorrt_and_gpu(monkeypatch: pytest.
 @pytest.mark.gpu
 def test_planning_on_tensorrt_builds_each_engine_once_and_runs_correctly(tmp_path: Path) -> None:
     from dynashape.backends.ort import run_model
-    from dynashape.engine import Engine
     from dynashape.model import save_model
     from dynashape.testing import max_abs_error, random_feeds
+    from dynashape.trt.engine import Engine
 
     model = conv_model(seed=3)
     path = save_model(model, tmp_path / "conv.onnx")

@@ -1,4 +1,4 @@
-"""Probing a graph at concrete input shapes (dynashape.probe): shapes, shape values, failures."""
+"""Probing a graph at concrete input shapes (dynashape.analysis.probe): shapes, shape values, failures."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from dynashape.probe import Prober, _dims_of
+from dynashape.analysis.probe import Prober, _dims_of
 
 
 def test_join_mismatch_names_the_add_node() -> None:
@@ -242,7 +242,7 @@ def test_a_feedback_pass_reinferring_only_what_changed_equals_a_whole_pass(monke
     # A feedback pass infers only the windows of the graph its new values reach (a few dozen
     # nodes of Swin-T's thousands); with windows of 2 nodes every step goes through that path,
     # and every dim, value and failure must be what inferring the whole patched graph gives
-    import dynashape.probe as probe_module
+    import dynashape.analysis.probe as probe_module
 
     model, join = _passes_model()
     monkeypatch.setattr(probe_module, "_WINDOW", 2)

@@ -13,6 +13,7 @@ import pytest
 from dynashape import cli
 from dynashape.demo import demo_onnx_path
 from dynashape.findings import AxisLattice, Finding
+from dynashape.pipeline.verify import ShapeResult, SweepResult
 from dynashape.report import (
     FindingsView,
     SweepView,
@@ -22,7 +23,6 @@ from dynashape.report import (
     shorten_left,
     write_heatmap,
 )
-from dynashape.verify import ShapeResult, SweepResult
 
 WIDTHS = (80, 200)
 LONG_NODE = "/features/features.5/features.5.17/attn/relative_position_bias_table/Gather_3"

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from dynashape.backends.ort import RunError, run_model
-from dynashape.check import check_model
-from dynashape.fix import fix_model
+from dynashape.pipeline.check import check_model
+from dynashape.pipeline.fix import fix_model
 from dynashape.testing import random_feeds
 
 pytest.importorskip("torch")

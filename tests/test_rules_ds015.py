@@ -10,8 +10,8 @@ import models_reports as R
 import pytest
 
 from dynashape.backends.ort import RunError
-from dynashape.check import check_model
-from dynashape.fix import fix_model
+from dynashape.pipeline.check import check_model
+from dynashape.pipeline.fix import fix_model
 
 S0: dict[str, tuple[int, ...]] = {"x": (1, 4, 32, 32)}
 

@@ -11,8 +11,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from dynashape.check import check_model
-from dynashape.fix import fix_model
+from dynashape.pipeline.check import check_model
+from dynashape.pipeline.fix import fix_model
 from dynashape.testing import assert_models_equivalent
 
 S0: dict[str, tuple[int, ...]] = {"x": (1, 4, 32, 32)}

@@ -12,8 +12,8 @@ import pytest
 from onnx import numpy_helper
 
 from dynashape.backends.ort import RunError, run_model
-from dynashape.check import check_model
-from dynashape.fix import fix_model
+from dynashape.pipeline.check import check_model
+from dynashape.pipeline.fix import fix_model
 from dynashape.rules.expand import ExpandPlan
 from dynashape.rules.generated import GeneratedPlan
 from dynashape.rules.joined import SizeEntry
@@ -237,7 +237,7 @@ def test_torch_differential_export_names_the_expand(name: str, args: tuple) -> N
     pytest.importorskip("torch")
     import models_generated_torch as T
 
-    from dynashape.differential import differential_export
+    from dynashape.pipeline.differential import differential_export
 
     net = getattr(T, name)(*args).eval()
     result = differential_export(net, {"input": (2, 3, 32, 48)})

@@ -12,9 +12,9 @@ import onnx
 import pytest
 
 from dynashape.backends.ort import RunError, run_model
-from dynashape.check import check_model
 from dynashape.findings import Finding
-from dynashape.fix import fix_model
+from dynashape.pipeline.check import check_model
+from dynashape.pipeline.fix import fix_model
 from dynashape.rules.generated import GeneratedPlan, GeneratedTensor, Level
 from dynashape.testing import assert_models_equivalent, random_feeds
 

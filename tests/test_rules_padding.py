@@ -15,7 +15,7 @@ import pytest
 from onnx import numpy_helper
 
 from dynashape.backends.ort import RunError, run_model
-from dynashape.check import check_model
+from dynashape.pipeline.check import check_model
 from dynashape.testing import assert_models_equivalent
 
 requires_torch = [pytest.mark.torch,
@@ -224,7 +224,7 @@ def test_efficientnet_same_padding_legacy_fix_is_proven(export: tuple[int, ...],
     # Conv2dDynamicSamePadding: only ceil(h / s) is frozen, the pads are `const - H` (negative,
     # a crop, at larger sizes); even at an even export size they are no fixed pad
     from dynashape.export import export_module
-    from dynashape.fix import fix_model
+    from dynashape.pipeline.fix import fix_model
 
     net = MS.torch_modules()["same_pad_conv"]().eval()
     exported = export_module(net, {"input": export}, exporter="legacy")
@@ -406,7 +406,7 @@ def test_hf_same_padding_is_fixed_and_matches_eager(name: str) -> None:
     # BiT's DynamicPad2d (math.ceil: pads `const - H`) and MobileNetV2's apply_tf_padding (int():
     # constant pads, the stride-2 ones (0, 1) at 64x64, told from a fixed pad by its 1x1 convs'
     # zero Pads): fix rebuilds every strided pad, proven at S0, never worse, and right at odd sizes
-    from dynashape.fix import fix_model
+    from dynashape.pipeline.fix import fix_model
 
     net, model = _export_hf(name)
     result = fix_model(model, export_shape={"input": (1, 3, 64, 64)})

@@ -13,7 +13,7 @@ import pytest
 from onnx import helper
 
 from dynashape.backends.ort import RunError, run_model
-from dynashape.check import check_model
+from dynashape.pipeline.check import check_model
 from dynashape.testing import assert_models_equivalent
 
 S0 = {"x": (1, 4, 64, 96)}
@@ -313,7 +313,7 @@ def test_torch_spp_classifier_dynamo(_: int) -> None:
     import torch
 
     from dynashape.export import export_module
-    from dynashape.fix import fix_model
+    from dynashape.pipeline.fix import fix_model
 
     net = MS.torch_modules()["spp"]().eval()
     exported = export_module(net, {"input": (1, 3, 64, 64)}, exporter="dynamo")
@@ -339,7 +339,7 @@ def test_torch_pyramid_pooling_fix_is_proven_and_matches_eager(exporter: str, in
     import torch
 
     from dynashape.export import export_module
-    from dynashape.fix import fix_model
+    from dynashape.pipeline.fix import fix_model
 
     net = MS.torch_modules()["ppm"](bins=(1, 2, 4), int_kernels=int_kernels).eval()
     s0 = {"input": (1, 3, 64, 96)}

@@ -9,8 +9,8 @@ import pytest
 from onnx import numpy_helper
 
 from dynashape.backends.ort import RunError
-from dynashape.check import check_model
 from dynashape.findings import Finding
+from dynashape.pipeline.check import check_model
 from dynashape.rules.reshape import ReshapePlan
 from dynashape.testing import assert_models_equivalent
 

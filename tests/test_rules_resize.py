@@ -10,8 +10,8 @@ import pytest
 from onnx import numpy_helper
 
 from dynashape.backends.ort import RunError
-from dynashape.check import check_model
 from dynashape.findings import Finding
+from dynashape.pipeline.check import check_model
 from dynashape.rules.resize import ResizePlan, SizeTerm
 from dynashape.testing import assert_models_equivalent
 
@@ -369,7 +369,7 @@ def test_torch_join_through_a_channel_slice_names_the_skip(cat: bool) -> None:
 def test_join_partners_through_slices_that_keep_the_frozen_axes(slice_axis: int) -> None:
     import onnx_ir as ir
 
-    from dynashape.analysis import join_partners
+    from dynashape.analysis.context import join_partners
 
     model = ir.serde.deserialize_model(MR.sliced_join(64, 96, slice_axis=slice_axis))
     up = next(n for n in model.graph if n.name == "up").outputs[0]

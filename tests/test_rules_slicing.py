@@ -13,8 +13,8 @@ import pytest
 from onnx import helper, numpy_helper
 
 from dynashape.backends.ort import RunError, run_model
-from dynashape.check import check_model
 from dynashape.findings import Finding
+from dynashape.pipeline.check import check_model
 from dynashape.rules.slicing import BoundEntry, SlicePlan, SplitPlan
 from dynashape.testing import assert_models_equivalent
 
@@ -148,7 +148,7 @@ def test_splits_that_are_fine(build, reason: str) -> None:  # type: ignore[no-un
 @pytest.mark.parametrize("_", [pytest.param(0, marks=requires_torch)], ids=["torch"])
 def test_torch_coordinate_attention_fix_is_proven_and_matches_eager(_: int) -> None:
     from dynashape.export import export_module
-    from dynashape.fix import fix_model
+    from dynashape.pipeline.fix import fix_model
 
     net = MS.torch_modules()["coord_att"]().eval()
     exported = export_module(net, {"input": (1, 3, 64, 48)}, exporter="legacy")
@@ -307,7 +307,7 @@ def test_slices_that_are_fine(build) -> None:  # type: ignore[no-untyped-def]
 ])
 def test_torch_crops_fix_is_proven_and_matches_eager(name: str, export: tuple[int, ...]) -> None:
     from dynashape.export import export_module
-    from dynashape.fix import fix_model
+    from dynashape.pipeline.fix import fix_model
 
     net = MS.torch_modules()[name]().eval()
     exported = export_module(net, {"input": export}, exporter="legacy")

@@ -18,8 +18,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from dynashape.backends.ort import run_model
-from dynashape.check import check_model
-from dynashape.fix import fix_model
+from dynashape.pipeline.check import check_model
+from dynashape.pipeline.fix import fix_model
 from dynashape.testing import assert_models_equivalent
 
 

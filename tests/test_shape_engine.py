@@ -1,4 +1,4 @@
-"""Symbolic shapes (dynashape.shape_engine) and the prober's use of them: the same answers as a
+"""Symbolic shapes (dynashape.analysis.shape_engine) and the prober's use of them: the same answers as a
 probe by ONNX inference, at every size, or no answer at all."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from dynashape.probe import Probe, Prober
-from dynashape.shape_engine import Expr, Exprs, ShapeEngine
+from dynashape.analysis.probe import Probe, Prober
+from dynashape.analysis.shape_engine import Expr, Exprs, ShapeEngine
 
 
 def _plain(model: onnx.ModelProto) -> Prober:

@@ -20,9 +20,9 @@ from torch import nn  # noqa: E402
 
 from dynashape.backends.ort import OrtRunner  # noqa: E402
 from dynashape.backends.torch import TorchRunner  # noqa: E402
-from dynashape.differential import differential_export, first_divergent_node  # noqa: E402
 from dynashape.export import export_module  # noqa: E402
 from dynashape.model import graph_inputs  # noqa: E402
+from dynashape.pipeline.differential import differential_export, first_divergent_node  # noqa: E402
 from dynashape.testing import import_torchvision  # noqa: E402
 
 EXPORT_SHAPE = (1, 3, 128, 128)

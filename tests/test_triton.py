@@ -16,13 +16,13 @@ from trt_fixtures import skip_gpu_tests_without_trt  # noqa: F401  (the autouse 
 
 from dynashape.cli import main
 from dynashape.demo import demo_onnx_path
-from dynashape.engine import EngineInfo, TensorInfo, sidecar_path
 from dynashape.errors import DynashapeError
-from dynashape.fix import fix_model, write_fixed
 from dynashape.model import load_model, sha256_file, write_json_atomic
+from dynashape.pipeline.fix import fix_model, write_fixed
 from dynashape.serving.config import validate_pbtxt
 from dynashape.serving.repository import write_repository
 from dynashape.shapes import Profile
+from dynashape.trt.engine import EngineInfo, TensorInfo, sidecar_path
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 text_format = pytest.importorskip("google.protobuf.text_format")
@@ -381,8 +381,8 @@ def test_python_backend_serves_the_engine_with_tensorrt(tmp_path: Path, demo_fix
     _require_tritonserver()
     grpcclient = _client_module("grpc")
 
-    from dynashape.engine import build_engine
     from dynashape.serving.server import TritonServer
+    from dynashape.trt.engine import build_engine
 
     small = _profile((1, 3, 32, 32), (1, 3, 128, 128), (4, 3, 256, 256))
     large = _profile((1, 3, 256, 256), (1, 3, 512, 512), (2, 3, 768, 768))

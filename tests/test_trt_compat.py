@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from dynashape import trt_compat
 from dynashape.errors import DynashapeError
-from dynashape.trt_compat import TacticSpec, parse_tactic_sources, tactic_mask
+from dynashape.trt import compat as trt_compat
+from dynashape.trt.compat import TacticSpec, parse_tactic_sources, tactic_mask
 
 BITS = {"CUBLAS": 0, "CUBLAS_LT": 1, "CUDNN": 2, "EDGE_MASK_CONVOLUTIONS": 3, "JIT_CONVOLUTIONS": 4}
 ALL = 0b11111
@@ -157,7 +157,7 @@ def test_logger_captures_errors_and_shows_each_warning_once(
     trt = _fake_trt("8.5.3.1")
     sev = trt.ILogger.Severity  # type: ignore[attr-defined]
     monkeypatch.setattr(trt_compat._HOLDER, "seen_warnings", set())
-    with caplog.at_level(logging.WARNING, logger="dynashape.trt_compat"), trt_compat.capture_log() as cap:
+    with caplog.at_level(logging.WARNING, logger="dynashape.trt.compat"), trt_compat.capture_log() as cap:
         trt_compat._forward(trt, sev.ERROR, "Error Code 4: /AveragePool: bad\n")
         trt_compat._forward(trt, sev.WARNING, "slow tactic")
         trt_compat._forward(trt, sev.WARNING, "slow tactic")

@@ -5,19 +5,19 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from dynashape.check import check_model
 from dynashape.demo import demo_onnx_path
 from dynashape.errors import DynashapeError
-from dynashape.fix import fix_model
 from dynashape.model import load_model
-from dynashape.shapes import parse_ranges
-from dynashape.verify import (
+from dynashape.pipeline.check import check_model
+from dynashape.pipeline.fix import fix_model
+from dynashape.pipeline.verify import (
     default_ranges,
     make_reference,
     output_follow_check,
     sweep_shapes,
     verify,
 )
+from dynashape.shapes import parse_ranges
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ OPSET = 17
 @functools.lru_cache(maxsize=1)
 def trt_gpu_reason() -> str | None:
     """None when TensorRT imports and cuda-python sees a GPU, else why not."""
-    from dynashape import cudart, trt_compat
+    from dynashape.trt import compat as trt_compat
+    from dynashape.trt import cudart
 
     reason = trt_compat.tensorrt_available()
     if reason is not None:
@@ -79,8 +80,8 @@ def two_input_model() -> onnx.ModelProto:
 @functools.lru_cache(maxsize=1)
 def _fixed_demo_bytes() -> bytes:
     from dynashape.demo import demo_onnx_path
-    from dynashape.fix import fix_model
     from dynashape.model import load_model
+    from dynashape.pipeline.fix import fix_model
 
     return fix_model(load_model(demo_onnx_path())).fixed.SerializeToString()
 

@@ -13,17 +13,16 @@ The Python API (see the README, "Python API")::
 first use: ``import dynashape`` itself imports only the standard library and three small modules
 (never onnx, torch, onnxruntime or TensorRT).
 
-``dynashape.check``, ``fix`` and ``verify`` are these functions, although modules of the same names
-exist (``dynashape/check.py``, ...): import those by their full name (``from dynashape.check import
-check_model``, ``importlib.import_module("dynashape.check")``); the package does not let the import
-system rebind the three names to the modules.
+The package by pipeline stage: ``analysis/`` (the graph under analysis: probes, the shape engine,
+the lattice, the export shape), ``rules/`` (one module per hazard family, DS001...), ``pipeline/``
+(check, passes, fix, verify, differential export, doctor), ``backends/`` (ONNX Runtime, PyTorch and
+TensorRT runners), ``trt/`` (engines, CUDA runtime, benchmarks, profile planning), ``serving/``
+(Triton repositories), ``cli/`` (parse, call the API, print).
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 from dynashape._version import __version__
@@ -33,11 +32,10 @@ from dynashape.shapes import Profile
 
 if TYPE_CHECKING:
     from dynashape.api import build, check, fix, verify
-    from dynashape.engine import Engine
+    from dynashape.trt.engine import Engine
 
 _LAZY = {"check": "dynashape.api", "fix": "dynashape.api", "verify": "dynashape.api", "build": "dynashape.api",
-         "Engine": "dynashape.engine"}
-_API_NAMED_LIKE_MODULES = frozenset({"check", "fix", "verify"})
+         "Engine": "dynashape.trt.engine"}
 
 __all__ = ["DynashapeError", "Engine", "Finding", "Profile", "__version__", "build", "check", "fix", "verify"]
 
@@ -55,17 +53,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY, "api"})
-
-
-class _Package(types.ModuleType):
-    """The package: the import system binds each imported submodule onto its package
-    (``setattr(dynashape, "check", <module dynashape.check>)``), which would replace the API's
-    ``check``, ``fix`` and ``verify``; those three bindings are skipped."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _API_NAMED_LIKE_MODULES and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -28,17 +28,12 @@ from typing import Any, Literal
 
 import onnx
 
-from dynashape import bench, doctor, engine, planning, trt_compat
 from dynashape.backends import Runner
 from dynashape.backends.ort import RunError
 from dynashape.backends.trt import engine_runner_for_shapes
-from dynashape.check import CheckReport, check_model
-from dynashape.differential import DifferentialResult, differential_export, first_divergent_node
-from dynashape.engine import BuildError, BuiltEngine, Engine, profile_from_lattice
 from dynashape.errors import EXIT_FINDINGS, DynashapeError
 from dynashape.export import ExportResult, export_module, load_module
 from dynashape.findings import Finding
-from dynashape.fix import FixResult, fix_model, write_fixed
 from dynashape.inputs import (
     model_inputs,
     require_ort_runnable,
@@ -47,7 +42,20 @@ from dynashape.inputs import (
     validate_shapes,
 )
 from dynashape.model import check_output_path, graph_inputs, load_model, read_export_shape, require_dynamic, sha256_file
-from dynashape.planning import ProfilePlan
+from dynashape.pipeline import doctor
+from dynashape.pipeline.check import CheckReport, check_model
+from dynashape.pipeline.differential import DifferentialResult, differential_export, first_divergent_node
+from dynashape.pipeline.fix import FixResult, fix_model, write_fixed
+from dynashape.pipeline.verify import (
+    OnnxReference,
+    SweepResult,
+    default_ranges,
+    known_export_shape,
+    make_reference,
+    output_follow_check,
+    sweep_shapes,
+)
+from dynashape.pipeline.verify import verify as run_sweep
 from dynashape.rules import DEFAULT_RULES, OTHER_RULES
 from dynashape.shapes import (
     Profile,
@@ -59,16 +67,10 @@ from dynashape.shapes import (
     parse_ranges,
     parse_shapes,
 )
-from dynashape.verify import (
-    OnnxReference,
-    SweepResult,
-    default_ranges,
-    known_export_shape,
-    make_reference,
-    output_follow_check,
-    sweep_shapes,
-)
-from dynashape.verify import verify as run_sweep
+from dynashape.trt import bench, engine, planning
+from dynashape.trt import compat as trt_compat
+from dynashape.trt.engine import BuildError, BuiltEngine, Engine, profile_from_lattice
+from dynashape.trt.planning import ProfilePlan
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +160,7 @@ def list_rules() -> list[RuleInfo]:
 
 
 # rules that are not graph-node rules: where their findings are made
-_OTHER_RULE_FILES = {"DS003": "lattice.py", "DS017": "check.py"}
+_OTHER_RULE_FILES = {"DS003": "analysis/lattice.py", "DS017": "pipeline/check.py"}
 
 
 @dataclass(frozen=True)

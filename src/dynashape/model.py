@@ -547,7 +547,7 @@ def describe_shape(shape: Shape) -> str:
 
 # an initializer whose data was replaced by its digest (see lighten): equal digests, equal data
 DIGESTED = "dynashape:sha256 of the data"
-# elements: more than any constant a probe reads as a value (dynashape.probe), so probing the copy
+# elements: more than any constant a probe reads as a value (dynashape.analysis.probe), so probing the copy
 # gives what probing the model gives, and the rules' values stay readable
 _DIGEST_OVER = 4096
 # only floating-point weights: integer tensors can be shape data, which ONNX inference reads

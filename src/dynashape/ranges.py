@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import onnx
 
+from dynashape.analysis.lattice import snap_down, snap_up
 from dynashape.findings import Lattice
-from dynashape.lattice import snap_down, snap_up
 from dynashape.model import graph_inputs
 from dynashape.shapes import AxisRange, RangeMap, ShapeMap, ShapeRange
 

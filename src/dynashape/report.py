@@ -14,12 +14,12 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
+from dynashape.analysis.lattice import LatticeScanner
+from dynashape.analysis.probe import Prober
 from dynashape.findings import Finding, Lattice
-from dynashape.lattice import LatticeScanner
 from dynashape.model import atomic_path
-from dynashape.probe import Prober
+from dynashape.pipeline.verify import ShapeResult, SweepResult
 from dynashape.shapes import ShapeMap, format_shapes
-from dynashape.verify import ShapeResult, SweepResult
 
 log = logging.getLogger(__name__)
 

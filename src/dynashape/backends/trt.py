@@ -12,8 +12,8 @@ import numpy as np
 import onnx
 
 from dynashape.backends import Runner
-from dynashape.engine import BuiltEngine, Engine, build_engine, profile_from_shapes
 from dynashape.shapes import ShapeMap
+from dynashape.trt.engine import BuiltEngine, Engine, build_engine, profile_from_shapes
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def engine_runner_for_shapes(
     """Build one engine whose single profile covers every shape in ``shapes`` (min/max over them,
     opt the most common shape or the middle one) and return a runner over it.
 
-    ``build_opts`` go to :func:`dynashape.engine.build_engine` (``fp16``, ``workspace``,
+    ``build_opts`` go to :func:`dynashape.trt.engine.build_engine` (``fp16``, ``workspace``,
     ``timing_cache``, ``tactic_sources``, ``progress``). Raises ``BuildError`` with TensorRT's own
     lines when the build fails.
     """

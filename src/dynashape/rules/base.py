@@ -4,7 +4,7 @@
 a :class:`Refusal` (why it did not fire: the reason is the product). ``rewrite(builder, node,
 plan)`` applies the plan through the one :class:`RewriteBuilder` and says in one line what changed.
 Rules keep no state between the two: everything the rewrite needs is in the plan. The pass manager
-(``dynashape.passes``) runs them.
+(``dynashape.pipeline.passes``) runs them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import onnx_ir as ir
 
-from dynashape.analysis import Context
+from dynashape.analysis.context import Context
 from dynashape.findings import Finding, Refusal, RewritePlan, Severity
 from dynashape.rules.builder import RewriteBuilder
 

@@ -4,7 +4,7 @@ A rewrite gets the node its finding names, the finding's plan and a builder. The
 nodes uniquely (a node ``N`` gives ``N_output``), makes constants (initializers with unique names),
 queues new nodes and inserts them before a node, replaces a value's uses, removes what a rewrite
 left dead, finds values and nodes by the names plans hold, and evaluates constant-only subgraphs.
-The pass manager (``dynashape.passes``) makes one per round and re-probes after the round.
+The pass manager (``dynashape.pipeline.passes``) makes one per round and re-probes after the round.
 
 Names: a node's name is unique among the graph's nodes and the nodes queued here; an initializer's
 among the initializers. These are the names dynashape always gave, so a fixed model does not change.

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from dynashape.analysis import Context, fmt, origin_of
+from dynashape.analysis.context import Context, fmt, origin_of
 from dynashape.findings import Finding, Refusal, RewritePlan
 from dynashape.rules.base import Rule
 from dynashape.rules.builder import RewriteBuilder

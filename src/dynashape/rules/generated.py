@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from dynashape.analysis import SAME_SIZE_UNARY, Context, fmt, is_descendant, origin_of
+from dynashape.analysis.context import SAME_SIZE_UNARY, Context, fmt, is_descendant, origin_of
 from dynashape.findings import Finding, Refusal, RewritePlan
 from dynashape.rules.base import Rule
 from dynashape.rules.builder import RewriteBuilder

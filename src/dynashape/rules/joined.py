@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from dynashape.analysis import JOINS, SAME_SIZE_UNARY, Context, Origin, is_descendant
-from dynashape.probe import Dims, Probe
+from dynashape.analysis.context import JOINS, SAME_SIZE_UNARY, Context, Origin, is_descendant
+from dynashape.analysis.probe import Dims, Probe
 from dynashape.rules.builder import RewriteBuilder, fold_value
 
 

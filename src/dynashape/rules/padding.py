@@ -52,9 +52,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from dynashape.analysis import JOINS, SAME_SIZE_UNARY, Context, fmt, origin_of
+from dynashape.analysis.context import JOINS, SAME_SIZE_UNARY, Context, fmt, origin_of
+from dynashape.analysis.probe import Probe
 from dynashape.findings import Finding, Refusal, RewritePlan
-from dynashape.probe import Probe
 from dynashape.rules import trace
 from dynashape.rules.base import Rule
 from dynashape.rules.builder import RewriteBuilder

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from dynashape.analysis import SAME_SIZE_UNARY, Context, fmt
+from dynashape.analysis.context import SAME_SIZE_UNARY, Context, fmt
 from dynashape.findings import Finding, Refusal, RewritePlan
 from dynashape.rules.base import Rule
 from dynashape.rules.builder import RewriteBuilder

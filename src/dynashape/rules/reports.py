@@ -6,7 +6,7 @@
   x = F.pad(x, (0, 0, 0, 1))`` exported at an odd size), or a ``Pad`` to a multiple of a window
   computed with ``Mod`` (``(7 - W % 7) % 7``: Swin-style window partitioning, whose code branches
   on the same sizes; a warning that asks for the proof with ``--torch``). Differential export
-  (``dynashape.differential``) sees the rest: the node count differs between two exports.
+  (``dynashape.pipeline.differential``) sees the rest: the node count differs between two exports.
   Split with DS013 (``rules/padding.py``): when a strided conv/pool after the pad says which
   multiple it rounds up to, the pad is "same" padding that DS013 rebuilds exactly from ``Shape``
   (padding when odd is ``(2 - H mod 2) mod 2``), so DS009 leaves it to DS013
@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from dynashape.analysis import Context, fmt
+from dynashape.analysis.context import Context, fmt
 from dynashape.findings import Finding, Refusal, Severity
 from dynashape.rules.base import Rule
 from dynashape.rules.padding import owns_pad

@@ -52,9 +52,9 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from dynashape.analysis import Context, fmt, is_descendant, origin_of
+from dynashape.analysis.context import Context, fmt, is_descendant, origin_of
+from dynashape.analysis.probe import Probe
 from dynashape.findings import Finding, Refusal, RewritePlan
-from dynashape.probe import Probe
 from dynashape.rules.base import Rule
 from dynashape.rules.builder import RewriteBuilder
 from dynashape.shapes import ShapeMap

@@ -29,9 +29,9 @@ from fractions import Fraction
 import numpy as np
 import onnx_ir as ir
 
-from dynashape.analysis import SAME_SIZE_UNARY, Context, fmt, is_descendant, join_partners
+from dynashape.analysis.context import SAME_SIZE_UNARY, Context, fmt, is_descendant, join_partners
+from dynashape.analysis.probe import Probe
 from dynashape.findings import Finding, Refusal, RewritePlan
-from dynashape.probe import Probe
 from dynashape.rules.base import Rule
 from dynashape.rules.builder import RewriteBuilder
 from dynashape.shapes import ShapeMap

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from dynashape.analysis import Context, fmt
+from dynashape.analysis.context import Context, fmt
+from dynashape.analysis.probe import Probe
 from dynashape.findings import Finding, Refusal, RewritePlan
-from dynashape.probe import Probe
 from dynashape.rules import trace
 from dynashape.rules.base import Rule
 from dynashape.rules.builder import RewriteBuilder

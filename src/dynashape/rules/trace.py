@@ -15,8 +15,8 @@ from itertools import chain
 
 import onnx_ir as ir
 
-from dynashape.analysis import Context, is_descendant, join_partners
-from dynashape.probe import Dims, Probe
+from dynashape.analysis.context import Context, is_descendant, join_partners
+from dynashape.analysis.probe import Dims, Probe
 from dynashape.shapes import ShapeMap
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
-from dynashape.analysis import Context, origin_of
+from dynashape.analysis.context import Context, origin_of
 from dynashape.findings import Finding, Refusal, RewritePlan
 from dynashape.rules.base import Rule
 from dynashape.rules.builder import RewriteBuilder

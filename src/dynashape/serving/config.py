@@ -16,7 +16,7 @@ one group lists them all, so every instance can take every valid shape and each 
 used where it fits; when they all cover the same range (profiles for concurrency), one group
 per profile with ``profile: ["i"]``, so every profile is used. The profile ranges and the
 valid-size lattice go into comments and into ``parameters`` (``dynashape.profiles``,
-``dynashape.lattice``, ``dynashape.export_shape``, JSON), which clients read back with Triton's
+``dynashape.analysis.lattice``, ``dynashape.export_shape``, JSON), which clients read back with Triton's
 model-config API.
 """
 
@@ -167,7 +167,7 @@ def _quote(text: str) -> str:
 
 
 def served_from_engine(info: Any, source: str) -> ServedModel:
-    """From an engine's sidecar (:class:`dynashape.engine.EngineInfo`)."""
+    """From an engine's sidecar (:class:`dynashape.trt.engine.EngineInfo`)."""
     return ServedModel(
         source=source,
         inputs=tuple(IOTensor(t.name, t.dtype, tuple(t.shape)) for t in info.inputs),

@@ -22,10 +22,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from dynashape.check import check_model
-from dynashape.engine import check_sidecar, read_sidecar, sidecar_path
 from dynashape.errors import DynashapeError
 from dynashape.model import load_model, sha256_file
+from dynashape.pipeline.check import check_model
 from dynashape.serving.config import (
     ModelConfig,
     ServedModel,
@@ -36,6 +35,7 @@ from dynashape.serving.config import (
     tensorrt_config,
     validate_pbtxt,
 )
+from dynashape.trt.engine import check_sidecar, read_sidecar, sidecar_path
 
 log = logging.getLogger(__name__)
 

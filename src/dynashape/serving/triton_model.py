@@ -1,11 +1,11 @@
 """dynashape's model for Triton's Python backend (copied into ``REPO/NAME/1/model.py``).
 
 It serves the files beside it (named in ``config.pbtxt``'s parameters): the TensorRT engine
-through ``dynashape.engine.Engine`` (which picks, per shape, the profile measured fastest) where
+through ``dynashape.trt.engine.Engine`` (which picks, per shape, the profile measured fastest) where
 ``tensorrt`` imports and a GPU answers, else the ONNX model with ONNX Runtime on CPU. Set
 ``DYNASHAPE_TRITON_RUNTIME=onnxruntime|tensorrt`` in the server's environment to force one.
 
-A request whose shape is off the model's valid-size lattice (``dynashape.lattice``) is answered
+A request whose shape is off the model's valid-size lattice (``dynashape.analysis.lattice``) is answered
 with an error saying which sizes are valid, not run. With Triton batching (``max_batch_size``
 > 0) the requests of one ``execute`` call that share a shape are run as one batch.
 
@@ -47,7 +47,7 @@ def _log(message: str, error: bool = False) -> None:
 def off_lattice(
     shapes: Mapping[str, Sequence[int]], lattice: Mapping[str, Mapping[str, Mapping[str, Any]]]
 ) -> str | None:
-    """Why ``shapes`` is off the valid-size lattice (as ``dynashape.lattice`` writes it), or None."""
+    """Why ``shapes`` is off the valid-size lattice (as ``dynashape.analysis.lattice`` writes it), or None."""
     for name, axes in lattice.items():
         shape = shapes.get(name)
         if shape is None:
@@ -91,7 +91,7 @@ class _OrtRunner:
 
 class _EngineRunner:
     def __init__(self, path: str) -> None:
-        from dynashape.engine import Engine
+        from dynashape.trt.engine import Engine
 
         self.engine = Engine.load(path)
         info = self.engine.info

@@ -22,15 +22,17 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from dynashape import api, bench, planning, trt_compat
-from dynashape.cli_args import add_cuda_graph, add_fp16, add_json
-from dynashape.engine import BuildError, Engine, read_sidecar
+from dynashape import api
+from dynashape.cli.args import add_cuda_graph, add_fp16, add_json
 from dynashape.errors import DynashapeError
 from dynashape.findings import Finding
 from dynashape.inputs import engine_inputs, validate_shapes
 from dynashape.model import atomic_path, check_output_path
-from dynashape.planning import ProfilePlan
 from dynashape.shapes import ShapeMap, format_shape, format_shapes, parse_shapes
+from dynashape.trt import bench, planning
+from dynashape.trt import compat as trt_compat
+from dynashape.trt.engine import BuildError, Engine, read_sidecar
+from dynashape.trt.planning import ProfilePlan
 
 log = logging.getLogger(__name__)
 

@@ -37,16 +37,16 @@ from typing import Any
 import numpy as np
 import onnx
 
+from dynashape.analysis.lattice import LatticeScanner
+from dynashape.analysis.probe import Prober
 from dynashape.backends import Runner
 from dynashape.backends.ort import OrtRunner, RunError
 from dynashape.backends.torch import TorchRunner, load_module
-from dynashape.check import CheckReport
 from dynashape.errors import DynashapeError
 from dynashape.feeds import random_feeds
 from dynashape.findings import Lattice
-from dynashape.lattice import LatticeScanner
 from dynashape.model import graph_inputs, load_model
-from dynashape.probe import Prober
+from dynashape.pipeline.check import CheckReport
 from dynashape.ranges import default_ranges
 from dynashape.shapes import AxisRange, RangeMap, ShapeMap, format_shapes
 

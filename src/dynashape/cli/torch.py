@@ -3,7 +3,7 @@
 ``register(subparsers)`` adds the ``export`` subcommand (its handler is ``args.func``, which
 returns the exit code: 0 done; a usage error is a ``DynashapeError``, exit 2 through the one
 wrapper, :func:`dynashape.errors.run_guarded`). The ``--torch`` group of ``check`` is declared in
-:mod:`dynashape.cli_args` (``add_torch_check_arguments``, re-exported here); ``torch_differential``
+:mod:`dynashape.cli.args` (``add_torch_check_arguments``, re-exported here); ``torch_differential``
 runs it for parsed arguments; ``describe_exports`` says what that cost. Torch is never imported
 here: the library imports it when a command needs it.
 """
@@ -16,9 +16,9 @@ from typing import Any
 import onnx
 
 from dynashape import api
-from dynashape.cli_args import add_exporter, add_torch_check_arguments, add_torch_input
-from dynashape.differential import DifferentialResult
+from dynashape.cli.args import add_exporter, add_torch_check_arguments, add_torch_input
 from dynashape.findings import Finding
+from dynashape.pipeline.differential import DifferentialResult
 from dynashape.shapes import format_shapes
 
 __all__ = ["add_torch_check_arguments", "describe_exports", "register", "run_export", "torch_differential",

@@ -2,7 +2,7 @@
 
 Built once per model (``ShapeEngine.build``), then evaluated at any input shape in about a
 millisecond (``ShapeEngine.at``), where ONNX shape inference with its feedback passes over the
-protobuf takes tens (``dynashape.probe.Prober``). The expressions are hash-consed: the thousands
+protobuf takes tens (``dynashape.analysis.probe.Prober``). The expressions are hash-consed: the thousands
 of per-tensor dims of a graph reduce to a few hundred distinct expressions of ``(input, axis)``
 leaves, and only those are evaluated per shape.
 

@@ -27,10 +27,10 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from dynashape.analysis import JOINS, is_standard, traced_dims
+from dynashape.analysis.context import JOINS, is_standard, traced_dims
+from dynashape.analysis.probe import Probe, Prober
 from dynashape.errors import DynashapeError
 from dynashape.model import InputInfo, graph_inputs, read_export_shape
-from dynashape.probe import Probe, Prober
 from dynashape.shapes import ShapeMap, format_shapes
 
 log = logging.getLogger(__name__)

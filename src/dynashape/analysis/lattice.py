@@ -17,10 +17,10 @@ from functools import cached_property
 import onnx
 import onnx_ir as ir
 
-from dynashape.analysis import JOINS
+from dynashape.analysis.context import JOINS
+from dynashape.analysis.probe import Probe, Prober
 from dynashape.findings import AxisLattice, Finding, Lattice
 from dynashape.model import InputInfo, graph_inputs
-from dynashape.probe import Probe, Prober
 from dynashape.shapes import Profile, RangeMap, ShapeMap, format_shape, format_shapes
 
 log = logging.getLogger(__name__)

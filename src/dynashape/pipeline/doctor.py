@@ -3,7 +3,7 @@
 With no model it runs the built-in demo. The reference for the sweep is PyTorch eager when the
 model came from a module (or is the demo) and torch is installed; otherwise the original graph
 re-specialized at each shape. With a module, the module is also exported at second shapes
-chosen to flip Python branches on sizes (:func:`dynashape.differential.differential_export`):
+chosen to flip Python branches on sizes (:func:`dynashape.pipeline.differential.differential_export`):
 its findings join the check's, and the shapes where a branch flips join the sweep.
 
 What the result claims: :attr:`DoctorResult.healthy` means nothing failed (no wrong or failing
@@ -23,12 +23,15 @@ from typing import Any
 
 import onnx
 
-from dynashape.check import CheckReport, check_model
+from dynashape.backends.trt import engine_runner_for_shapes
+from dynashape.demo import demo_onnx_path, demo_torch_spec
 from dynashape.errors import DynashapeError
-from dynashape.fix import FixResult, fix_model, write_fixed
-from dynashape.model import lighten, load_model
-from dynashape.shapes import RangeMap, ShapeMap, format_shapes, parse_shapes
-from dynashape.verify import (
+from dynashape.export import export_spec_in_child
+from dynashape.model import graph_inputs, lighten, load_model
+from dynashape.pipeline.check import CheckReport, check_model
+from dynashape.pipeline.differential import differential_export, export_and_compare_in_child
+from dynashape.pipeline.fix import FixResult, fix_model, write_fixed
+from dynashape.pipeline.verify import (
     SweepResult,
     default_ranges,
     known_export_shape,
@@ -36,6 +39,9 @@ from dynashape.verify import (
     sweep_shapes,
     verify,
 )
+from dynashape.report import grid_sizes, validity_grid, write_heatmap
+from dynashape.shapes import RangeMap, ShapeMap, format_shapes, parse_shapes
+from dynashape.trt.compat import tensorrt_available
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +114,9 @@ def tensorrt_step(fixed: onnx.ModelProto, shapes: list[ShapeMap], reference_fact
                   lattice: Any, progress: Callable[[int, int, ShapeMap], None] | None = None,
                   export_shape: ShapeMap | None = None) -> TensorRTStep:
     """Build an engine over the sweep's shapes and verify it, when TensorRT and a GPU are here."""
-    try:
-        from dynashape.trt_compat import tensorrt_available
-    except ImportError:
-        return TensorRTStep("skipped", "the TensorRT backend is not part of this installation")
     reason = tensorrt_available()
     if reason:
         return TensorRTStep("skipped", reason)
-    from dynashape.backends.trt import engine_runner_for_shapes
 
     try:
         sweep = verify(fixed, shapes, reference_factory(), lambda: engine_runner_for_shapes(fixed, shapes),
@@ -142,8 +143,6 @@ def export_module_for_doctor(spec: str, input_shapes: ShapeMap, out_dir: str | P
     """Export ``spec`` to ``OUT_DIR/model.onnx`` in a child process, with the differential export
     there too when asked for: the exporter's memory peak (several copies of the weights) ends
     before the doctor loads the model, and the module is built and traced once for both."""
-    from dynashape.differential import export_and_compare_in_child
-    from dynashape.export import export_spec_in_child
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -174,7 +173,6 @@ def run_doctor(
     ``exported``: the module export (and differential export) that made ``model_path``
     (:func:`export_module_for_doctor`); without it, a ``torch_spec``'s differential export runs
     here, in this process."""
-    from dynashape.demo import demo_onnx_path, demo_torch_spec
 
     if exported is not None:
         model_path, torch_spec = exported.path, exported.spec
@@ -244,8 +242,6 @@ def run_doctor(
 
 def _differential(torch_spec: str, original: onnx.ModelProto, report: CheckReport) -> Any:
     """Export the module at S0 and at second shapes chosen to flip size branches."""
-    from dynashape.differential import differential_export
-    from dynashape.model import graph_inputs
 
     dynamic: dict[str, list[int]] | None = {i.name: i.dynamic_axes for i in graph_inputs(original)}
     if dynamic is not None and not any(dynamic.values()):
@@ -256,7 +252,6 @@ def _differential(torch_spec: str, original: onnx.ModelProto, report: CheckRepor
 
 
 def _heatmap_input(model: onnx.ModelProto) -> Any:
-    from dynashape.model import graph_inputs
 
     return next((i for i in graph_inputs(model) if len([a for a in i.dynamic_axes if a >= 2]) >= 2), None)
 
@@ -276,7 +271,6 @@ def write_doctor_heatmap(original: onnx.ModelProto, fixed: onnx.ModelProto, repo
                          target: Path) -> HeatMap:
     """The validity of the original and the fixed graph over the input's two spatial axes,
     from S0/2 to 3*S0/2, at most ``HEATMAP_MAX_POINTS`` sizes per axis, probed one at a time."""
-    from dynashape.report import grid_sizes, validity_grid, write_heatmap
 
     info = _heatmap_input(original)
     if info is None:

@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from dynashape.analysis.probe import Dims, Probe, Prober
 from dynashape.model import InputInfo, graph_inputs
-from dynashape.probe import Dims, Probe, Prober
 from dynashape.shapes import Shape, ShapeMap
 
 log = logging.getLogger(__name__)

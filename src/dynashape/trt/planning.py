@@ -19,7 +19,7 @@ so the plan is measured, never guessed:
    that fits several profiles runs in the one measured fastest at the nearest measured point.
 
 Building is separate from measuring (``Measurer``) so the search is tested without a GPU; the
-TensorRT measurer (:class:`dynashape.bench.TrtMeasurer`, beside the other timings of engines)
+TensorRT measurer (:class:`dynashape.trt.bench.TrtMeasurer`, beside the other timings of engines)
 caches every static and candidate measurement by key (in memory and on disk), so no engine is
 built twice, within a run or across runs. This module imports neither TensorRT nor the engine.
 """

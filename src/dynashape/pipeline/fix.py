@@ -1,7 +1,7 @@
 """`fix`: rewrite every fixable hazard and prove the result before anything is written.
 
 The rewrites are the rules' ``rewrite(builder, node, plan)`` (``dynashape/rules/``), run by the pass
-manager in ``dynashape/passes.py``; ``check`` runs those passes on a working copy (it must see the
+manager in ``dynashape/pipeline/passes.py``; ``check`` runs those passes on a working copy (it must see the
 graph as the fixes leave it) and hands the rewritten model over in its report. This module proves
 that model against the original, rolls back a rewrite that makes it worse, and writes it.
 
@@ -27,14 +27,14 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from dynashape.analysis import const_i64
+from dynashape.analysis.context import const_i64
+from dynashape.analysis.lattice import LatticeScanner, snap_down, snap_up
 from dynashape.backends.ort import OrtRunner, RunError
-from dynashape.check import CheckReport, check_model
 from dynashape.errors import DynashapeError
 from dynashape.feeds import max_abs_error, random_feeds
 from dynashape.findings import Finding, Lattice
-from dynashape.lattice import LatticeScanner, snap_down, snap_up
 from dynashape.model import graph_inputs, save_model
+from dynashape.pipeline.check import CheckReport, check_model
 from dynashape.rules.base import Rule
 from dynashape.shapes import RangeMap, ShapeMap, format_shapes
 
@@ -85,7 +85,7 @@ class RollBack:
 
 
 class Reference(Protocol):
-    """What ``fix`` needs of a reference (``dynashape.verify.make_reference`` makes them)."""
+    """What ``fix`` needs of a reference (``dynashape.pipeline.verify.make_reference`` makes them)."""
 
     def outputs(self, shapes: ShapeMap, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None: ...
 

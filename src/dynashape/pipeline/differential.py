@@ -2,7 +2,7 @@
 
 * :func:`differential_export` exports the module at the export shape S0, at a second shape S1
   (every dynamic axis grown) and at a few shapes chosen to fall in other divisibility classes
-  (:mod:`dynashape.second_shapes`), aligns each graph with the S0 one, and reports every
+  (:mod:`dynashape.analysis.second_shapes`), aligns each graph with the S0 one, and reports every
   constant, initializer or attribute whose value changed: each one is a value the exporter
   baked from the input shape. Nodes present in one graph and not the other are Python control
   flow on a size (DS009): one finding per branch (source line), with the shapes where it flips.
@@ -31,11 +31,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from dynashape.analysis.second_shapes import PlannedShape, plan_class_shapes, pow2_part, shape_classes
+from dynashape.backends.ort import OrtRunner, RunError
 from dynashape.errors import DynashapeError
+from dynashape.export import default_dynamic, display_path, export_module, is_library_frame, load_module
 from dynashape.findings import Finding, Lattice, Severity
-from dynashape.model import DIGESTED, digested, lighten
-from dynashape.second_shapes import PlannedShape, plan_class_shapes, pow2_part, shape_classes
-from dynashape.shapes import Shape, ShapeMap, format_shape, format_shapes
+from dynashape.model import DIGESTED, digested, graph_inputs, lighten
+from dynashape.shapes import Shape, ShapeMap, format_shape, format_shapes, parse_shapes
 
 if TYPE_CHECKING:
     import torch
@@ -339,7 +341,6 @@ def node_source(node: onnx.NodeProto) -> str | None:
     frame first; the dynamo exporter keeps it in the ``pkg.torch.onnx.stack_trace`` metadata,
     innermost frame last. The innermost frame outside torch is the user's line.
     """
-    from dynashape.export import display_path, is_library_frame
 
     def user(path: str) -> bool:
         return os.path.isabs(path) and not is_library_frame(path)
@@ -450,7 +451,7 @@ def differential_export(
     every value that changed and every branch (nodes present at some shapes only).
 
     S1 (default :func:`choose_s1`) grows every dynamic axis and finds the baked values; the
-    class shapes (:func:`dynashape.second_shapes.plan_class_shapes`) are chosen from the S0
+    class shapes (:func:`dynashape.analysis.second_shapes.plan_class_shapes`) are chosen from the S0
     graph's strides and ``Mod`` windows so that ``if h % window`` / ``if x.shape != skip.shape``
     take the other branch somewhere. ``lattice`` keeps them on the sizes the model accepts; a
     shape the module cannot run at is recorded as failed and finer ones are skipped.
@@ -460,7 +461,6 @@ def differential_export(
     (:func:`lighten`: weights replaced by digests), so that a large model's run holds one export's
     weights at a time; their models then cannot run.
     """
-    from dynashape.export import default_dynamic, load_module
 
     module = load_module(module_or_spec) if isinstance(module_or_spec, str) else module_or_spec
     dynamic = default_dynamic(input_shapes) if dynamic is None else dynamic
@@ -540,7 +540,6 @@ def _coarseness(shapes: ShapeMap, s0: ShapeMap) -> int:
 def _timed_export(
     module: torch.nn.Module, shapes: ShapeMap, dynamic: dict[str, list[int]], exporter: str, opset: int | None
 ) -> tuple[ExportResult, float]:
-    from dynashape.export import export_module
 
     start = time.perf_counter()
     result = export_module(module, shapes, dynamic, exporter=exporter, opset=opset)
@@ -775,7 +774,6 @@ def with_all_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def run_intermediates(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every tensor the model computes at these feeds (raises ``RunError`` if ORT fails)."""
-    from dynashape.backends.ort import OrtRunner
 
     with OrtRunner(with_all_outputs(model)) as runner:
         return runner.infer(feeds)
@@ -833,7 +831,6 @@ def _run_outputs(model: onnx.ModelProto, names: list[str], feeds: dict[str, np.n
     """``names`` computed at ``feeds``, by ``nodes`` only (indices; default: every node; ONNX
     Runtime runs every node it is given). The model's outputs and nodes are swapped in place for
     the session and put back (no copy of its weights)."""
-    from dynashape.backends.ort import OrtRunner
 
     outputs = [onnx.ValueInfoProto() for _ in model.graph.output]
     for saved, out in zip(outputs, model.graph.output, strict=True):
@@ -863,7 +860,6 @@ def _run_outputs(model: onnx.ModelProto, names: list[str], feeds: dict[str, np.n
 
 def _runs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> None:
     """Raise ``RunError`` where ONNX Runtime fails on the model at ``feeds`` (outputs dropped)."""
-    from dynashape.backends.ort import OrtRunner
 
     with OrtRunner(model) as runner:
         runner.infer(feeds)
@@ -921,7 +917,6 @@ def first_divergent_node(
     outputs are then compared one by one in graph order. Returns None when all agree. If ONNX
     Runtime cannot run the model at this shape, the node it failed on is returned.
     """
-    from dynashape.backends.ort import RunError
 
     failure: DivergentNode | None = None
     got: Mapping[str, np.ndarray]
@@ -956,7 +951,6 @@ def _intermediates_before(
     model: onnx.ModelProto, feeds: dict[str, np.ndarray], failing: onnx.NodeProto | None
 ) -> Mapping[str, np.ndarray] | None:
     """Every tensor computed up to the inputs of ``failing``, or None if that cannot run either."""
-    from dynashape.backends.ort import RunError
 
     if failing is None:
         return None
@@ -1000,12 +994,10 @@ def _first_divergent(
     if isinstance(reference, onnx.ModelProto):
         ref_model = reference
     else:
-        from dynashape.export import export_module, load_module
 
         module = load_module(reference) if isinstance(reference, str) else reference
         module_hint = _compare_module_outputs(model, got, module, feeds, atol, rtol)
         if dynamic is None:
-            from dynashape.model import graph_inputs
 
             dynamic = {i.name: i.dynamic_axes for i in graph_inputs(model)}
         try:
@@ -1030,7 +1022,6 @@ def _compare_with_reference(
     atol: float,
     rtol: float,
 ) -> DivergentNode | None:
-    from dynashape.backends.ort import RunError
 
     try:
         _runs(ref_model, feeds)
@@ -1143,7 +1134,7 @@ def export_and_compare_in_child(
     shapes = ",".join(f"{name}:{format_shape(shape)}" for name, shape in input_shapes.items())
     with tempfile.TemporaryDirectory(prefix="dynashape-diff-") as tmp:
         out = os.path.join(tmp, "result.pickle")
-        code = "import sys; from dynashape.differential import child_main; sys.exit(child_main(sys.argv[1:]))"
+        code = "import sys; from dynashape.pipeline.differential import child_main; sys.exit(child_main(sys.argv[1:]))"
         level = logging.getLogger("dynashape").getEffectiveLevel()
         cmd = [sys.executable, "-c", code, spec, shapes, os.fspath(path), out, str(level)]
         log.info("exporting %s and comparing exports in a child process", spec)
@@ -1183,9 +1174,6 @@ def _relog(line: str) -> None:
 
 def child_main(argv: list[str]) -> int:
     """The child of :func:`export_and_compare_in_child`: SPEC SHAPES ONNX_PATH RESULT_PATH LOG_LEVEL."""
-    from dynashape.export import export_module, load_module
-    from dynashape.model import graph_inputs
-    from dynashape.shapes import parse_shapes
 
     spec, shapes_text, path, out, level = argv
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")

@@ -6,8 +6,8 @@ build options and build time). Loading checks the plan against the sidecar befor
 it, so a truncated file or an engine from another TensorRT/GPU is refused with a sentence rather
 than a deserialization crash.
 
-Version-specific TensorRT calls go through :mod:`dynashape.trt_compat`; streams, device and pinned
-memory, events and CUDA graphs through :mod:`dynashape.cudart` (cuda-python). ``tensorrt`` and
+Version-specific TensorRT calls go through :mod:`dynashape.trt.compat`; streams, device and pinned
+memory, events and CUDA graphs through :mod:`dynashape.trt.cudart` (cuda-python). ``tensorrt`` and
 ``cuda`` are imported lazily.
 """
 
@@ -30,11 +30,13 @@ from typing import Any
 import numpy as np
 import onnx
 
-from dynashape import __version__, cudart, trt_compat
+from dynashape import __version__
 from dynashape.errors import DynashapeError
 from dynashape.model import atomic_path, sha256_file, write_json_atomic
-from dynashape.planning import ProfilePlan
 from dynashape.shapes import Profile, Shape, ShapeMap, format_shape, format_shapes
+from dynashape.trt import compat as trt_compat
+from dynashape.trt import cudart
+from dynashape.trt.planning import ProfilePlan
 
 log = logging.getLogger(__name__)
 
@@ -700,7 +702,7 @@ class Engine:
     context per profile; device buffers grow when a tensor does and are otherwise kept, and
     ``warmup()`` creates all of it up front. Inputs may be NumPy arrays (staged through reused
     pinned buffers, copied asynchronously, one synchronization per call) or CUDA arrays (PyTorch,
-    CuPy, :class:`dynashape.cudart.DeviceArray`: bound in place, no copy). With
+    CuPy, :class:`dynashape.trt.cudart.DeviceArray`: bound in place, no copy). With
     ``cuda_graph=True`` each (profile, shape) is captured once into a CUDA graph and replayed,
     at most ``graph_cache`` graphs kept; a shape whose capture fails runs uncaptured.
     """
@@ -1065,7 +1067,7 @@ class Engine:
         """Run once at the feeds' shapes; returns the outputs by name.
 
         ``feeds`` map input names to NumPy arrays or CUDA arrays (``__cuda_array_interface__`` or
-        DLPack: PyTorch, CuPy, :class:`~dynashape.cudart.DeviceArray`). Outputs are fresh NumPy
+        DLPack: PyTorch, CuPy, :class:`~dynashape.trt.cudart.DeviceArray`). Outputs are fresh NumPy
         arrays, or with ``device_outputs`` DeviceArray views of the engine's output buffers (no
         copy; valid until the next call: copy them to keep them). ``synchronize=False`` (device
         outputs only) returns without waiting: the views carry the engine's stream, which

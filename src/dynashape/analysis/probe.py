@@ -9,7 +9,7 @@ A probe also says where the graph stops being consistent: the node whose inputs 
 (``Add``/``Concat`` joins), a pool whose kernel is larger than its input, a ``Reshape`` whose
 element counts differ.
 
-Once two such probes agree with the symbolic shapes of ``dynashape.shape_engine`` on every value,
+Once two such probes agree with the symbolic shapes of ``dynashape.analysis.shape_engine`` on every value,
 the prober answers from those (about a millisecond a probe instead of tens), and where they find
 the graph inconsistent it makes the ONNX probe only when its words or dims are read: a lattice
 scan meets hundreds of failures and reports one (see ``Prober.at``).
@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from dynashape.shape_engine import EngineShapes, ShapeEngine
+from dynashape.analysis.shape_engine import EngineShapes, ShapeEngine
 from dynashape.shapes import ShapeMap
 
 log = logging.getLogger(__name__)
@@ -330,7 +330,7 @@ class Prober:
     # ------------------------------------------------------------------ symbolic shapes
     #
     # A probe costs ONNX inference over the whole graph and its feedback passes; the lattice
-    # scan asks for dozens to hundreds of them. The symbolic engine (dynashape.shape_engine)
+    # scan asks for dozens to hundreds of them. The symbolic engine (dynashape.analysis.shape_engine)
     # answers an ok probe in about a millisecond. It is trusted only once it agreed, on every
     # value, with _TRUST_AFTER probes made here, and it keeps being compared with every probe
     # made here after that (a probe at which one of its guards does not hold); one disagreement

@@ -1,6 +1,6 @@
 """Latency of an engine per shape, against static engines and PyTorch eager on the same GPU.
 
-Engine time: CUDA events (cuda-python, :mod:`dynashape.cudart`) around ``execute_async_v3``, or
+Engine time: CUDA events (cuda-python, :mod:`dynashape.trt.cudart`) around ``execute_async_v3``, or
 around the replay of its CUDA graph with ``cuda_graph``; without events, the stream-synchronized
 wall time of back-to-back launches. Inputs are copied to the device once per shape; only the
 engine is timed. The method is recorded in the result.
@@ -12,7 +12,7 @@ synchronization per batch), and the copy bound: the shape's input and output byt
 pinned host<->device bandwidth measured in the same run.
 
 PyTorch eager can run in another interpreter (``torch_python``), for machines where TensorRT
-lives in one Python and torch in another: ``python -m dynashape.bench --worker ...`` is that
+lives in one Python and torch in another: ``python -m dynashape.trt.bench --worker ...`` is that
 worker; it writes its results as JSON to a file.
 """
 
@@ -36,13 +36,14 @@ from typing import Any
 import numpy as np
 import onnx
 
-from dynashape import cudart, trt_compat
 from dynashape.backends.torch import load_module
-from dynashape.engine import Engine, build_engine, profile_from_shapes
 from dynashape.errors import DynashapeError
 from dynashape.model import sha256_file, write_json_atomic
-from dynashape.planning import BuildRecord, profile_key, shape_key
 from dynashape.shapes import Profile, ShapeMap, format_shapes, parse_shapes
+from dynashape.trt import compat as trt_compat
+from dynashape.trt import cudart
+from dynashape.trt.engine import Engine, build_engine, profile_from_shapes
+from dynashape.trt.planning import BuildRecord, profile_key, shape_key
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +219,7 @@ def _torch_cuda() -> Any:
 
 
 def _cuda_events() -> Any:
-    """:mod:`dynashape.cudart` when cuda-python sees a GPU (for CUDA events), else None."""
+    """:mod:`dynashape.trt.cudart` when cuda-python sees a GPU (for CUDA events), else None."""
     return cudart if cudart.cuda_available() is None else None
 
 
@@ -446,14 +447,14 @@ def bench_torch_subprocess(
     timeout_s: float = 900.0,
 ) -> list[LatencyStats]:
     """``bench_torch`` in another interpreter (one with torch), through the worker below."""
-    package_root = str(Path(__file__).resolve().parent.parent)
+    package_root = str(Path(__file__).resolve().parents[2])  # src/, above dynashape/trt/
     env = dict(os.environ)
     # only dynashape itself: the caller's PYTHONPATH may hold another Python's compiled packages
     env["PYTHONPATH"] = package_root
     with tempfile.TemporaryDirectory(prefix="dynashape-torch-") as tmp:
         out = Path(tmp) / "torch.json"
         cmd = [
-            python, "-m", "dynashape.bench", "--worker", "--spec", spec,
+            python, "-m", "dynashape.trt.bench", "--worker", "--spec", spec,
             "--shapes", json.dumps([format_shapes(s) for s in shape_list]),
             "--warmup", str(warmup), "--iters", str(iters), "--budget", str(budget_s),
             "--out", str(out),
@@ -473,7 +474,7 @@ def bench_torch_subprocess(
 
 
 def _worker_main(argv: Sequence[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m dynashape.bench")
+    ap = argparse.ArgumentParser(prog="python -m dynashape.trt.bench")
     ap.add_argument("--worker", action="store_true", required=True)
     ap.add_argument("--spec", required=True)
     ap.add_argument("--shapes", required=True, help="JSON list of shape specs")
@@ -519,7 +520,7 @@ def time_infer(
 ) -> InferTiming:
     """``engine.infer`` at one shape: the first call (the engine should be warmed up already),
     then steady NumPy-input calls, device-input calls (synchronized per call, and pipelined),
-    and the copy bound from ``bandwidth`` (a :class:`dynashape.cudart.CopyBandwidth`)."""
+    and the copy bound from ``bandwidth`` (a :class:`dynashape.trt.cudart.CopyBandwidth`)."""
     feeds = random_inputs(shapes, {t.name: t.dtype for t in engine.inputs}, seed=1)
     t0 = time.perf_counter()
     engine.infer(feeds)

@@ -1,7 +1,7 @@
 """`check`: find the hazards of an ONNX model, and the lattice of sizes it runs at once fixed.
 
 The rules look at the graph as the fixes leave it (a frozen resize hides the true shapes of
-everything after its join), so check runs the rewrite passes (``dynashape.passes``: the rules'
+everything after its join), so check runs the rewrite passes (``dynashape.pipeline.passes``: the rules'
 ``rewrite``, which ``fix`` proves and writes) on a working copy, and scans the lattice (DS003) of
 that rewritten copy: it is the lattice the fixed model will have.
 """
@@ -18,14 +18,14 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from dynashape.analysis import Context, UncheckedRegion, second_shape, unchecked_region
+from dynashape.analysis.context import Context, UncheckedRegion, second_shape, unchecked_region
+from dynashape.analysis.exportshape import ExportShape, resolve_export_shape
+from dynashape.analysis.lattice import LatticeScanner, check_ranges, suggest_profile
+from dynashape.analysis.probe import Prober
 from dynashape.errors import DynashapeError
-from dynashape.exportshape import ExportShape, resolve_export_shape
 from dynashape.findings import Finding, Lattice, Refusal, lattice_to_json
-from dynashape.lattice import LatticeScanner, check_ranges, suggest_profile
 from dynashape.model import InputInfo, graph_inputs, require_dynamic
-from dynashape.passes import UNREADABLE, PassManager, RewritePolicy, shape_example
-from dynashape.probe import Prober
+from dynashape.pipeline.passes import UNREADABLE, PassManager, RewritePolicy, shape_example
 from dynashape.ranges import default_ranges
 from dynashape.rules import DEFAULT_RULES
 from dynashape.rules.base import Rule
@@ -138,7 +138,7 @@ def _check_model(
         model=work_ir, inputs=inputs, s0=es.shapes,
         s1=second_shape(es.shapes, inputs), proto=work, prober=prober,
     )
-    # the rules report; the passes (dynashape.passes) apply their rewrites to this working copy, so
+    # the rules report; the passes (dynashape.pipeline.passes) apply their rewrites to this working copy, so
     # that each rule and the lattice see the graph as fix will write it
     policy = RewritePolicy(export_shape_guessed=not es.known, exclude=exclude, shape_example=shape_example(inputs))
     rewritten = PassManager(rules if rules is not None else DEFAULT_RULES, policy).run(ctx)

@@ -2,7 +2,7 @@
 
 Exit codes, the same for every command (``dispatch`` runs them all, inside
 :func:`dynashape.errors.run_guarded`, the one wrapper; ``build``, ``run``, ``bench``, ``export``
-and ``triton`` are declared in cli_engine.py, cli_torch.py and cli_triton.py):
+and ``triton`` are declared in cli/engine.py, cli/torch.py and cli/triton.py):
 
 * 0: success / clean;
 * 1: findings (check), failed shapes (verify, doctor), a refused or failed build;
@@ -26,9 +26,12 @@ from typing import Any
 
 from rich.markup import escape as esc
 
-from dynashape import api, cli_engine, cli_torch, cli_triton
+from dynashape import api
 from dynashape._version import __version__
-from dynashape.cli_args import (
+from dynashape.cli import engine as cli_engine
+from dynashape.cli import torch as cli_torch
+from dynashape.cli import triton as cli_triton
+from dynashape.cli.args import (
     RANGE_HELP,
     Parser,
     add_export_shape,
@@ -40,7 +43,7 @@ from dynashape.cli_args import (
     console,
     progress_bar,
 )
-from dynashape.cli_torch import describe_exports
+from dynashape.cli.torch import describe_exports
 from dynashape.errors import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERNAL_ERROR,

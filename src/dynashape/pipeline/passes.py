@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import onnx
 import onnx_ir as ir
 
-from dynashape.analysis import Context, is_descendant
+from dynashape.analysis.context import Context, is_descendant
 from dynashape.findings import Finding, Refusal
 from dynashape.model import InputInfo
 from dynashape.rules.base import Rule
