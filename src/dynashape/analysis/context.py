@@ -74,7 +74,8 @@ class Context:
         return cls(model, inputs, s0, second_shape(s0, inputs), proto, Prober(proto))
 
     def refresh(self) -> None:
-        self.model.graph.sort()
+        if not _in_order(self.model.graph):  # rewrites insert before their node: usually still in order
+            self.model.graph.sort()
         self.proto = ir.serde.serialize_model(self.model)
         self.prober = Prober(self.proto, self.prober.inference_cache)  # windows away from the rewrite recur
 
@@ -121,6 +122,21 @@ class Context:
         if d0 is None or d1 is None or len(d0) != len(d1):
             return []
         return [i for i, (a, b) in enumerate(zip(d0, d1)) if a is not None and b is not None and a != b]
+
+
+def _in_order(graph: ir.Graph) -> bool:
+    """Does every node come after the producers of its inputs (and has none a subgraph, whose outer
+    references only ``Graph.sort`` follows)? A linear pass, where sorting costs a tenth of a rewrite
+    round on a 5,000-node graph."""
+    seen: set[ir.Value] = set()
+    for node in graph:
+        if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values()):
+            return False
+        for value in node.inputs:
+            if value is not None and value.producer() is not None and value not in seen:
+                return False
+        seen.update(node.outputs)
+    return True
 
 
 def traced_dims(value: ir.Value, probe: Probe) -> Dims | None:
