@@ -356,8 +356,8 @@ def test_lighten_keeps_the_graph_and_what_probes_read() -> None:
     # everything else as it was: nodes, small constants, metadata
     assert light.graph.node == model.graph.node and light.metadata_props == model.metadata_props
     assert all(by_name[t.name] == t for t in model.graph.initializer if t.name != "W")
-    # an estimate on the safe side of protobuf's 2 GB limit: the digests' labels are counted too
-    assert model.ByteSize() <= serialized_size(model) <= model.ByteSize() + 64
+    # an estimate on the safe side of protobuf's 2 GB limit, a few bytes per tensor over
+    assert model.ByteSize() <= serialized_size(model) <= model.ByteSize() + 16 * len(model.graph.initializer)
     assert model.graph.initializer[-1].doc_string != DIGESTED  # the input is not touched
 
 

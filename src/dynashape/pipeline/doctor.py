@@ -29,7 +29,7 @@ from dynashape.errors import DynashapeError
 from dynashape.export import export_spec_in_child
 from dynashape.model import graph_inputs, lighten, load_model
 from dynashape.pipeline.check import CheckReport, check_model
-from dynashape.pipeline.differential import differential_export, export_and_compare_in_child
+from dynashape.pipeline.differential import DifferentialResult, differential_export, export_and_compare_in_child
 from dynashape.pipeline.fix import FixResult, fix_model, write_fixed
 from dynashape.pipeline.verify import (
     SweepResult,
@@ -134,7 +134,7 @@ class ExportedModule:
 
     path: str
     spec: str
-    differential: Any = None  # DifferentialResult, its exports lightened; None: not run or none possible
+    differential: DifferentialResult | None = None  # its exports lightened; None: not run or none possible
     differential_note: str = ""  # why there is no differential result, when it was asked for
 
 
@@ -143,7 +143,6 @@ def export_module_for_doctor(spec: str, input_shapes: ShapeMap, out_dir: str | P
     """Export ``spec`` to ``OUT_DIR/model.onnx`` in a child process, with the differential export
     there too when asked for: the exporter's memory peak (several copies of the weights) ends
     before the doctor loads the model, and the module is built and traced once for both."""
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "model.onnx"
@@ -199,7 +198,7 @@ def run_doctor(
     lattice = report.lattice
     rng = ranges or default_ranges(original, report.export_shape, lattice)
     shapes = sweep_shapes(original, report.export_shape, rng, lattice)
-    diff = None
+    diff: DifferentialResult | None = None
     notes: list[str] = []
     if exported is not None and differential:
         diff = exported.differential
@@ -240,9 +239,8 @@ def run_doctor(
                         heat.sampled if heat else "", notes)
 
 
-def _differential(torch_spec: str, original: onnx.ModelProto, report: CheckReport) -> Any:
+def _differential(torch_spec: str, original: onnx.ModelProto, report: CheckReport) -> DifferentialResult:
     """Export the module at S0 and at second shapes chosen to flip size branches."""
-
     dynamic: dict[str, list[int]] | None = {i.name: i.dynamic_axes for i in graph_inputs(original)}
     if dynamic is not None and not any(dynamic.values()):
         dynamic = None
