@@ -22,7 +22,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -232,23 +232,37 @@ def export_spec_in_child(spec: str, input_shapes: ShapeMap, path: str | os.PathL
     command such as ``doctor`` holds afterwards. The child is a fresh interpreter running the CLI
     (not a fork: the parent may run threads; not multiprocessing's spawn, which re-imports the
     caller's main script). Its one-line error comes back as a ``DynashapeError``."""
+    shapes = ",".join(f"{name}:{format_shape(shape)}" for name, shape in input_shapes.items())
+    log.info("exporting %s in a child process", spec)
+    run_child([sys.executable, "-m", "dynashape", "export", spec, "--input", shapes, "-o", str(path)], "export")
+
+
+def run_child(cmd: Sequence[str], what: str, on_line: Callable[[str], None] | None = None) -> None:
+    """Run a dynashape child process (a fresh interpreter) to its end, as its caller would run the
+    step itself: the child finds what the caller finds (a dotted FACTORY spec resolves on the same
+    ``sys.path``); each non-blank line it writes to stderr goes to ``on_line`` as it comes; its
+    one-line user error (exit 2) comes back as a ``DynashapeError``, an interrupt (130) as
+    ``KeyboardInterrupt``, anything else as a ``RuntimeError`` with the end of its output."""
     import subprocess
 
-    shapes = ",".join(f"{name}:{format_shape(shape)}" for name, shape in input_shapes.items())
-    cmd = [sys.executable, "-m", "dynashape", "export", spec, "--input", shapes, "-o", str(path)]
-    log.info("exporting %s in a child process", spec)
-    # the child finds what the caller finds: a dotted FACTORY spec resolves on the same sys.path
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines: list[str] = []
+    with subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            line = line.rstrip()
+            if line:
+                lines.append(line)
+                if on_line is not None:
+                    on_line(line)
     if proc.returncode == 0:
         return
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    if proc.returncode == 2 and lines:
-        raise DynashapeError(lines[-1].removeprefix("dynashape: error: "))
     if proc.returncode == 130:
         raise KeyboardInterrupt
+    if proc.returncode == 2 and lines:
+        raise DynashapeError(lines[-1].removeprefix("dynashape: error: "))
     tail = "\n".join(lines[-20:])
-    raise RuntimeError(f"the export child process ended with status {proc.returncode}:\n{tail}")
+    raise RuntimeError(f"the {what} child process ended with status {proc.returncode}:\n{tail}")
 
 
 def valid_output_name(name: str) -> str:

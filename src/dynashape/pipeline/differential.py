@@ -18,7 +18,6 @@ import logging
 import os
 import pickle
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ from onnx import numpy_helper
 from dynashape.analysis.second_shapes import PlannedShape, plan_class_shapes, pow2_part, shape_classes
 from dynashape.backends.ort import OrtRunner, RunError
 from dynashape.errors import DynashapeError
-from dynashape.export import default_dynamic, display_path, export_module, is_library_frame, load_module
+from dynashape.export import default_dynamic, display_path, export_module, is_library_frame, load_module, run_child
 from dynashape.findings import Finding, Lattice, Severity
 from dynashape.model import DIGESTED, digested, graph_inputs, lighten
 from dynashape.shapes import Shape, ShapeMap, format_shape, format_shapes, parse_shapes
@@ -1138,23 +1137,7 @@ def export_and_compare_in_child(
         level = logging.getLogger("dynashape").getEffectiveLevel()
         cmd = [sys.executable, "-c", code, spec, shapes, os.fspath(path), out, str(level)]
         log.info("exporting %s and comparing exports in a child process", spec)
-        # the child finds what the caller finds: a dotted FACTORY spec resolves on the same sys.path
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        lines: list[str] = []
-        with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env) as proc:
-            assert proc.stderr is not None
-            for line in proc.stderr:  # the child's log goes on in ours as it comes (exports take minutes)
-                line = line.rstrip()
-                if line:
-                    lines.append(line)
-                    _relog(line)
-        if proc.returncode == 130:
-            raise KeyboardInterrupt
-        if proc.returncode == 2 and lines:
-            raise DynashapeError(lines[-1].removeprefix("dynashape: error: "))
-        if proc.returncode != 0:
-            tail = "\n".join(lines[-20:])
-            raise RuntimeError(f"the export child process ended with status {proc.returncode}:\n{tail}")
+        run_child(cmd, "export", on_line=_relog)  # the child's log goes on in ours (exports take minutes)
         with open(out, "rb") as f:
             result, why = pickle.load(f)  # written by child_main below, in this same installation
     return result, why
