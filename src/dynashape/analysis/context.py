@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import onnx
@@ -21,6 +22,7 @@ from dynashape.model import InputInfo, graph_inputs
 from dynashape.shapes import Shape, ShapeMap
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # ops whose output has the spatial size of (one of) their inputs: a join partner is found
 # through them, and a tensor's size is traced up through them when a probe lost it
@@ -66,6 +68,10 @@ class Context:
     # p0 and p1 of the prober they were asked of (the rules ask for them thousands of times)
     _probes: dict[str, tuple[Prober, ShapeMap, Probe]] = field(default_factory=dict, init=False, repr=False,
                                                               compare=False)
+    # what ``memo`` keeps, and the prober it was computed with (a refresh makes a new one)
+    _memo: dict[tuple[str, int], tuple[ir.Node, Any]] = field(default_factory=dict, init=False, repr=False,
+                                                              compare=False)
+    _memo_prober: Prober | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def create(cls, proto: onnx.ModelProto, s0: ShapeMap) -> Context:
@@ -77,7 +83,25 @@ class Context:
         if not _in_order(self.model.graph):  # rewrites insert before their node: usually still in order
             self.model.graph.sort()
         self.proto = ir.serde.serialize_model(self.model)
-        self.prober = Prober(self.proto, self.prober.inference_cache)  # windows away from the rewrite recur
+        # windows away from the rewrite recur; the nodes it left as they were are not read again
+        self.prober = Prober(self.proto, self.prober.inference_cache, previous=self.prober)
+        self._memo.clear()
+
+    def memo(self, purpose: str, node: ir.Node, make: Callable[[], T]) -> T:
+        """``make()``, computed once per node and ``purpose`` until the graph changes: the result of
+        an analysis that several rules make of the same node alike (it must depend only on the
+        graph and the probes, and callers must not change it). Forgotten at ``refresh`` (after
+        every rewrite), as the probes are."""
+        if self._memo_prober is not self.prober:
+            self._memo.clear()
+            self._memo_prober = self.prober
+        key = (purpose, id(node))
+        found = self._memo.get(key)
+        if found is not None and found[0] is node:  # the node is kept, so its id is not reused
+            return cast(T, found[1])
+        value = make()
+        self._memo[key] = (node, value)
+        return value
 
     def _at(self, which: str, shapes: ShapeMap) -> Probe:
         found = self._probes.get(which)

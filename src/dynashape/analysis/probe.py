@@ -218,55 +218,76 @@ def _dims_of(vi: onnx.ValueInfoProto) -> Dims | None:
 class Prober:
     """Probes one model at many input shapes. Build once per model (it keeps a light skeleton)."""
 
-    def __init__(self, model: onnx.ModelProto, inference_cache: InferenceCache | None = None) -> None:
-        """``inference_cache``: another prober's, to share (see ``InferenceCache``)."""
+    _table: _NodeTable  # the graph's nodes as read (see ``previous``)
+
+    def __init__(self, model: onnx.ModelProto, inference_cache: InferenceCache | None = None,
+                 previous: Prober | None = None) -> None:
+        """``inference_cache``: another prober's, to share (see ``InferenceCache``). ``previous``: the
+        prober of this graph before a rewrite; what it read of the nodes the rewrite left as they
+        were is not read again (see ``_NodeTable``)."""
         self.model = model
         self.inference_cache = inference_cache if inference_cache is not None else InferenceCache()
-        self.skeleton = _skeleton(model)
+        # the graph's nodes read out of the protos once (proto access is slow): every index below
+        # is made from these plain lists
+        table = self._table = _NodeTable(model, previous._table if previous is not None else None)
+        self.skeleton, kept = _skeleton(model, table)
         lifted = self._lifted
         self.input_names = [vi.name for vi in self.skeleton.graph.input if vi.name not in lifted]
-        self.constants = _constant_values(model)
-        self.shape_nodes = _shape_subgraph(model, set(self.constants))
+        self.constants = _constant_values(model, table)
+        shape_idx = _shape_subgraph_indices(table, set(self.constants))
+        self.shape_nodes = [table.nodes[i] for i in shape_idx]
         # outputs of the shape subgraph (not of Constant nodes: ONNX inference reads those itself)
-        self._computed = {o for n in self.shape_nodes if n.op_type != "Constant" for o in n.output}
-        self.checked_nodes = [n for n in model.graph.node if n.op_type in _SIZE_CHANGING and n.domain in _STANDARD]
-        self._checked = [_CheckedNode.of(n) for n in self.checked_nodes]
+        self._computed = {o for i in shape_idx if table.op_types[i] != "Constant" for o in table.outputs[i]}
+        checked_idx = [
+            i for i, (op, domain) in enumerate(zip(table.op_types, table.domains))
+            if op in _SIZE_CHANGING and domain in _STANDARD
+        ]
+        self.checked_nodes = [table.nodes[i] for i in checked_idx]
+        self._checked = [
+            _CheckedNode.of(
+                table.nodes[i], table.inputs[i], table.outputs[i], table.derived(i, "checked", _checked_attrs))
+            for i in checked_idx
+        ]
         self._inputs = {vi.name: vi for vi in self.skeleton.graph.input}
         self._initializer_dims: dict[str, Dims] = {
-            t.name: tuple(int(d) for d in t.dims)
-            for t in (*model.graph.initializer, *self.skeleton.graph.initializer)
+            t.name: tuple(t.dims) for t in (*model.graph.initializer, *self.skeleton.graph.initializer)
         }
         self._cache: dict[tuple[tuple[str, tuple[int, ...]], ...], Probe] = {}
         # each feedback pass re-runs ONNX inference over the whole graph: deep chains of computed
         # sizes get every pass on small graphs, large graphs a bounded share of them
-        nodes = max(1, len(model.graph.node))
+        nodes = max(1, len(table.nodes))
         self.max_passes = max(2, min(_MAX_PATCH_PASSES, _PASS_BUDGET // nodes))
         self._nodes = list(self.skeleton.graph.node)
-        self._ins = [tuple(n.input) for n in self._nodes]  # plain tuples: proto access is slow
-        self._outs = [tuple(n.output) for n in self._nodes]
-        self._op_types = [n.op_type for n in self._nodes]
-        self._producer: dict[str, int] = {o: i for i, n in enumerate(self._nodes) for o in n.output if o}
+        # the skeleton's nodes are the model's, less the Constant nodes it made initializers
+        self._ins = [table.inputs[i] for i in kept]  # plain tuples: proto access is slow
+        self._outs = [table.outputs[i] for i in kept]
+        self._op_types = [table.op_types[i] for i in kept]
+        self._producer: dict[str, int] = {o: i for i, outs in enumerate(self._outs) for o in outs if o}
         self._consumers: dict[str, list[int]] = defaultdict(list)
-        for i, n in enumerate(self._nodes):
-            for name in dict.fromkeys(n.input):
+        for i, ins in enumerate(self._ins):
+            for name in dict.fromkeys(ins):
                 if name:
                     self._consumers[name].append(i)
         self._skeleton_inits = {t.name: t for t in self.skeleton.graph.initializer}
         self._skeleton_outputs = [(out.name, out) for out in self.skeleton.graph.output]
-        self._index_by_name = {n.name: i for i, n in enumerate(self._nodes) if n.name}
+        self._index_by_name = {name: i for i, name in enumerate(table.names[k] for k in kept) if name}
         # (node, input, value) where a computed shape value may be fed in place of the input
+        computed = self._computed
         self._swap_sites = [
-            (i, k, name) for i, n in enumerate(self._nodes)
-            if n.op_type not in ("Shape", "Size", "Constant") and n.output
-            for k, name in enumerate(n.input) if name in self._computed
+            (i, k, name) for i, (op_type, ins, outs) in enumerate(zip(self._op_types, self._ins, self._outs))
+            if op_type not in ("Shape", "Size", "Constant") and outs
+            for k, name in enumerate(ins) if name in computed
         ]
         # per site: its key in a probe's swaps, node, value and the node's first output
         self._site_keys = [((i, k), i, name, self._outs[i][0]) for i, k, name in self._swap_sites]
         self._sites_by_name: dict[str, list[int]] = defaultdict(list)
         for k, (i, _, name) in enumerate(self._swap_sites):
-            self._sites_by_name[self._nodes[i].output[0]].append(k)
+            self._sites_by_name[self._outs[i][0]].append(k)
             self._sites_by_name[name].append(k)
-        self._carriers = _data_carriers(self.skeleton, {(i, k) for i, k, _ in self._swap_sites})
+        self._carriers = _data_carriers(
+            self.skeleton, {(i, k) for i, k, _ in self._swap_sites},
+            [(table.op_types[i], table.domains[i], table.inputs[i], table.outputs[i]) for i in kept],
+        )
         # a feedback pass re-infers only what its new values reach (see _reinfer); subgraphs read
         # outer values they do not list as inputs and functions hide theirs, so those graphs
         # are always inferred whole
@@ -279,8 +300,12 @@ class Prober:
         self._fixed_values = dict(self.constants)
         self._probe_shape_nodes: list[_ShapeOp] = []
         with np.errstate(all="ignore"):
-            for node in self.shape_nodes:
-                op = _ShapeOp.of(node)
+            for i in shape_idx:
+                # attributes that are protos (a ConstantOfShape's value) are read per prober: kept
+                # from one to the next, they would keep its whole model in memory
+                attrs = table.derived(i, "attributes", _plain_attributes)
+                op = _ShapeOp(table.nodes[i], table.op_types[i], table.inputs[i], table.outputs[i],
+                              attrs if attrs is not None else _attributes(table.nodes[i]))
                 if op.op not in ("Shape", "Size") and all(not i or i in independent for i in op.inputs):
                     _evaluate_node(op, None, self._fixed_values)
                     independent.update(op.outputs)
@@ -299,7 +324,7 @@ class Prober:
         self._witnesses: list[Probe] = []
         self._output_names = [out.name for out in model.graph.output]
         self._value_names = list(dict.fromkeys(
-            [vi.name for vi in model.graph.input] + [o for n in model.graph.node for o in n.output if o]
+            [vi.name for vi in model.graph.input] + [o for outs in table.outputs for o in outs if o]
         ))
         # the first full evaluation's dims and values: a later one re-evaluates only what is
         # downstream of a Shape/Size whose input's dims differ from it (see _evaluate_shape_values)
@@ -880,13 +905,28 @@ class _CheckedNode(NamedTuple):
     ceil_mode: bool = False  # pools: a window may hang over the end (HF EfficientNet's AvgPool2d(1280))
 
     @classmethod
-    def of(cls, node: onnx.NodeProto) -> _CheckedNode:
-        inputs = tuple(node.input)
+    def of(cls, node: onnx.NodeProto, inputs: tuple[str, ...] | None = None, outputs: tuple[str, ...] | None = None,
+           attrs: tuple[Any, Any, Any, bool] | None = None) -> _CheckedNode:
+        """``inputs``, ``outputs``, ``attrs`` (``_checked_attrs``): the node's, if read already."""
+        inputs = tuple(node.input) if inputs is None else inputs
+        kernel, pads, allowzero, ceil_mode = _checked_attrs(node) if attrs is None else attrs
         return cls(
-            node, node.op_type, tuple(node.output), inputs[0] if inputs else "",
-            inputs[1] if len(inputs) > 1 else "", _attr(node, "kernel_shape", None), _attr(node, "pads", None),
-            _attr(node, "allowzero", 0), bool(_attr(node, "ceil_mode", 0)),
+            node, node.op_type, tuple(node.output) if outputs is None else outputs, inputs[0] if inputs else "",
+            inputs[1] if len(inputs) > 1 else "", kernel, pads, allowzero, ceil_mode,
         )
+
+
+def _checked_attrs(node: onnx.NodeProto) -> tuple[Any, Any, Any, bool]:
+    """kernel_shape, pads, allowzero and ceil_mode of a node ``_extra_checks`` looks at."""
+    attrs: dict[str, onnx.AttributeProto] = {}
+    for a in node.attribute:
+        attrs.setdefault(a.name, a)  # the first of a name, as ONNX reads it
+
+    def attr(name: str, default: Any) -> Any:
+        found = attrs.get(name)
+        return default if found is None else onnx.helper.get_attribute_value(found)
+
+    return attr("kernel_shape", None), attr("pads", None), attr("allowzero", 0), bool(attr("ceil_mode", 0))
 
 
 class _ShapeOp(NamedTuple):
@@ -900,8 +940,25 @@ class _ShapeOp(NamedTuple):
 
     @classmethod
     def of(cls, node: onnx.NodeProto) -> _ShapeOp:
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        return cls(node, node.op_type, tuple(node.input), tuple(node.output), attrs)
+        return cls(node, node.op_type, tuple(node.input), tuple(node.output), _attributes(node))
+
+
+def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+_PLAIN_ATTRIBUTES = frozenset({
+    onnx.AttributeProto.FLOAT, onnx.AttributeProto.INT, onnx.AttributeProto.STRING, onnx.AttributeProto.FLOATS,
+    onnx.AttributeProto.INTS, onnx.AttributeProto.STRINGS,
+})
+
+
+def _plain_attributes(node: onnx.NodeProto) -> dict[str, Any] | None:
+    """``_attributes`` when they are all numbers and strings (no reference into the model), else None."""
+    attributes = list(node.attribute)
+    if any(a.type not in _PLAIN_ATTRIBUTES for a in attributes):
+        return None
+    return {a.name: onnx.helper.get_attribute_value(a) for a in attributes}
 
 
 def _evaluate_node(op: _ShapeOp, probe: Probe | None, values: dict[str, np.ndarray]) -> None:
@@ -964,25 +1021,31 @@ _DATA_FROM_ALL = {"Add", "Sub", "Mul", "Concat"}
 _DATA_FROM_FIRST = {"Cast", "Gather", "Slice", "Squeeze", "Unsqueeze"}
 
 
-def _data_carriers(skeleton: onnx.ModelProto, swapped: set[tuple[int, int]]) -> set[str]:
+def _data_carriers(
+    skeleton: onnx.ModelProto, swapped: set[tuple[int, int]],
+    nodes: list[tuple[str, str, tuple[str, ...], tuple[str, ...]]] | None = None,
+) -> set[str]:
     """Values that may hold ONNX-propagated shape data in some pass (a superset): outputs of
-    Shape, Size and Constant, initializers and swapped inputs, and what data ops make of them."""
+    Shape, Size and Constant, initializers and swapped inputs, and what data ops make of them.
+    ``nodes``: the skeleton's nodes as (op_type, domain, inputs, outputs), if read already."""
     opset = next((int(o.version) for o in skeleton.opset_import if o.domain in ("", "ai.onnx")), 17)
     carriers = {t.name for t in skeleton.graph.initializer}
+    if nodes is None:
+        nodes = [(n.op_type, n.domain, tuple(n.input), tuple(n.output)) for n in skeleton.graph.node]
     rules: dict[tuple[str, str], str] = {}
-    for i, node in enumerate(skeleton.graph.node):
-        outs = [o for o in node.output if o]
-        if node.op_type in ("Shape", "Size", "Constant") and node.domain in ("", "ai.onnx"):
+    for i, (op_type, domain, inputs, outputs) in enumerate(nodes):
+        outs = [o for o in outputs if o]
+        if op_type in ("Shape", "Size", "Constant") and domain in ("", "ai.onnx"):
             carriers.update(outs)
             continue
-        key = (node.domain, node.op_type)
-        if key not in rules:
-            rules[key] = _data_rule(node.op_type, node.domain, opset)
-        rule = rules[key]
+        key = (domain, op_type)
+        rule = rules.get(key)
+        if rule is None:
+            rule = rules[key] = _data_rule(op_type, domain, opset)
         if rule == "none":
             continue
-        has = [bool(name) and (name in carriers or (i, k) in swapped) for k, name in enumerate(node.input)]
-        present = [h for h, name in zip(has, node.input) if name]
+        has = [bool(name) and (name in carriers or (i, k) in swapped) for k, name in enumerate(inputs)]
+        present = [h for h, name in zip(has, inputs) if name]
         if rule == "all":
             carries = bool(present) and all(present)
         elif rule == "first":
@@ -1021,19 +1084,85 @@ _SIZE_CHANGING = {
 }
 
 
+_Row = tuple[str, str, str, tuple[str, ...], tuple[str, ...]]  # op_type, domain, name, inputs, outputs
+
+
+class _NodeTable:
+    """A graph's nodes with what the prober reads of each, taken out of the protos once.
+
+    ``previous``: the table of the graph before a rewrite. A node whose serialized bytes are those
+    of one of its nodes is not read again: its row and what was derived from it (its constant's
+    value, its attributes) are taken from there; equal bytes are the same node, so nothing read
+    this way can be stale."""
+
+    def __init__(self, model: onnx.ModelProto, previous: _NodeTable | None = None) -> None:
+        self.nodes = list(model.graph.node)
+        self._keys: list[bytes] | None = None
+        # per node: what was derived from it (see ``derived``), shared with the tables it is reused by
+        self._derived: list[dict[str, Any]]
+        if previous is None:
+            self.op_types = [n.op_type for n in self.nodes]
+            self.domains = [n.domain for n in self.nodes]
+            self.names = [n.name for n in self.nodes]
+            self.inputs = [tuple(n.input) for n in self.nodes]
+            self.outputs = [tuple(n.output) for n in self.nodes]
+            self._derived = [{} for _ in self.nodes]
+            return
+        known = previous.by_bytes()
+        self._keys = [n.SerializeToString() for n in self.nodes]
+        rows: list[_Row] = []
+        self._derived = []
+        for node, key in zip(self.nodes, self._keys):
+            found = known.get(key)
+            if found is None:
+                rows.append((node.op_type, node.domain, node.name, tuple(node.input), tuple(node.output)))
+                self._derived.append({})
+            else:
+                rows.append(found[0])
+                self._derived.append(found[1])
+        self.op_types = [r[0] for r in rows]
+        self.domains = [r[1] for r in rows]
+        self.names = [r[2] for r in rows]
+        self.inputs = [r[3] for r in rows]
+        self.outputs = [r[4] for r in rows]
+
+    def by_bytes(self) -> dict[bytes, tuple[_Row, dict[str, Any]]]:
+        """Each node's row and derived data by its serialized bytes."""
+        if self._keys is None:
+            self._keys = [n.SerializeToString() for n in self.nodes]
+        return {
+            key: ((op, domain, name, ins, outs), derived) for key, op, domain, name, ins, outs, derived in zip(
+                self._keys, self.op_types, self.domains, self.names, self.inputs, self.outputs, self._derived)
+        }
+
+    def derived(self, i: int, what: str, make: Callable[[onnx.NodeProto], Any]) -> Any:
+        """``make(node i)``, made once per node content (a function of the node alone)."""
+        cache = self._derived[i]
+        if what in cache:
+            return cache[what]
+        found = cache[what] = make(self.nodes[i])
+        return found
+
+
 def _shape_subgraph(model: onnx.ModelProto, constants: set[str]) -> list[onnx.NodeProto]:
     """Nodes whose outputs are computable from shapes and constants alone, in graph order."""
+    table = _NodeTable(model)
+    return [table.nodes[i] for i in _shape_subgraph_indices(table, constants)]
+
+
+def _shape_subgraph_indices(table: _NodeTable, constants: set[str]) -> list[int]:
+    """``_shape_subgraph`` as positions in ``table``."""
     known = set(constants)
-    nodes = []
-    for node in model.graph.node:
-        if node.domain not in _STANDARD:
+    found = []
+    for i, (op_type, domain, inputs) in enumerate(zip(table.op_types, table.domains, table.inputs)):
+        if domain not in _STANDARD:
             continue  # a custom op is not evaluated: its outputs stay unknown
-        if node.op_type in ("Shape", "Size") or (
-            node.op_type != "Constant" and node.input and all((not i) or i in known for i in node.input)
+        if op_type in ("Shape", "Size") or (
+            op_type != "Constant" and inputs and all((not i) or i in known for i in inputs)
         ):
-            nodes.append(node)
-            known.update(node.output)
-    return nodes
+            found.append(i)
+            known.update(table.outputs[i])
+    return found
 
 
 def _parse_failure(message: str) -> ProbeFailure:
@@ -1045,8 +1174,11 @@ def _parse_failure(message: str) -> ProbeFailure:
     return ProbeFailure(None, None, message.strip().splitlines()[0] if message.strip() else "inference failed")
 
 
-def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy without large weights (declared as inputs instead) and without stale shapes."""
+def _skeleton(model: onnx.ModelProto, table: _NodeTable | None = None) -> tuple[onnx.ModelProto, list[int]]:
+    """A copy without large weights (declared as inputs instead) and without stale shapes, and
+    the positions in the model's graph of the nodes it keeps (in order)."""
+    if table is None:
+        table = _NodeTable(model)
     m = onnx.ModelProto()
     m.ir_version = model.ir_version
     m.opset_import.extend(model.opset_import)
@@ -1055,24 +1187,28 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     g.name = model.graph.name
     existing_inputs = {vi.name for vi in model.graph.input}
     outputs = {out.name for out in model.graph.output}
-    for node in model.graph.node:
+    kept: list[int] = []
+    for i, node in enumerate(table.nodes):
         # a Constant's tensor is data to ONNX inference exactly as an initializer is, and an
         # initializer costs it nothing per pass (the legacy exporter makes 40% of nodes Constants)
-        tensor = _constant_tensor(node)
-        if tensor is not None and node.output[0] not in outputs and node.output[0] not in existing_inputs:
-            init = g.initializer.add()
-            init.CopyFrom(tensor)
-            init.name = node.output[0]
-            continue
-        copy = g.node.add()
-        copy.CopyFrom(node)
+        if table.op_types[i] == "Constant":
+            tensor = _constant_tensor(node)
+            if tensor is not None and node.output[0] not in outputs and node.output[0] not in existing_inputs:
+                init = g.initializer.add()
+                init.CopyFrom(tensor)
+                init.name = node.output[0]
+                continue
+        kept.append(i)
+    g.node.extend(table.nodes[i] for i in kept)
+    for copy in g.node:
         # the legacy exporter's per-node stack traces are most of the bytes every inference
         # pass would serialize and parse again; inference never reads them
-        copy.ClearField("doc_string")
+        if copy.doc_string:
+            copy.ClearField("doc_string")
     for vi in model.graph.input:
         g.input.append(vi)
     for init in model.graph.initializer:
-        if int(np.prod(init.dims)) <= _SMALL or init.data_type == onnx.TensorProto.INT64:
+        if math.prod(init.dims) <= _SMALL or init.data_type == onnx.TensorProto.INT64:
             g.initializer.append(init)
         elif init.name not in existing_inputs:
             g.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
@@ -1081,7 +1217,7 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
         vi.name = out.name
         vi.type.tensor_type.elem_type = out.type.tensor_type.elem_type
         g.output.append(vi)
-    return m
+    return m, kept
 
 
 def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
@@ -1093,19 +1229,21 @@ def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
     return node.attribute[0].t
 
 
-def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+def _constant_values(model: onnx.ModelProto, table: _NodeTable | None = None) -> dict[str, np.ndarray]:
     values: dict[str, np.ndarray] = {}
     for init in model.graph.initializer:
-        if int(np.prod(init.dims)) <= 4096 and init.data_type in (
+        if math.prod(init.dims) <= 4096 and init.data_type in (
             onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.FLOAT,
             onnx.TensorProto.DOUBLE, onnx.TensorProto.BOOL,
         ):
             values[init.name] = numpy_helper.to_array(init)
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.domain in _STANDARD and node.output:
-            arr = constant_node_value(node)
+    if table is None:
+        table = _NodeTable(model)
+    for i, (op_type, domain, outputs) in enumerate(zip(table.op_types, table.domains, table.outputs)):
+        if op_type == "Constant" and domain in _STANDARD and outputs:
+            arr = table.derived(i, "constant", constant_node_value)
             if arr is not None and np.size(arr) <= 4096:
-                values[node.output[0]] = arr
+                values[outputs[0]] = arr
     return values
 
 
@@ -1122,13 +1260,6 @@ def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
         if a.name == "value_float":
             return np.array(a.f, np.float32)
     return None
-
-
-def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
 
 
 _BINARY: dict[str, Any] = {

@@ -217,6 +217,8 @@ class Exprs:
     def extend(self, values: list[int], shapes: Mapping[str, Sequence[int]]) -> None:
         """Evaluate, into ``values``, the expressions made since it was last extended (leaves
         ``(input, axis)`` from ``shapes``); ArithmeticError where one cannot be."""
+        if len(values) >= len(self._code):
+            return  # nothing new (most nodes make no new expression)
         with np.errstate(all="ignore"):  # a float size divided by 0 is inf, then OverflowError
             for i in range(len(values), len(self._code)):
                 fn, operands = self._code[i]
@@ -239,14 +241,6 @@ class Exprs:
 
 
 _NO_SIMPLIFICATION = object()
-
-
-def value_of(dim: Dim, values: list[int]) -> int | None:
-    if dim is None:
-        return None
-    if isinstance(dim, Expr):
-        return values[dim.index]
-    return dim
 
 
 def _objects(elements: Sequence[Any], shape: Sequence[int] | None = None) -> np.ndarray:
@@ -300,6 +294,8 @@ class ShapeEngine:
         # each guard: whether the prober fails where it does not hold, and the position in the
         # graph of the first node that needs it
         self.guards: dict[Guard, tuple[bool, int]] = {}
+        self._decisive: set[Guard] = set()  # failing guards whose failure does not depend on the node's outputs
+        self._output_guards: set[Guard] = set()  # non-failing: the sizes a node makes are at least 1
         self._position = 0
         self.leaves: list[tuple[str, int]] = []  # (input, axis) of each leaf
         self._values: dict[str, np.ndarray] = {}  # small integer tensors: object arrays of Dim
@@ -368,18 +364,24 @@ class ShapeEngine:
                 self.leaves.append((vi.name, axis))
             self._input_ranks[vi.name] = len(dims)
             self.shapes[vi.name] = tuple(dims)
+        subgraphs = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        get_value = onnx.helper.get_attribute_value
         for position, node in enumerate(model.graph.node):
             self._position = position
-            if node.domain not in ("", "ai.onnx"):
-                raise Unsupported(f"custom op {node.domain}::{node.op_type}")
-            if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
-                raise Unsupported(f"subgraph in {node.op_type}")
-            handler = _HANDLERS.get(node.op_type)
+            op_type, domain = node.op_type, node.domain
+            if domain not in ("", "ai.onnx"):
+                raise Unsupported(f"custom op {domain}::{op_type}")
+            # the attributes read once (proto access is slow): a subgraph in any of them is not modelled
+            attributes = list(node.attribute)
+            if any(a.type in subgraphs for a in attributes):
+                raise Unsupported(f"subgraph in {op_type}")
+            handler = _HANDLERS.get(op_type)
             if handler is None:
-                raise Unsupported(f"op {node.op_type}")
-            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-            _Node(self, node, attrs).run(handler)
-            self._compare_with_witnesses(node.output)
+                raise Unsupported(f"op {op_type}")
+            attrs = {a.name: get_value(a) for a in attributes}
+            built = _Node(self, node, attrs, op_type)
+            built.run(handler)
+            self._compare_with_witnesses(built.outputs)
 
     def _compare_with_witnesses(self, names: Sequence[str]) -> None:
         """Raise Unsupported unless each witness has the dims given here (see ``build``); a dim
@@ -391,7 +393,8 @@ class ShapeEngine:
                 if not name:
                     continue
                 dims = self.shapes.get(name)
-                found = None if dims is None else tuple(value_of(d, values) for d in dims)
+                found = None if dims is None else tuple(
+                    [values[d.index] if isinstance(d, Expr) else d for d in dims])
                 expected = dims_of(name)
                 if found == expected:
                     continue
@@ -401,10 +404,13 @@ class ShapeEngine:
                     continue
                 raise Unsupported(f"{name!r} is {found} at {dict(shapes)}; the probe says {expected}")
 
-    def guard(self, kind: str, *operands: Dim, fail: bool = False) -> None:
+    def guard(self, kind: str, *operands: Dim, fail: bool = False, decisive: bool = False) -> None:
         """A condition the engine's answer needs. ``fail``: where it does not hold, the prober
         fails too (ONNX inference or its own checks find the graph inconsistent); else the
-        engine is only not sure there, and the prober must answer."""
+        engine is only not sure there, and the prober must answer. ``decisive`` (with ``fail``):
+        the condition reads only the node's inputs and attributes, and the prober checks it
+        itself, so it fails there even where the engine is not sure of the node's output dims
+        (see ``at``)."""
         if any(o is None for o in operands):
             raise Unsupported("a guard on an unknown dim")
         if not any(isinstance(o, Expr) for o in operands):
@@ -414,6 +420,8 @@ class ShapeEngine:
         key = (kind, *operands, fail)
         if key not in self.guards:
             self.guards[key] = (fail, self._position)
+            if decisive and fail:
+                self._decisive.add(key)
 
     def value(self, name: str) -> np.ndarray | None:
         """A small integer tensor as an object array of its elements (int, Expr or None)."""
@@ -445,15 +453,20 @@ class ShapeEngine:
             return None
         # the first node (in graph order) with a guard that does not hold decides: every dim
         # before it is right, so a failing guard there is a failure of the prober's too, while
-        # any other guard there leaves the answer to the prober
-        first: tuple[int, bool] | None = None
+        # any other guard there leaves the answer to the prober; except that a decisive guard
+        # that does not hold is a failure whatever the node's output dims (the only other
+        # guards there that may not hold are then those on its outputs: a pool's window larger
+        # than its input gives an output size below 1, which ONNX computes otherwise)
+        first: int | None = None
+        all_failing = decisive = only_outputs = True
         for guard, (failing, position) in self.guards.items():
-            if (first is None or position <= first[0]) and not _holds(guard, values):
-                if first is None or position < first[0]:
-                    first = (position, failing)
-                else:
-                    first = (position, first[1] and failing)
-        if first is not None and not first[1]:
+            if (first is None or position <= first) and not _holds(guard, values):
+                if first is None or position < first:
+                    first, all_failing, decisive, only_outputs = position, True, False, True
+                all_failing = all_failing and failing
+                decisive = decisive or guard in self._decisive
+                only_outputs = only_outputs and (failing or guard in self._output_guards)
+        if first is not None and not all_failing and not (decisive and only_outputs):
             return None
         return EngineShapes(self.shapes, values, first is not None)
 
@@ -480,10 +493,11 @@ class EngineShapes:
 class _Node:
     """One node while building: its input dims and values, and where to put its outputs'."""
 
-    def __init__(self, engine: ShapeEngine, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    def __init__(self, engine: ShapeEngine, node: onnx.NodeProto, attrs: dict[str, Any],
+                 op_type: str | None = None) -> None:
         self.engine = engine
         self.node = node
-        self.op = node.op_type
+        self.op = node.op_type if op_type is None else op_type
         self.attrs = attrs
         self.inputs = list(node.input)
         self.outputs = list(node.output)
@@ -494,15 +508,21 @@ class _Node:
         floats = self.engine._floats
         if self.op in _MOVES_DATA and self.inputs and self.inputs[0] in floats and self.outputs[0]:
             floats[self.outputs[0]] = floats[self.inputs[0]]  # a float32 scalar, reshaped
+        engine = self.engine
+        shapes, guards = engine.shapes, engine.guards
         for out in self.outputs:
-            if out and out not in self.engine.shapes:
-                self.engine.shapes[out] = None
-            dims = self.engine.shapes.get(out)
+            if out and out not in shapes:
+                shapes[out] = None
+            dims = shapes.get(out)
             for d in dims or ():
                 if isinstance(d, Expr):
                     # a size the engine computes is at least 1 wherever it answers (zero-sized and
-                    # negative results are the prober's to report, with its own words)
-                    self.engine.guard("ge", d, 1)
+                    # negative results are the prober's to report, with its own words):
+                    # engine.guard("ge", d, 1), inlined (every dim of every value comes here)
+                    key = ("ge", d, 1, False)
+                    if key not in guards:
+                        guards[key] = (False, engine._position)
+                        engine._output_guards.add(key)
 
     def has(self, i: int) -> bool:
         return i < len(self.inputs) and bool(self.inputs[i])
@@ -744,7 +764,10 @@ def _conv_like(n: _Node, pool: bool) -> None:
                 n.engine.guard("ge", room, 0)
                 out.append(n.apply("+", n.apply("ceil_pos", room, s), 1))
             else:
-                n.engine.guard("ge", room, 0, fail=pool and all(int(v) == 1 for v in dilations))
+                # the prober checks a pool's window against its input and pads itself (``_extra_checks``)
+                failing = pool and all(int(v) == 1 for v in dilations)
+                n.engine.guard("ge", room, 0, fail=failing,
+                               decisive=failing and (auto_pad == "NOTSET" or "pads" not in n.attrs))
                 out.append(n.apply("+", n.apply("//", room, s), 1))
         else:
             raise Unsupported(f"auto_pad {auto_pad}")

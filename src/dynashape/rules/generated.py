@@ -142,6 +142,14 @@ def frozen_operands(ctx: Context, join: ir.Node) -> tuple[list[Operand], list[st
     return found, reasons
 
 
+def _classified_operands(ctx: Context, join: ir.Node) -> tuple[list[Operand], list[str]]:
+    """``frozen_operands``, each classified (read only afterwards: DS007 and DS008 share them)."""
+    operands, reasons = frozen_operands(ctx, join)
+    for op in operands:
+        classify(ctx, op)
+    return operands, reasons
+
+
 def classify(ctx: Context, op: Operand) -> None:
     """Fill in ``op.rule`` (DS007/DS008, or why neither) and the rewrite plan."""
     producer = upstream_through_unary(op.value)
@@ -622,13 +630,14 @@ class _GeneratedBase(Rule[GeneratedPlan]):
     ops = tuple(sorted({"Add", "Sub", "Mul", "Div", "Concat", "Sum", "Max", "Min", "Mean", "Where", "Pow"}))
 
     def check(self, ctx: Context, node: ir.Node) -> Finding | Refusal:
-        operands, reasons = frozen_operands(ctx, node)
+        # DS007 and DS008 analyse every join alike: the second asks the context for the first's
+        # analysis, which it keeps until the graph is refreshed
+        operands, reasons = ctx.memo("generated-operands", node, lambda: _classified_operands(ctx, node))
         if not operands:
             return self.refuse(node, reasons[0])
         mine: list[Operand] = []
         others: list[str] = []
         for op in operands:
-            classify(ctx, op)
             if op.rule == self.id:
                 mine.append(op)
             else:
