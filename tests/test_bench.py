@@ -192,22 +192,37 @@ def test_bench_dynamic_against_static(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- end-to-end infer rows (CPU)
 
 
-def _infer(numpy_ms: float, device_ms: float, bound_ms: float, first_ms: float) -> bench.InferTiming:
+def _infer(numpy_ms: float, device_ms: float, bound_ms: float, first_ms: float, *,
+           pinned_ms: float | None = None, call_ms: float | None = None,
+           switch_ms: float | None = None) -> bench.InferTiming:
+    def opt(ms: float | None) -> bench.LatencyStats | None:
+        return _stats(ms) if ms is not None else None
+
     return bench.InferTiming(
         first_call_ms=first_ms, numpy=_stats(numpy_ms), device=_stats(device_ms),
         device_pipelined=_stats(device_ms * 0.5), copy_bound_ms=bound_ms, h2d_bytes=100, d2h_bytes=50,
+        numpy_pinned=opt(pinned_ms), engine_call=opt(call_ms), switch=opt(switch_ms),
     )
 
 
 def test_infer_ratios_and_json() -> None:
-    row = ShapeResult({"input": (1, 3, 8, 8)}, dynamic=_stats(0.5), infer=_infer(1.5, 0.55, 0.5, 3.0))
-    assert row.device_vs_engine == pytest.approx(1.1)
+    timing = _infer(1.5, 0.55, 0.5, 3.0, pinned_ms=1.2, call_ms=0.6, switch_ms=2.0)
+    row = ShapeResult({"input": (1, 3, 8, 8)}, dynamic=_stats(0.5), infer=timing)
+    assert row.device_vs_engine == pytest.approx(0.55 / 0.6)  # like for like: both host wall time
     assert row.pipelined_vs_engine == pytest.approx(0.55)
-    assert row.numpy_vs_bound == pytest.approx(1.5)  # 1.5 / (0.5 copy bound + 0.5 engine)
+    assert row.numpy_vs_bound == pytest.approx(1.2)  # pinned 1.2 / (0.5 copy bound + 0.5 engine)
+    assert row.pageable_vs_bound == pytest.approx(1.5)
     assert row.first_vs_steady == pytest.approx(2.0)
+    assert row.first_vs_switch == pytest.approx(1.5)
     data = row.to_json()
     assert data["infer"]["copy_bound_ms"] == 0.5 and data["infer"]["h2d_bytes"] == 100
-    assert data["numpy_vs_bound"] == pytest.approx(1.5)
+    assert data["numpy_vs_bound"] == pytest.approx(1.2) and data["pageable_vs_bound"] == pytest.approx(1.5)
+    assert data["infer"]["engine_call"]["median_ms"] == 0.6 and data["first_vs_switch"] == pytest.approx(1.5)
+    # without the engine call timed, the device ratio falls back to the CUDA-event time
+    older = ShapeResult({"input": (1, 3, 8, 8)}, dynamic=_stats(0.5), infer=_infer(1.5, 0.55, 0.5, 3.0))
+    assert older.device_vs_engine == pytest.approx(1.1)
+    assert older.numpy_vs_bound is None and older.first_vs_switch is None
+    assert older.to_json()["infer"]["switch"] is None
     bare = ShapeResult({"input": (1,)}, dynamic=_stats(1.0))
     assert bare.device_vs_engine is None and bare.numpy_vs_bound is None and bare.first_vs_steady is None
 
@@ -274,7 +289,8 @@ def test_bench_cli_passes_cuda_graph_and_infer(monkeypatch: pytest.MonkeyPatch, 
     def fake_run_bench(engine: Any, shapes: Any, **kwargs: Any) -> BenchResult:
         seen.update(kwargs)
         row = ShapeResult({"input": (1, 3, 8, 8)}, dynamic=_stats(0.5),
-                          infer=_infer(1.5, 0.55, 0.5, 3.0) if kwargs["infer"] else None)
+                          infer=_infer(1.5, 0.55, 0.5, 3.0, pinned_ms=0.9, call_ms=0.5, switch_ms=2.5)
+                          if kwargs["infer"] else None)
         return BenchResult("m.engine", "fp32", "Fake GPU", "8.5.3.1", [row], cuda_graph=kwargs["cuda_graph"],
                            warmup_s=0.25, h2d_gbps=50.0, d2h_gbps=40.0)
 
@@ -284,6 +300,7 @@ def test_bench_cli_passes_cuda_graph_and_infer(monkeypatch: pytest.MonkeyPatch, 
     out = capsys.readouterr().out
     assert seen["cuda_graph"] is True and seen["infer"] is True
     assert "CUDA graphs" in out and "end-to-end infer" in out and "50.0 GB/s" in out and "1.10x" in out
+    assert "0.90x" in out and "1.20x" in out  # pinned/(copy+engine), first/switch
     assert cli.main(["bench", engine, "--no-infer"]) == 0
     out = capsys.readouterr().out
     assert seen["cuda_graph"] is False and seen["infer"] is False and "end-to-end infer" not in out
@@ -346,3 +363,17 @@ def test_run_cli_reports_first_call_and_steady(monkeypatch: pytest.MonkeyPatch,
     assert cli.main(["run", "m.engine", "--repeat", "-1"]) == 2
     err = capsys.readouterr().err
     assert "--repeat -1" in err and "Traceback" not in err
+
+
+def test_warmed_neighbour_is_another_shape_warmup_ran() -> None:
+    from types import SimpleNamespace
+
+    prof = Profile()
+    prof.add("input", (1, 3, 8, 8), (1, 3, 16, 16), (2, 3, 32, 32))
+    fixed = Profile()
+    fixed.add("input", (1, 3, 4, 4), (1, 3, 4, 4), (1, 3, 4, 4))
+    eng = SimpleNamespace(profiles=[prof, fixed],
+                          select_profile=lambda shapes: 1 if shapes["input"] == (1, 3, 4, 4) else 0)
+    assert bench.warmed_neighbour(eng, {"input": (1, 3, 12, 12)}) == {"input": (1, 3, 16, 16)}  # opt
+    assert bench.warmed_neighbour(eng, {"input": (1, 3, 16, 16)}) == {"input": (1, 3, 8, 8)}  # not itself: min
+    assert bench.warmed_neighbour(eng, {"input": (1, 3, 4, 4)}) is None  # a one-shape profile has none

@@ -488,6 +488,11 @@ def test_device_inputs_and_outputs_equal_numpy(tmp_path: Path) -> None:
             assert _max_diff({k: v.to_numpy() for k, v in views.items()}, host) <= 1e-5
             mixed = eng.infer({"a": device["a"], "b": feeds["b"]})  # one of each
             assert _max_diff(mixed, host) <= 1e-5
+            pinned = {k: cudart.pinned_empty(v.shape, v.dtype) for k, v in feeds.items()}
+            for k, v in feeds.items():
+                pinned[k][...] = v
+            assert all(cudart.is_pinned(v) for v in pinned.values()) and not cudart.is_pinned(feeds["a"])
+            assert _max_diff(eng.infer(pinned), host) <= 1e-5  # copied straight from, not staged
             queued = eng.infer(device, device_outputs=True, synchronize=False)
             assert queued["sum"].stream == eng.stream.ptr  # consumers order themselves after it
             assert _max_diff({k: v.to_numpy() for k, v in queued.items()}, host) <= 1e-5
@@ -497,6 +502,20 @@ def test_device_inputs_and_outputs_equal_numpy(tmp_path: Path) -> None:
             eng.infer({"a": cudart.DeviceArray.empty((1, 4, 8), np.float16), "b": np.zeros((1, 4, 8), np.float32)})
         with pytest.raises(DynashapeError, match="needs device_outputs"):
             eng.infer(random_feeds(model, {"a": (1, 4, 8), "b": (1, 4, 8)}), synchronize=False)
+
+
+@pytest.mark.gpu
+def test_pinned_memory_made_and_dropped_again_and_again() -> None:
+    if cudart.cuda_available() is not None:
+        pytest.skip(cudart.cuda_available() or "no GPU")
+    import gc
+
+    for _ in range(4):  # dropped without free(): same addresses come back from the allocator
+        buf = cudart.PinnedBuffer(64 << 20)
+        arr = cudart.pinned_empty((1 << 20,), "float32")
+        assert cudart.is_pinned(buf.array) and cudart.is_pinned(arr)
+        del buf, arr
+        gc.collect()
 
 
 @pytest.mark.gpu
@@ -586,6 +605,12 @@ class FakePinned:
     def ptr(self) -> int:
         return int(self.array.__array_interface__["data"][0])
 
+    def ensure(self, nbytes: int) -> bool:
+        if nbytes <= self.array.nbytes:
+            return False
+        self.array, self.nbytes = np.zeros(nbytes, np.uint8), nbytes
+        return True
+
     def free(self) -> None:
         self.freed = True
 
@@ -624,6 +649,64 @@ def test_pinned_output_blocks_come_back_only_when_every_view_is_gone(monkeypatch
     del kept
     gc.collect()
     assert block.freed and pool.made == 0 and pool.free == []  # after close, blocks are freed, not kept
+
+
+class FakeStream:
+    ptr = 7
+
+    def __init__(self) -> None:
+        self.synchronized = 0
+
+    def synchronize(self) -> None:
+        self.synchronized += 1
+
+
+def _staging_engine(monkeypatch: pytest.MonkeyPatch) -> tuple[Engine, list[tuple[int, int, int]]]:
+    """An Engine with only what ``_stage_in`` uses, copies to the device recorded, not made."""
+    monkeypatch.setattr(cudart, "PinnedBuffer", FakePinned)
+    copies: list[tuple[int, int, int]] = []
+
+    def copy_htod(dst: int, src: Any, nbytes: int, stream: Any) -> None:
+        copies.append((dst, src if isinstance(src, int) else int(src.__array_interface__["data"][0]), nbytes))
+
+    monkeypatch.setattr(cudart, "copy_htod", copy_htod)
+    eng = Engine.__new__(Engine)
+    eng._stream, eng._pinned, eng._in_flight, eng._pool = FakeStream(), {}, False, None  # type: ignore[assignment]
+    return eng, copies
+
+
+@pytest.mark.parametrize("nbytes", [(16 << 20) + 12, (16 << 20) * 2 + 4096])  # four uneven parts; four parts
+def test_large_pageable_inputs_are_staged_whole_then_copied_once(monkeypatch: pytest.MonkeyPatch, nbytes: int) -> None:
+    eng, copies = _staging_engine(monkeypatch)
+    monkeypatch.setattr(cudart, "is_pinned", lambda arr: False)
+    arr = np.random.default_rng(nbytes).integers(0, 255, nbytes, dtype=np.uint8)
+    eng._stage_in("input", arr, dst=1000)
+    pinned = eng._pinned["input"]
+    assert copies == [(1000, pinned.ptr, nbytes)]  # one copy, from the staging buffer
+    assert np.array_equal(pinned.array[:nbytes], arr)  # every byte staged, by however many threads
+    eng._in_flight = True  # a call that returned without waiting may still read the staging buffer
+    eng._stage_in("input", arr, dst=1000)
+    assert eng._stream.synchronized == 1 and not eng._in_flight  # type: ignore[attr-defined]
+    if eng._pool is not None:
+        eng._pool.shutdown()
+
+
+def test_small_pageable_inputs_are_copied_straight_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    eng, copies = _staging_engine(monkeypatch)
+    monkeypatch.setattr(cudart, "is_pinned", lambda arr: False)
+    arr = np.ones(3 << 18, np.float32)  # 3 MB: CUDA stages it faster than we do
+    eng._stage_in("input", arr, dst=3000)
+    assert copies == [(3000, int(arr.__array_interface__["data"][0]), arr.nbytes)] and eng._pinned == {}
+
+
+def test_page_locked_inputs_are_copied_straight_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    eng, copies = _staging_engine(monkeypatch)
+    monkeypatch.setattr(cudart, "is_pinned", lambda arr: True)
+    arr = np.zeros(5 << 20, dtype=np.float32)  # 20 MB, but page-locked: no staging
+    eng._in_flight = True
+    eng._stage_in("input", arr, dst=2000)
+    assert copies == [(2000, int(arr.__array_interface__["data"][0]), arr.nbytes)]
+    assert eng._pinned == {} and eng._stream.synchronized == 0  # type: ignore[attr-defined]
 
 
 def test_capture_log_collects_only_inside_the_block() -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -454,7 +455,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         table.add_row(*cells)
     Console().print(table)
     if any(row.infer for row in result.rows):
-        Console().print(_infer_table(result))
+        for table in _infer_table(result):
+            Console().print(table)
     for row in result.rows:
         for err in row.errors:
             print(f"  {format_shapes(row.shapes)}: {err}")
@@ -463,23 +465,35 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _infer_table(result: Any) -> Table:
-    """End-to-end ``Engine.infer`` next to the engine's time, per shape."""
+def _infer_table(result: Any) -> list[Table]:
+    """End-to-end ``Engine.infer`` next to the engine's time, per shape: the times, then the ratios
+    (short headers, explained in the captions, so both fit 80 columns)."""
     bw = (f"; pinned copies {result.h2d_gbps:.1f} GB/s in, {result.d2h_gbps:.1f} GB/s out"
           if result.h2d_gbps else "")
     warm = f"; warm-up {result.warmup_s:.2f} s" if result.warmup_s is not None else ""
-    table = Table(title=f"end-to-end infer, median ms{bw}{warm}")
-    cols = ["shape", "engine", "device in", "dev/engine", "pipelined/engine", "numpy in", "copy bound",
-            "numpy/(copy+engine)", "first call", "first/steady"]
-    for col in cols:
-        table.add_column(col, justify="left" if col == "shape" else "right")
+    times = Table(title=f"end-to-end infer, median ms{bw}{warm}", box=box.SIMPLE_HEAD, pad_edge=False, caption=(
+        "eng: engine (CUDA events); call: engine launch + synchronize (host wall); dev/numpy/pin: "
+        "infer with device, NumPy, page-locked NumPy inputs; copy: copy bound; switch: a call right "
+        "after another shape"))
+    ratios = Table(title="end-to-end infer, ratios", box=box.SIMPLE_HEAD, pad_edge=False, caption=(
+        "dev/call: device infer / engine call; pipe/eng: pipelined / engine; pin|np/bnd: pinned | "
+        "NumPy infer / (copy bound + engine); 1st: the first call after warm-up; std: steady"))
+    single = len(result.rows[0].shapes) == 1 if result.rows else False
+    for col in ("shape", "eng", "call", "dev", "numpy", "pin", "copy", "first", "switch"):
+        times.add_column(col, justify="left" if col == "shape" else "right", no_wrap=col == "shape")
+    for col in ("shape", "dev/call", "pipe/eng", "pin/bnd", "np/bnd", "1st/std", "1st/switch"):
+        ratios.add_column(col, justify="left" if col == "shape" else "right", no_wrap=col == "shape")
     for row in result.rows:
         inf = row.infer
         if inf is None:
             continue
-        table.add_row(
-            format_shapes(row.shapes), _ms(row.dynamic), _ms(inf.device), _ratio(row.device_vs_engine),
-            _ratio(row.pipelined_vs_engine), _ms(inf.numpy), f"{inf.copy_bound_ms:.3f}",
-            _ratio(row.numpy_vs_bound), f"{inf.first_call_ms:.3f}", _ratio(row.first_vs_steady),
+        shape = format_shape(next(iter(row.shapes.values()))) if single else format_shapes(row.shapes)
+        times.add_row(
+            shape, _ms(row.dynamic), _ms(inf.engine_call), _ms(inf.device), _ms(inf.numpy), _ms(inf.numpy_pinned),
+            f"{inf.copy_bound_ms:.3f}", f"{inf.first_call_ms:.3f}", _ms(inf.switch),
         )
-    return table
+        ratios.add_row(
+            shape, _ratio(row.device_vs_engine), _ratio(row.pipelined_vs_engine), _ratio(row.numpy_vs_bound),
+            _ratio(row.pageable_vs_bound), _ratio(row.first_vs_steady), _ratio(row.first_vs_switch),
+        )
+    return [times, ratios]

@@ -7,9 +7,11 @@ engine is timed. The method is recorded in the result.
 
 End-to-end ``Engine.infer`` (``infer=True``): per shape, the first call after ``warmup()``, then
 steady calls with NumPy inputs and outputs (host wall time per call, each call synchronized),
-with device inputs and outputs (likewise, and pipelined: calls queued back to back with one
-synchronization per batch), and the copy bound: the shape's input and output bytes over the
-pinned host<->device bandwidth measured in the same run.
+ordinary (pageable) and page-locked; with device inputs and outputs (likewise, and pipelined:
+calls queued back to back with one synchronization per batch); the engine alone as a caller
+waits for it (launch + synchronize, host wall time); calls that each follow a call at another
+shape; and the copy bound: the shape's input and output bytes over the pinned host<->device
+bandwidth measured in the same run. See :class:`InferTiming`.
 
 PyTorch eager can run in another interpreter (``torch_python``), for machines where TensorRT
 lives in one Python and torch in another: ``python -m dynashape.trt.bench --worker ...`` is that
@@ -82,7 +84,14 @@ class LatencyStats:
 
 @dataclass
 class InferTiming:
-    """End-to-end ``Engine.infer`` at one shape, next to the engine's own time."""
+    """End-to-end ``Engine.infer`` at one shape, next to the engine's own time.
+
+    ``numpy``: pageable NumPy inputs (staged through pinned memory), NumPy outputs;
+    ``numpy_pinned``: the same inputs in page-locked memory (``cudart.pinned_empty``), copied
+    straight to the device; ``engine_call``: the engine alone as a caller waits for it, launch (or
+    graph replay) plus synchronize in host wall time on prepared buffers, the like-for-like
+    denominator of ``device``; ``switch``: NumPy-input calls each right after a call at another
+    shape (TensorRT redoes per-shape set-up on a context whose shapes changed)."""
 
     first_call_ms: float
     numpy: LatencyStats
@@ -91,12 +100,20 @@ class InferTiming:
     copy_bound_ms: float
     h2d_bytes: int
     d2h_bytes: int
+    numpy_pinned: LatencyStats | None = None
+    engine_call: LatencyStats | None = None
+    switch: LatencyStats | None = None
 
     def to_json(self) -> dict[str, Any]:
+        def opt(stats: LatencyStats | None) -> dict[str, Any] | None:
+            return asdict(stats) if stats is not None else None
+
         return {
             "first_call_ms": self.first_call_ms, "numpy": asdict(self.numpy), "device": asdict(self.device),
             "device_pipelined": asdict(self.device_pipelined), "copy_bound_ms": self.copy_bound_ms,
             "h2d_bytes": self.h2d_bytes, "d2h_bytes": self.d2h_bytes,
+            "numpy_pinned": opt(self.numpy_pinned), "engine_call": opt(self.engine_call),
+            "switch": opt(self.switch),
         }
 
 
@@ -114,25 +131,38 @@ class ShapeResult:
 
     @property
     def device_vs_engine(self) -> float | None:
-        """Device-input ``infer`` (each call synchronized) over the engine's time."""
-        if self.infer is None or self.dynamic is None or self.dynamic.median_ms <= 0:
+        """Device-input ``infer`` over the engine alone, both as a caller waits for them (host wall
+        time, each call synchronized); the CUDA-event time when the engine call was not timed."""
+        if self.infer is None:
             return None
-        return self.infer.device.median_ms / self.dynamic.median_ms
+        base = self.infer.engine_call or self.dynamic
+        if base is None or base.median_ms <= 0:
+            return None
+        return self.infer.device.median_ms / base.median_ms
 
     @property
     def pipelined_vs_engine(self) -> float | None:
-        """Device-input ``infer`` queued back to back over the engine's time."""
+        """Device-input ``infer`` queued back to back over the engine's (CUDA-event) time."""
         if self.infer is None or self.dynamic is None or self.dynamic.median_ms <= 0:
             return None
         return self.infer.device_pipelined.median_ms / self.dynamic.median_ms
 
-    @property
-    def numpy_vs_bound(self) -> float | None:
-        """NumPy-input ``infer`` over (copy bound + engine time)."""
-        if self.infer is None or self.dynamic is None:
+    def _over_bound(self, stats: LatencyStats | None) -> float | None:
+        if self.infer is None or self.dynamic is None or stats is None:
             return None
         bound = self.infer.copy_bound_ms + self.dynamic.median_ms
-        return self.infer.numpy.median_ms / bound if bound > 0 else None
+        return stats.median_ms / bound if bound > 0 else None
+
+    @property
+    def numpy_vs_bound(self) -> float | None:
+        """NumPy-input ``infer`` with page-locked inputs over (copy bound + engine time)."""
+        return self._over_bound(self.infer.numpy_pinned if self.infer else None)
+
+    @property
+    def pageable_vs_bound(self) -> float | None:
+        """NumPy-input ``infer`` with ordinary (pageable) inputs over (copy bound + engine time):
+        these must be staged on the host first, at host-memory speed, which the bound leaves out."""
+        return self._over_bound(self.infer.numpy if self.infer else None)
 
     @property
     def first_vs_steady(self) -> float | None:
@@ -140,6 +170,14 @@ class ShapeResult:
         if self.infer is None or self.infer.numpy.median_ms <= 0:
             return None
         return self.infer.first_call_ms / self.infer.numpy.median_ms
+
+    @property
+    def first_vs_switch(self) -> float | None:
+        """The first call at this shape over a later call that also follows another shape: what a
+        first call costs beyond TensorRT's set-up at every change of shape."""
+        if self.infer is None or self.infer.switch is None or self.infer.switch.median_ms <= 0:
+            return None
+        return self.infer.first_call_ms / self.infer.switch.median_ms
 
     @property
     def dynamic_vs_static(self) -> float | None:
@@ -166,7 +204,9 @@ class ShapeResult:
             "device_vs_engine": self.device_vs_engine,
             "pipelined_vs_engine": self.pipelined_vs_engine,
             "numpy_vs_bound": self.numpy_vs_bound,
+            "pageable_vs_bound": self.pageable_vs_bound,
             "first_vs_steady": self.first_vs_steady,
+            "first_vs_switch": self.first_vs_switch,
             "errors": self.errors,
         }
 
@@ -309,13 +349,19 @@ def random_inputs(shapes: ShapeMap, dtypes: dict[str, str], seed: int = 0) -> di
     return out
 
 
-def _sample_calls(call: Callable[[], Any], *, warmup: int, iters: int, budget_s: float) -> LatencyStats:
-    """Host wall time per call of ``call``, which waits for its own work."""
+def _sample_calls(call: Callable[[], Any], *, warmup: int, iters: int, budget_s: float,
+                  before: Callable[[], Any] | None = None) -> LatencyStats:
+    """Host wall time per call of ``call``, which waits for its own work; ``before`` runs
+    (untimed) ahead of every call."""
     for _ in range(warmup):
+        if before is not None:
+            before()
         call()
     samples: list[float] = []
     deadline = time.perf_counter() + budget_s
     while len(samples) < iters and (len(samples) < MIN_ITERS or time.perf_counter() < deadline):
+        if before is not None:
+            before()
         t0 = time.perf_counter()
         call()
         samples.append((time.perf_counter() - t0) * 1e3)
@@ -514,18 +560,34 @@ def time_infer(
     shapes: ShapeMap,
     bandwidth: Any,
     *,
+    other: ShapeMap | None = None,
     warmup: int = DEFAULT_WARMUP,
     iters: int = DEFAULT_ITERS,
     budget_s: float = DEFAULT_BUDGET_S,
 ) -> InferTiming:
     """``engine.infer`` at one shape: the first call (the engine should be warmed up already),
-    then steady NumPy-input calls, device-input calls (synchronized per call, and pipelined),
-    and the copy bound from ``bandwidth`` (a :class:`dynashape.trt.cudart.CopyBandwidth`)."""
-    feeds = random_inputs(shapes, {t.name: t.dtype for t in engine.inputs}, seed=1)
+    then steady calls with pageable and with page-locked NumPy inputs, device-input calls
+    (synchronized per call, and pipelined), the engine alone as a caller waits for it, calls
+    alternating with ``other`` shapes (timing only these), and the copy bound from ``bandwidth``
+    (a :class:`dynashape.trt.cudart.CopyBandwidth`).
+
+    The first call comes right after an untimed call at ``other`` (a shape the engine has run),
+    as in a server that is busy when a new shape arrives: after the seconds spent making the
+    inputs, an idle GPU and CPU would make any call look slow, first or not."""
+    dtypes = {t.name: t.dtype for t in engine.inputs}
+    feeds = random_inputs(shapes, dtypes, seed=1)
+    other_feeds = random_inputs(other, dtypes, seed=2) if other is not None else None
+    if other_feeds is not None:
+        engine.infer(other_feeds)
     t0 = time.perf_counter()
     engine.infer(feeds)
     first_ms = (time.perf_counter() - t0) * 1e3
     numpy_stats = _sample_calls(lambda: engine.infer(feeds), warmup=warmup, iters=iters, budget_s=budget_s)
+    pinned: dict[str, np.ndarray] = {}
+    for name, arr in feeds.items():
+        pinned[name] = cudart.pinned_empty(arr.shape, arr.dtype)
+        pinned[name][...] = arr
+    pinned_stats = _sample_calls(lambda: engine.infer(pinned), warmup=warmup, iters=iters, budget_s=budget_s)
     device = {name: cudart.DeviceArray.from_numpy(arr) for name, arr in feeds.items()}
     try:
         device_stats = _sample_calls(
@@ -536,13 +598,36 @@ def time_infer(
             warmup=warmup, iters=iters, budget_s=budget_s, events=False,
         )
     finally:
-        for arr in device.values():
-            arr.free()
+        for dev in device.values():
+            dev.free()
+    run = engine.prepare(feeds, cuda_graph=bool(getattr(engine, "cuda_graph", False)))
+    call_stats = _sample_calls(lambda: (run.launch(), run.synchronize()), warmup=warmup, iters=iters,
+                               budget_s=budget_s)
+    switch_stats = None
+    if other_feeds is not None:
+
+        def after_other() -> None:
+            engine.infer(other_feeds)
+
+        switch_stats = _sample_calls(lambda: engine.infer(feeds), warmup=warmup, iters=iters // 2,
+                                     budget_s=budget_s, before=after_other)
     h2d, d2h = copy_bytes(engine, shapes)
     return InferTiming(
         first_call_ms=first_ms, numpy=numpy_stats, device=device_stats, device_pipelined=pipelined,
         copy_bound_ms=bandwidth.bound_ms(h2d, d2h), h2d_bytes=h2d, d2h_bytes=d2h,
+        numpy_pinned=pinned_stats, engine_call=call_stats, switch=switch_stats,
     )
+
+
+def warmed_neighbour(engine: Any, shapes: ShapeMap) -> ShapeMap | None:
+    """A shape ``warmup()`` ran that is not ``shapes``, in the profile ``shapes`` select: its opt,
+    else its min, else its max (None for a profile with a single shape)."""
+    prof = engine.profiles[engine.select_profile(shapes)]
+    for pick in ("opt", "min", "max"):
+        cand = {name: tuple(getattr(p, pick)) for name, p in prof}
+        if any(cand[n] != tuple(shapes[n]) for n in shapes):
+            return cand
+    return None
 
 
 # --------------------------------------------------------------------------- the whole bench
@@ -591,7 +676,8 @@ def run_bench(
             warmup_s = eng.warmup()
             for row in rows:  # first calls before anything else runs at these shapes
                 report(f"infer at {format_shapes(row.shapes)}")
-                row.infer = time_infer(eng, row.shapes, bandwidth, warmup=warmup, iters=iters, budget_s=budget_s)
+                row.infer = time_infer(eng, row.shapes, bandwidth, other=warmed_neighbour(eng, row.shapes),
+                                       warmup=warmup, iters=iters, budget_s=budget_s)
         for row in rows:
             report(f"engine at {format_shapes(row.shapes)}")
             row.dynamic = time_engine(eng, row.shapes, warmup=warmup, iters=iters, budget_s=budget_s,

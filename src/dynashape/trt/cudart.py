@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -201,10 +202,16 @@ class DeviceBuffer:
 
 
 class PinnedBuffer:
-    """Page-locked host memory: a page-aligned NumPy byte array registered with CUDA."""
+    """Page-locked host memory: a page-aligned NumPy byte array registered with CUDA.
+
+    The registration is undone when the bytes are freed, by ``free()`` or, for a buffer dropped
+    without it, when the last array on them goes: memory returned to the allocator while still
+    registered would make a later registration at the same address fail
+    (``cudaErrorHostMemoryAlreadyRegistered``)."""
 
     def __init__(self, nbytes: int = 0) -> None:
         self._base: np.ndarray | None = None
+        self._unpin: Any = None
         self.array = np.empty(0, np.uint8)  # the registered, page-aligned bytes
         self.nbytes = 0
         if nbytes:
@@ -222,10 +229,13 @@ class PinnedBuffer:
         size = -(-max(1, int(nbytes)) // PAGE) * PAGE
         base = np.empty(size + PAGE, np.uint8)
         offset = (-int(base.__array_interface__["data"][0])) % PAGE
-        self._base = base
-        self.array = base[offset : offset + size]
-        check(runtime().cudaHostRegister(self.ptr, size, 0), f"pinning {size} bytes of host memory")
-        self.nbytes = size
+        array = base[offset : offset + size]
+        ptr = int(array.__array_interface__["data"][0])
+        check(runtime().cudaHostRegister(ptr, size, 0), f"pinning {size} bytes of host memory")
+        # NumPy calls weak-reference callbacks before it frees an array's bytes
+        self._unpin = weakref.finalize(base, _unregister, ptr)
+        self._unpin.atexit = False  # at exit the CUDA context may be gone already
+        self._base, self.array, self.nbytes = base, array, size
         return True
 
     def view(self, shape: Sequence[int], dtype: str | np.dtype[Any]) -> np.ndarray:
@@ -234,15 +244,50 @@ class PinnedBuffer:
         return self.array[: count * dt.itemsize].view(dt).reshape(tuple(shape))
 
     def free(self) -> None:
-        if self._base is not None and self.nbytes:
-            runtime().cudaHostUnregister(self.ptr)
+        """Unregister and drop the bytes now (arrays still viewing them stay valid, unpinned)."""
+        if self._unpin is not None:
+            self._unpin()
+        self._unpin = None
         self._base = None
         self.array = np.empty(0, np.uint8)
         self.nbytes = 0
 
 
+def _unregister(ptr: int) -> None:
+    rt, _reason = _import_runtime()
+    if rt is not None:
+        rt.cudaHostUnregister(ptr)
+
+
+def pinned_empty(shape: Sequence[int], dtype: str | np.dtype[Any] = "float32") -> np.ndarray:
+    """An uninitialized NumPy array in page-locked host memory (like ``torch.empty(...,
+    pin_memory=True)``): ``Engine.infer`` copies such an input straight to the device, without
+    staging it, and copies straight out of it asynchronously. Unpinned when the array is freed."""
+    dt = np.dtype(dtype)
+    return PinnedBuffer(max(1, math.prod(shape) * dt.itemsize)).view(shape, dt)
+
+
 def _host_ptr(arr: np.ndarray) -> int:
     return int(arr.__array_interface__["data"][0])
+
+
+def is_pinned(arr: np.ndarray) -> bool:
+    """True when all of ``arr``'s bytes are page-locked host memory CUDA knows (ours, from
+    ``pinned_empty``, ``torch``'s ``pin_memory()``, ``cudaHostAlloc``): the first and last byte
+    are asked, as an array may start inside a registered range and end outside it."""
+    nbytes = arr.nbytes
+    if not nbytes:
+        return False
+    rt = runtime()
+    ptr = _host_ptr(arr)
+    for p in (ptr, ptr + nbytes - 1):
+        err, attrs = rt.cudaPointerGetAttributes(p)
+        if err != rt.cudaError_t.cudaSuccess:
+            rt.cudaGetLastError()  # an unknown pointer is an answer, not an error to keep
+            return False
+        if attrs.type != rt.cudaMemoryType.cudaMemoryTypeHost:
+            return False
+    return True
 
 
 def copy_htod(dst: int, src: np.ndarray | int, nbytes: int, stream: Stream) -> None:
@@ -326,6 +371,8 @@ def device_feed(obj: Any, what: str = "array") -> DeviceFeed | None:
     """
     if isinstance(obj, np.ndarray):
         return None
+    if type(obj) is DeviceArray:  # ours: contiguous by construction, nothing to parse (the per-call path)
+        return DeviceFeed(obj.ptr, obj.shape, obj.dtype, obj.stream)
     cai = getattr(obj, "__cuda_array_interface__", None)
     if cai is None:
         dev = getattr(obj, "__dlpack_device__", None)
