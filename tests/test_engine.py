@@ -699,6 +699,17 @@ def test_small_pageable_inputs_are_copied_straight_from(monkeypatch: pytest.Monk
     assert copies == [(3000, int(arr.__array_interface__["data"][0]), arr.nbytes)] and eng._pinned == {}
 
 
+@pytest.mark.parametrize("nbytes", [40, (9 << 20) + 8])  # one thread; two uneven parts
+def test_outputs_copied_out_of_the_staging_buffer_are_whole(monkeypatch: pytest.MonkeyPatch, nbytes: int) -> None:
+    eng, _copies = _staging_engine(monkeypatch)
+    view = np.random.default_rng(1).integers(0, 255, nbytes, dtype=np.uint8).view(np.uint8)
+    out = eng._copy_out(view.view(np.float32).reshape(2, -1))
+    assert out.shape == (2, nbytes // 8) and np.array_equal(out.view(np.uint8).reshape(-1), view)
+    assert not np.shares_memory(out, view)
+    if eng._pool is not None:
+        eng._pool.shutdown()
+
+
 def test_page_locked_inputs_are_copied_straight_from(monkeypatch: pytest.MonkeyPatch) -> None:
     eng, copies = _staging_engine(monkeypatch)
     monkeypatch.setattr(cudart, "is_pinned", lambda arr: True)

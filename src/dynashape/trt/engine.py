@@ -1000,17 +1000,21 @@ class Engine:
             stream.synchronize()
             self._in_flight = False
         pinned = self._pinned_buffer(name, nbytes)
-        src = arr.reshape(-1).view(np.uint8)
+        self._host_copy(pinned.array[:nbytes], arr.reshape(-1).view(np.uint8))
+        cudart.copy_htod(dst, pinned.ptr, nbytes, stream)
+
+    def _host_copy(self, dst: np.ndarray, src: np.ndarray) -> None:
+        """``dst[...] = src`` for two contiguous byte arrays of one length, by up to
+        STAGING_THREADS threads of at least STAGING_PART_BYTES each."""
+        nbytes = src.nbytes
         parts = min(STAGING_THREADS, nbytes // STAGING_PART_BYTES)
         if parts < 2:
-            np.copyto(pinned.array[:nbytes], src)
-        else:
-            step = -(-nbytes // parts)
-            cuts = [(lo, min(lo + step, nbytes)) for lo in range(0, nbytes, step)]
-            pool = self._threads()
-            for fut in [pool.submit(np.copyto, pinned.array[lo:hi], src[lo:hi]) for lo, hi in cuts]:
-                fut.result()
-        cudart.copy_htod(dst, pinned.ptr, nbytes, stream)
+            np.copyto(dst, src)
+            return
+        step = -(-nbytes // parts)
+        pool = self._threads()
+        for fut in [pool.submit(np.copyto, dst[lo:lo + step], src[lo:lo + step]) for lo in range(0, nbytes, step)]:
+            fut.result()
 
     def _threads(self) -> Any:
         if self._pool is None:
@@ -1134,16 +1138,7 @@ class Engine:
     def _copy_out(self, view: np.ndarray) -> np.ndarray:
         """A fresh array with the pinned buffer's contents (several threads for large ones)."""
         out = np.empty_like(view)
-        nbytes = view.nbytes
-        parts = min(STAGING_THREADS, nbytes // STAGING_PART_BYTES)
-        if parts < 2:
-            np.copyto(out, view)
-            return out
-        src, dst = view.reshape(-1).view(np.uint8), out.reshape(-1).view(np.uint8)
-        step = -(-nbytes // parts)
-        pool = self._threads()
-        for fut in [pool.submit(np.copyto, dst[lo:lo + step], src[lo:lo + step]) for lo in range(0, nbytes, step)]:
-            fut.result()
+        self._host_copy(out.reshape(-1).view(np.uint8), view.reshape(-1).view(np.uint8))
         return out
 
     def close(self) -> None:
