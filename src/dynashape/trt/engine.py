@@ -1085,8 +1085,10 @@ class Engine:
         arrays, or with ``device_outputs`` DeviceArray views of the engine's output buffers (no
         copy; valid until the next call: copy them to keep them). ``synchronize=False`` (device
         outputs only) returns without waiting: the views carry the engine's stream, which
-        consumers of ``__cuda_array_interface__`` order themselves after. ``profile`` forces an
-        optimization profile; ``cuda_graph`` overrides the engine's setting for this call.
+        consumers of ``__cuda_array_interface__`` order themselves after; a page-locked host
+        input (``cudart.pinned_empty``) may then still be being read: do not change it until the
+        stream is done. ``profile`` forces an optimization profile; ``cuda_graph`` overrides the
+        engine's setting for this call.
         """
         if not synchronize and not device_outputs:
             raise DynashapeError("synchronize=False needs device_outputs=True (host outputs must be waited for)")
