@@ -458,20 +458,15 @@ class Prober:
         return probe
 
     def _probe(self, shapes: ShapeMap) -> Probe:
-        # the skeleton's input dims are set in place: infer_shapes returns a new model
         for name, shape in shapes.items():
             vi = self._inputs.get(name)
-            if vi is None:
-                continue
-            dims = vi.type.tensor_type.shape.dim
-            if len(dims) != len(shape):
+            rank = len(vi.type.tensor_type.shape.dim) if vi is not None else len(shape)
+            if rank != len(shape):
                 return Probe(
                     dict(shapes),
-                    failure=ProbeFailure(None, None, f"input {name!r} has rank {len(dims)}, not {len(shape)}"),
+                    failure=ProbeFailure(None, None, f"input {name!r} has rank {rank}, not {len(shape)}"),
                 )
-            for d, v in zip(dims, shape):
-                d.Clear()
-                d.dim_value = int(v)
+        self._set_input_dims(shapes)  # in the skeleton, in place: infer_shapes returns a new model
         probe = Probe(dict(shapes))
         infos = self._infer_first(probe)
         if probe.failure is not None:
