@@ -731,3 +731,149 @@ def test_capture_log_collects_only_inside_the_block() -> None:
             cap.warnings.append("slow")
     assert outer.warnings == ["slow"] and inner.warnings == []
     assert holder.captures == []
+
+
+# --------------------------------------------------------------------------- the per-call path (CPU, fakes)
+
+
+class FakeContext:
+    """An execution context that records what it is set to and what each run saw."""
+
+    def __init__(self, runs: list[dict[str, Any]]) -> None:
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.addresses: dict[str, int] = {}
+        self.calls = 0  # set_input_shape and set_tensor_address calls
+        self.runs = runs
+
+    def set_optimization_profile_async(self, index: int, stream: int) -> bool:
+        return True
+
+    def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+        self.calls += 1
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        n, _c, h, w = self.shapes["input"]
+        return (n, 2, h, w)
+
+    def set_tensor_address(self, name: str, ptr: int) -> None:
+        self.calls += 1
+        self.addresses[name] = ptr
+
+    def execute_async_v3(self, stream: int) -> bool:
+        self.runs.append({"context": self, "shapes": dict(self.shapes), "addresses": dict(self.addresses)})
+        return True
+
+
+class FakeDeviceBuffer:
+    """Device memory without CUDA: every growth moves it to a new address, as cudaMalloc may."""
+
+    next_ptr = 1 << 40
+
+    def __init__(self) -> None:
+        self.ptr, self.nbytes = 0, 0
+
+    def ensure(self, nbytes: int) -> bool:
+        if nbytes <= self.nbytes:
+            return False
+        FakeDeviceBuffer.next_ptr += 1 << 30
+        self.ptr, self.nbytes = FakeDeviceBuffer.next_ptr, nbytes
+        return True
+
+    def free(self) -> None:
+        self.ptr, self.nbytes = 0, 0
+
+
+def _fake_engine(monkeypatch: pytest.MonkeyPatch, profiles: list[Profile]) -> tuple[Engine, list[dict[str, Any]]]:
+    """An Engine over a fake TensorRT engine (input ``input`` NCHW, output ``output`` N2HW):
+    contexts, buffers and copies without a GPU, every run recorded."""
+    runs: list[dict[str, Any]] = []
+    monkeypatch.setattr(cudart, "DeviceBuffer", FakeDeviceBuffer)
+    monkeypatch.setattr(cudart, "PinnedBuffer", FakePinned)
+    monkeypatch.setattr(cudart, "copy_htod", lambda *args: None)
+    monkeypatch.setattr(cudart, "copy_dtoh", lambda *args: None)
+    eng = Engine.__new__(Engine)
+    eng.where, eng.info, eng.profiles = "fake", None, profiles
+    eng.inputs = [TensorInfo("input", "float32", (-1, 3, -1, -1), True)]
+    eng.outputs = [TensorInfo("output", "float32", (-1, 2, -1, -1), False)]
+    eng._engine = type("FakeTrtEngine", (), {"create_execution_context": lambda self: FakeContext(runs)})()
+    eng._init_runtime_state(False, 4)
+    eng._stream = FakeStream()  # type: ignore[assignment]
+    return eng, runs
+
+
+def _expect_run(eng: Engine, run: dict[str, Any], shape: tuple[int, ...], input_ptr: int | None) -> None:
+    """The run saw ``shape``, the input at ``input_ptr`` (None: the engine's own buffer) and the
+    output in the engine's current output buffer, big enough for it."""
+    assert run["shapes"] == {"input": shape}
+    want_in = eng._buffers["input"].ptr if input_ptr is None else input_ptr
+    assert run["addresses"]["input"] == want_in
+    out = eng._buffers["output"]
+    assert run["addresses"]["output"] == out.ptr and out.nbytes >= 4 * 2 * shape[0] * shape[2] * shape[3]
+
+
+def test_a_repeated_call_skips_binding_and_any_change_binds_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    two = [_profile((1, 3, 8, 8), (1, 3, 16, 16), (1, 3, 32, 32)),
+           _profile((2, 3, 8, 8), (4, 3, 16, 16), (4, 3, 64, 64))]
+    eng, runs = _fake_engine(monkeypatch, two)
+    a, b = np.ones((1, 3, 16, 16), np.float32), np.ones((1, 3, 32, 32), np.float32)
+    dev1 = cudart.DeviceArray(0x1000, (1, 3, 16, 16), np.float32)
+    dev2 = cudart.DeviceArray(0x2000, (1, 3, 16, 16), np.float32)
+
+    eng.infer({"input": a})
+    _expect_run(eng, runs[-1], a.shape, None)
+    ctx = runs[-1]["context"]
+    calls = ctx.calls
+    eng.infer({"input": a})  # the same call again: nothing is set
+    assert ctx.calls == calls
+    _expect_run(eng, runs[-1], a.shape, None)
+
+    steps: list[tuple[Any, tuple[int, ...], int | None]] = [
+        (dev1, dev1.shape, 0x1000), (dev1, dev1.shape, 0x1000),  # device input: bound in place
+        (dev2, dev2.shape, 0x2000),  # another device pointer
+        (a, a.shape, None),  # back to the engine's own buffer
+        (b, b.shape, None),  # a bigger shape: buffers grow and move
+        (a, a.shape, None),
+    ]
+    for feed, shape, ptr in steps:
+        before = ctx.calls
+        eng.infer({"input": feed}, device_outputs=True)
+        _expect_run(eng, runs[-1], shape, ptr)
+        repeated = runs[-2]["shapes"] == runs[-1]["shapes"] and runs[-2]["addresses"] == runs[-1]["addresses"]
+        assert (ctx.calls == before) == repeated
+    # someone else sets the context to other shapes (output_shapes does): the next call resets them
+    eng.output_shapes({"input": (1, 3, 24, 24)})
+    eng.infer({"input": a})
+    _expect_run(eng, runs[-1], a.shape, None)
+    # buffers grown outside a call (warm-up makes them at the largest size first)
+    eng._device_buffer("output", 1 << 20)
+    eng.infer({"input": a})
+    _expect_run(eng, runs[-1], a.shape, None)
+    # another profile's context grows the shared output buffer: profile 0 must see its new address
+    eng.infer({"input": np.ones((4, 3, 64, 64), np.float32)})
+    assert runs[-1]["context"] is not ctx
+    eng.infer({"input": a})
+    assert runs[-1]["context"] is ctx
+    _expect_run(eng, runs[-1], a.shape, None)
+
+
+def test_a_failed_run_names_tensorrt_s_error_of_that_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    severity = SimpleNamespace(INTERNAL_ERROR=0, ERROR=1, WARNING=2, INFO=3, VERBOSE=4)
+    fake_trt = SimpleNamespace(ILogger=SimpleNamespace(Severity=severity))
+    eng, runs = _fake_engine(monkeypatch, [_profile((1, 3, 8, 8), (1, 3, 16, 16), (1, 3, 32, 32))])
+    x = np.ones((1, 3, 16, 16), np.float32)
+    eng.infer({"input": x})
+    trt_compat._forward(fake_trt, severity.ERROR, "an error of an earlier call")
+    ctx = runs[-1]["context"]
+
+    def failing(stream: int) -> bool:
+        trt_compat._forward(fake_trt, severity.ERROR, "IExecutionContext::enqueueV3: out of memory")
+        return False
+
+    monkeypatch.setattr(ctx, "execute_async_v3", failing)
+    with pytest.raises(DynashapeError, match=r"at input:1x3x16x16: IExecutionContext::enqueueV3: out of memory$"):
+        eng.infer({"input": x})
+    assert trt_compat.errors_since(trt_compat.error_mark()) == []

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,8 @@ _TACTIC_ALIASES = {"CUBLASLT": "CUBLAS_LT", "CUBLAS-LT": "CUBLAS_LT"}
 #: The default: TensorRT's own kernels only. cuBLAS/cuDNN tactics are deprecated in TensorRT 10,
 #: pull in large libraries, and are absent from slim deployments (and from our GPU test bundle).
 DEFAULT_TACTIC_SOURCES = "-CUBLAS,-CUBLAS_LT,-CUDNN"
+#: TensorRT errors kept for errors_since()
+RECENT_ERRORS = 32
 
 
 def tensorrt_available() -> str | None:
@@ -85,6 +88,8 @@ class _LoggerHolder:
         self.lock = threading.Lock()
         self.captures: list[CapturedLog] = []
         self.seen_warnings: set[str] = set()
+        self.errors_seen = 0  # errors TensorRT reported so far (see error_mark)
+        self.recent_errors: deque[tuple[int, str]] = deque(maxlen=RECENT_ERRORS)
 
 
 _HOLDER = _LoggerHolder()
@@ -111,6 +116,8 @@ def _forward(trt: Any, severity: Any, msg: str) -> None:
     sev = trt.ILogger.Severity
     text = str(msg).strip()
     if severity in (sev.INTERNAL_ERROR, sev.ERROR):
+        _HOLDER.errors_seen += 1
+        _HOLDER.recent_errors.append((_HOLDER.errors_seen, text))
         for cap in _HOLDER.captures:
             cap.errors.append(text)
         # the caller raises with these lines; logging them too would show them twice
@@ -123,6 +130,17 @@ def _forward(trt: Any, severity: Any, msg: str) -> None:
             log.warning("TensorRT: %s", text)
     else:
         log.debug("TensorRT: %s", text)
+
+
+def error_mark() -> int:
+    """A mark for :func:`errors_since`: what ``capture_log`` gives, without a block to enter and
+    leave, for the one call made per inference (``execute_async_v3``)."""
+    return _HOLDER.errors_seen
+
+
+def errors_since(mark: int) -> list[str]:
+    """TensorRT's errors reported after ``mark`` (the last RECENT_ERRORS of them at most)."""
+    return [text for seq, text in _HOLDER.recent_errors if seq > mark]
 
 
 class capture_log:  # a class named as the function it replaced: ``with capture_log() as cap``

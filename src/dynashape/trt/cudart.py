@@ -85,13 +85,27 @@ def _error_name(rt: Any, err: Any) -> str:
         return str(err)
 
 
+# enum members looked up once per runtime: reading one costs a Python-level lookup on older
+# Pythons, and the per-call path makes several CUDA calls
+@functools.lru_cache(maxsize=4)
+def _success(rt: Any) -> Any:
+    return rt.cudaError_t.cudaSuccess
+
+
+@functools.lru_cache(maxsize=4)
+def _copy_kinds(rt: Any) -> tuple[Any, Any, Any]:
+    """cudaMemcpyKind's host-to-device, device-to-host and device-to-device."""
+    kind = rt.cudaMemcpyKind
+    return kind.cudaMemcpyHostToDevice, kind.cudaMemcpyDeviceToHost, kind.cudaMemcpyDeviceToDevice
+
+
 def check(result: Any, what: str) -> Any:
     """Unpack a cuda-python result ``(err, *values)``: the value(s), or CudaError naming ``what``."""
-    rt = runtime()
-    err = result[0] if isinstance(result, tuple) else result
-    if err != rt.cudaError_t.cudaSuccess:
-        raise CudaError(f"CUDA {what} failed: {_error_name(rt, err)}")
-    if not isinstance(result, tuple) or len(result) == 1:
+    is_tuple = type(result) is tuple
+    err = result[0] if is_tuple else result
+    if err != _success(runtime()):
+        raise CudaError(f"CUDA {what} failed: {_error_name(runtime(), err)}")
+    if not is_tuple or len(result) == 1:
         return None
     return result[1] if len(result) == 2 else result[1:]
 
@@ -214,12 +228,9 @@ class PinnedBuffer:
         self._unpin: Any = None
         self.array = np.empty(0, np.uint8)  # the registered, page-aligned bytes
         self.nbytes = 0
+        self.ptr = 0  # of ``array``'s first byte (kept: the per-call path reads it)
         if nbytes:
             self.ensure(nbytes)
-
-    @property
-    def ptr(self) -> int:
-        return int(self.array.__array_interface__["data"][0])
 
     def ensure(self, nbytes: int) -> bool:
         """At least ``nbytes``; True when this (re)allocated."""
@@ -235,7 +246,7 @@ class PinnedBuffer:
         # NumPy calls weak-reference callbacks before it frees an array's bytes
         self._unpin = weakref.finalize(base, _unregister, ptr)
         self._unpin.atexit = False  # at exit the CUDA context may be gone already
-        self._base, self.array, self.nbytes = base, array, size
+        self._base, self.array, self.nbytes, self.ptr = base, array, size, ptr
         return True
 
     def view(self, shape: Sequence[int], dtype: str | np.dtype[Any]) -> np.ndarray:
@@ -251,6 +262,7 @@ class PinnedBuffer:
         self._base = None
         self.array = np.empty(0, np.uint8)
         self.nbytes = 0
+        self.ptr = 0
 
 
 def _unregister(ptr: int) -> None:
@@ -294,22 +306,19 @@ def copy_htod(dst: int, src: np.ndarray | int, nbytes: int, stream: Stream) -> N
     """Queue a host-to-device copy on ``stream`` (asynchronous when ``src`` is pinned)."""
     rt = runtime()
     ptr = _host_ptr(src) if isinstance(src, np.ndarray) else int(src)
-    check(rt.cudaMemcpyAsync(dst, ptr, nbytes, rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream.handle),
-          "host-to-device copy")
+    check(rt.cudaMemcpyAsync(dst, ptr, nbytes, _copy_kinds(rt)[0], stream._handle), "host-to-device copy")
 
 
 def copy_dtoh(dst: np.ndarray | int, src: int, nbytes: int, stream: Stream) -> None:
     """Queue a device-to-host copy on ``stream`` (asynchronous when ``dst`` is pinned)."""
     rt = runtime()
     ptr = _host_ptr(dst) if isinstance(dst, np.ndarray) else int(dst)
-    check(rt.cudaMemcpyAsync(ptr, src, nbytes, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream.handle),
-          "device-to-host copy")
+    check(rt.cudaMemcpyAsync(ptr, src, nbytes, _copy_kinds(rt)[1], stream._handle), "device-to-host copy")
 
 
 def copy_dtod(dst: int, src: int, nbytes: int, stream: Stream) -> None:
     rt = runtime()
-    check(rt.cudaMemcpyAsync(dst, src, nbytes, rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice, stream.handle),
-          "device-to-device copy")
+    check(rt.cudaMemcpyAsync(dst, src, nbytes, _copy_kinds(rt)[2], stream._handle), "device-to-device copy")
 
 
 # --------------------------------------------------------------------------- device arrays
