@@ -14,8 +14,12 @@ Per model, one dynamic engine (one profile) is built and, at five shapes, `dynas
   (pageable) inputs, staged through pinned memory on the host, and with page-locked inputs
   (``cudart.pinned_empty``), copied straight to the device;
 - copy bound: input + output bytes over the pinned H2D/D2H bandwidth measured in the same run;
+- np own: CUDA's own copy of the inputs from ordinary (pageable) memory, timed, plus the outputs'
+  pinned bound: what ordinary NumPy inputs cannot go below on this machine;
 - first call: the first ``infer`` at the shape after ``Engine.warmup()`` (no shape given to it);
-  after switch: later calls at the shape, each right after a call at another shape.
+  new: the slowest first call at five shapes nearby that nothing ran before; after switch: later
+  calls at the shape, each right after a call at another shape; trt sw: the engine call alone
+  (prepared buffers) right after one at another shape, TensorRT's own share of a change of shape.
 
 With ``--static`` (default for the demo) each shape also gets a static engine (min = opt = max), and
 the dynamic and static engines are timed plainly and as CUDA-graph replays: dyn/static per treatment.
@@ -36,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from dynashape.cli.engine import short_ms
 from dynashape.model import load_model, save_model
 from dynashape.shapes import Profile, ShapeMap, format_shape, format_shapes, parse_shapes
 from dynashape.trt import cudart
@@ -50,7 +55,8 @@ REAL_SHAPES = ["input:1x3x256x256", "input:1x3x384x640", "input:1x3x512x512", "i
                "input:1x3x1024x1024"]
 
 TARGETS = {"device infer / engine call": 1.1, "device infer pipelined / engine": 1.1,
-           "pinned numpy infer / (copy bound + engine)": 1.3, "first call / steady": 2.0}
+           "pinned numpy infer / (copy bound + engine)": 1.3, "first call / steady": 2.0,
+           "first call at a new shape / steady": 2.0}
 
 
 @dataclass
@@ -134,9 +140,11 @@ def report(name: str, res: BenchResult, rows: list[GraphRow], diffs: dict[str, f
           f"{res.d2h_gbps:.1f} GB/s D2H")
     print("median ms. engine: CUDA events around the launch; call: launch + synchronize, host wall time, "
           "prepared buffers; device: Engine.infer(device arrays, device_outputs=True), each call synchronized; "
-          "pipe: the same queued back to back; numpy: ordinary NumPy inputs (staged on the host); pinned: "
-          "page-locked NumPy inputs (cudart.pinned_empty); copy: the copy bound over pinned PCIe bandwidth; "
-          "first: the first call at the shape after warmup(); switch: a later call right after a call at "
+          "pipe: the same queued back to back; numpy: ordinary NumPy inputs; pinned: page-locked NumPy inputs "
+          "(cudart.pinned_empty); copy: the copy bound over pinned PCIe bandwidth; np own: CUDA's own copy of "
+          "the inputs from ordinary memory + the outputs' pinned bound; first: the first call at the shape "
+          "after warmup(); new: the slowest first call at 5 shapes nearby that nothing ran before; switch: a "
+          "later call right after a call at another shape; trt sw: the engine call alone right after one at "
           "another shape (TensorRT redoes its per-shape set-up); * = a shape warmup() ran")
     infer_table(res, warm)
     if graphed is not None:
@@ -148,25 +156,35 @@ def report(name: str, res: BenchResult, rows: list[GraphRow], diffs: dict[str, f
 
 
 def infer_table(res: BenchResult, warm: list[ShapeMap]) -> None:
-    print(f"{'shape':<14} {'engine':>7} {'call':>7} {'device':>7} {'dev/call':>8} {'pipe/eng':>8} {'numpy':>7} "
-          f"{'pinned':>7} {'copy':>6} {'pin/(c+e)':>9} {'np/(c+e)':>8} {'first':>7} {'switch':>7} "
-          f"{'1st/steady':>10} {'1st/switch':>10}")
+    print(f"{'shape':<14}{'engine':>7}{'call':>7}{'device':>7}{'numpy':>7}{'pinned':>7}{'copy':>7}{'np own':>7}"
+          f"{'first':>7}{'new':>7}{'switch':>7}{'trt sw':>7}")
     for row in res.rows:
         inf = row.infer
         assert inf is not None and row.dynamic is not None
         mark = "*" if row.shapes in warm else " "
-        print(f"{format_shape(next(iter(row.shapes.values()))) + mark:<14} {row.dynamic.median_ms:>7.3f} "
-              f"{_ms(inf.engine_call):>7} {inf.device.median_ms:>7.3f} {_r(row.device_vs_engine):>8} "
-              f"{_r(row.pipelined_vs_engine):>8} {inf.numpy.median_ms:>7.3f} {_ms(inf.numpy_pinned):>7} "
-              f"{inf.copy_bound_ms:>6.3f} {_r(row.numpy_vs_bound):>9} {_r(row.pageable_vs_bound):>8} "
-              f"{inf.first_call_ms:>7.3f} {_ms(inf.switch):>7} {_r(row.first_vs_steady):>10} "
-              f"{_r(row.first_vs_switch):>10}")
+        own = (inf.pageable_h2d_ms + inf.d2h_bound_ms) if inf.pageable_h2d_ms is not None and inf.d2h_bound_ms else None
+        cells = [row.dynamic.median_ms, _med(inf.engine_call), inf.device.median_ms, inf.numpy.median_ms,
+                 _med(inf.numpy_pinned), inf.copy_bound_ms, own, inf.first_call_ms,
+                 inf.fresh.p99_ms if inf.fresh else None, _med(inf.switch), _med(inf.engine_switch)]
+        shape = format_shape(next(iter(row.shapes.values()))) + mark
+        print(f"{shape:<14}" + "".join(f"{short_ms(c):>7}" for c in cells))
+    print(f"{'shape':<14}{'dev/call':>9}{'pipe/eng':>9}{'pin/bnd':>8}{'np/bnd':>7}{'np/own':>7}{'1st/std':>8}"
+          f"{'new/std':>8}{'new/trt':>8}")
+    for row in res.rows:
+        mark = "*" if row.shapes in warm else " "
+        print(f"{format_shape(next(iter(row.shapes.values()))) + mark:<14}{_r(row.device_vs_engine):>9}"
+              f"{_r(row.pipelined_vs_engine):>9}{_r(row.numpy_vs_bound):>8}{_r(row.pageable_vs_bound):>7}"
+              f"{_r(row.pageable_vs_own_bound):>7}{_r(row.first_vs_steady):>8}{_r(row.fresh_vs_steady):>8}"
+              f"{_r(row.fresh_vs_trt):>8}")
     worst = {
         "device infer / engine call": max(r.device_vs_engine or 0 for r in res.rows),
         "device infer pipelined / engine": max(r.pipelined_vs_engine or 0 for r in res.rows),
         "pinned numpy infer / (copy bound + engine)": max(r.numpy_vs_bound or 0 for r in res.rows),
         "pageable numpy infer / (copy bound + engine)": max(r.pageable_vs_bound or 0 for r in res.rows),
+        "pageable numpy infer / (CUDA's pageable copy + engine)": max(r.pageable_vs_own_bound or 0 for r in res.rows),
         "first call / steady": max(r.first_vs_steady or 0 for r in res.rows),
+        "first call at a new shape / steady": max(r.fresh_vs_steady or 0 for r in res.rows),
+        "first call at a new shape / (steady + TensorRT's switch)": max(r.fresh_vs_trt or 0 for r in res.rows),
         "first call / call after a switch": max(r.first_vs_switch or 0 for r in res.rows),
     }
     for what, value in worst.items():
@@ -174,8 +192,8 @@ def infer_table(res: BenchResult, warm: list[ShapeMap]) -> None:
         print(f"  worst {what}: {value:.2f}x" + (f" (target <= {target}x)" if target else ""))
 
 
-def _ms(stats: LatencyStats | None) -> str:
-    return f"{stats.median_ms:.3f}" if stats is not None else "-"
+def _med(stats: LatencyStats | None) -> float | None:
+    return stats.median_ms if stats is not None else None
 
 
 def _graph_table(rows: list[GraphRow]) -> None:

@@ -225,6 +225,42 @@ def test_infer_ratios_and_json() -> None:
     assert older.to_json()["infer"]["switch"] is None
     bare = ShapeResult({"input": (1,)}, dynamic=_stats(1.0))
     assert bare.device_vs_engine is None and bare.numpy_vs_bound is None and bare.first_vs_steady is None
+    assert older.fresh_vs_steady is None and older.fresh_vs_trt is None and older.pageable_vs_own_bound is None
+
+
+def test_first_calls_at_new_shapes_against_steady_and_tensorrt_s_own_switch() -> None:
+    timing = _infer(1.5, 0.55, 0.5, 3.0, pinned_ms=1.2, call_ms=0.6, switch_ms=2.0)
+    timing.fresh = LatencyStats.from_samples([2.0, 2.4, 4.5, 2.2, 2.1], "wall")
+    timing.engine_switch = _stats(1.1)  # TensorRT adds 0.5 ms to a call after a change of shape
+    timing.pageable_h2d_ms, timing.d2h_bound_ms = 0.7, 0.05
+    row = ShapeResult({"input": (1, 3, 8, 8)}, dynamic=_stats(0.25), infer=timing)
+    assert row.fresh_vs_steady == pytest.approx(4.5 / 1.5)  # the slowest first call counts
+    assert row.fresh_vs_trt == pytest.approx(4.5 / (1.5 + 0.5))
+    assert row.pageable_vs_own_bound == pytest.approx(1.5 / (0.7 + 0.05 + 0.25))
+    data = row.to_json()
+    assert data["fresh_vs_trt"] == pytest.approx(2.25) and data["infer"]["fresh"]["iters"] == 5
+    assert data["infer"]["engine_switch"]["median_ms"] == 1.1 and data["infer"]["pageable_h2d_ms"] == 0.7
+    timing.engine_switch = _stats(0.5)  # faster than the steady call (noise): TensorRT adds nothing
+    assert row.fresh_vs_trt == pytest.approx(4.5 / 1.5)
+
+
+def test_fresh_shapes_are_new_and_inside_the_profile() -> None:
+    prof = Profile()
+    prof.add("input", (1, 3, 8, 8), (1, 3, 16, 16), (2, 3, 32, 40))
+    one = SimpleNamespace(inputs=[SimpleNamespace(name="input", shape=(-1, 3, -1, -1))], profiles=[prof],
+                          select_profile=lambda shapes: 0)
+    ran = {((1, 3, 16, 16),), ((1, 3, 16, 24),)}
+    got = [s["input"] for s in bench.fresh_shapes(one, {"input": (1, 3, 16, 16)}, ran, count=4, step=8)]
+    # up the last dynamic axis, skipping a shape that ran, to the profile's max; then down
+    assert got == [(1, 3, 16, 32), (1, 3, 16, 40), (1, 3, 16, 8)]
+    assert bench.fresh_shapes(one, {"input": (1, 3, 16, 16)}, set(), count=2) == [
+        {"input": (1, 3, 16, 24)}, {"input": (1, 3, 16, 32)}]
+    two = SimpleNamespace(inputs=[*one.inputs, SimpleNamespace(name="mask", shape=(-1, -1))], profiles=[prof],
+                          select_profile=lambda shapes: 0)
+    assert bench.fresh_shapes(two, {"input": (1, 3, 16, 16), "mask": (1, 16)}, set()) == []
+    static = SimpleNamespace(inputs=[SimpleNamespace(name="input", shape=(1, 3, 16, 16))], profiles=[prof],
+                             select_profile=lambda shapes: 0)
+    assert bench.fresh_shapes(static, {"input": (1, 3, 16, 16)}, set()) == []
 
 
 class FakeEvent:
@@ -300,7 +336,7 @@ def test_bench_cli_passes_cuda_graph_and_infer(monkeypatch: pytest.MonkeyPatch, 
     out = capsys.readouterr().out
     assert seen["cuda_graph"] is True and seen["infer"] is True
     assert "CUDA graphs" in out and "end-to-end infer" in out and "50.0 GB/s" in out and "1.10x" in out
-    assert "0.90x" in out and "1.20x" in out  # pinned/(copy+engine), first/switch
+    assert "0.90x" in out and "2.00x" in out  # pinned/(copy+engine), first/steady
     assert cli.main(["bench", engine, "--no-infer"]) == 0
     out = capsys.readouterr().out
     assert seen["cuda_graph"] is False and seen["infer"] is False and "end-to-end infer" not in out
@@ -377,3 +413,35 @@ def test_warmed_neighbour_is_another_shape_warmup_ran() -> None:
     assert bench.warmed_neighbour(eng, {"input": (1, 3, 12, 12)}) == {"input": (1, 3, 16, 16)}  # opt
     assert bench.warmed_neighbour(eng, {"input": (1, 3, 16, 16)}) == {"input": (1, 3, 8, 8)}  # not itself: min
     assert bench.warmed_neighbour(eng, {"input": (1, 3, 4, 4)}) is None  # a one-shape profile has none
+
+
+def test_the_infer_tables_fit_80_columns_without_cutting_a_number() -> None:
+    import io
+
+    from rich.console import Console
+
+    from dynashape.cli.engine import _infer_table
+
+    timing = _infer(12.345, 10.5, 10.25, 99.875, pinned_ms=11.125, call_ms=10.375, switch_ms=20.5)
+    timing.fresh = LatencyStats.from_samples([123.25, 101.5], "wall")
+    timing.engine_switch, timing.pageable_h2d_ms, timing.d2h_bound_ms = _stats(10.75), 1.5, 0.25
+    rows = [ShapeResult({"input": (4, 3, 1024, 2048)}, dynamic=_stats(10.125), infer=timing)]
+    result = BenchResult(engine="e", precision="fp32", device="gpu", tensorrt_version="8.5", rows=rows,
+                         warmup_s=1.5, h2d_gbps=55.0, d2h_gbps=50.0)
+    out = io.StringIO()
+    console = Console(file=out, width=80, color_system=None)
+    for table in _infer_table(result):
+        console.print(table)
+    text = out.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for value in ("4x3x1024x2048", "10.1", "10.4", "12.3", "11.1", "99.9", "123", "20.5",
+                  "1.01x", "1.04x", "8.09x", "9.98x", "9.69x", "new/trt"):
+        assert value in text, value
+
+
+@pytest.mark.parametrize(("ms", "text"), [(0.0814, "0.081"), (0.9996, "1.00"), (5.125, "5.12"), (99.96, "100"),
+                                          (12.34, "12.3"), (1234.5, "1234"), (None, "-")])
+def test_short_milliseconds(ms: float | None, text: str) -> None:
+    from dynashape.cli.engine import short_ms
+
+    assert short_ms(ms) == text

@@ -414,6 +414,16 @@ def _ratio(x: float | None) -> str:
     return f"{x:.2f}x" if x is not None else "-"
 
 
+def short_ms(ms: float | None) -> str:
+    """Milliseconds in at most five characters (three significant digits from 0.1 ms on)."""
+    if ms is None:
+        return "-"
+    for limit, digits in ((1.0, 3), (10.0, 2), (100.0, 1)):
+        if ms < limit - 0.5 * 10.0 ** -digits:
+            return f"{ms:.{digits}f}"
+    return f"{ms:.0f}"
+
+
 def _ms(stats: Any) -> str:
     return f"{stats.median_ms:.3f}" if stats is not None else "-"
 
@@ -473,27 +483,32 @@ def _infer_table(result: Any) -> list[Table]:
     warm = f"; warm-up {result.warmup_s:.2f} s" if result.warmup_s is not None else ""
     times = Table(title=f"end-to-end infer, median ms{bw}{warm}", box=box.SIMPLE_HEAD, pad_edge=False, caption=(
         "eng: engine (CUDA events); call: engine launch + synchronize (host wall); dev/numpy/pin: "
-        "infer with device, NumPy, page-locked NumPy inputs; copy: copy bound; switch: a call right "
-        "after another shape"))
-    ratios = Table(title="end-to-end infer, ratios", box=box.SIMPLE_HEAD, pad_edge=False, caption=(
-        "dev/call: device infer / engine call; pipe/eng: pipelined / engine; pin|np/bnd: pinned | "
-        "NumPy infer / (copy bound + engine); 1st: the first call after warm-up; std: steady"))
+        "infer with device, NumPy, page-locked NumPy inputs; copy: copy bound; 1st: the first call "
+        "after warm-up; new: the slowest first call at new shapes nearby; switch: a call right after "
+        "another shape"))
+    ratios = Table(title="end-to-end infer, ratios", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0, 0, 1),
+                   caption=(
+        "dev: device infer / engine call; pipe: pipelined / engine; pin, numpy: that infer / (copy "
+        "bound + engine); np/own: NumPy infer / (CUDA's own pageable copy + engine); 1st, new: that "
+        "call / steady NumPy call; new/trt: new / (steady + TensorRT's own cost of a change of shape)"))
     single = len(result.rows[0].shapes) == 1 if result.rows else False
-    for col in ("shape", "eng", "call", "dev", "numpy", "pin", "copy", "first", "switch"):
+    for col in ("shape", "eng", "call", "dev", "numpy", "pin", "copy", "1st", "new", "switch"):
         times.add_column(col, justify="left" if col == "shape" else "right", no_wrap=col == "shape")
-    for col in ("shape", "dev/call", "pipe/eng", "pin/bnd", "np/bnd", "1st/std", "1st/switch"):
+    for col in ("shape", "dev", "pipe", "pin", "numpy", "np/own", "1st", "new", "new/trt"):
         ratios.add_column(col, justify="left" if col == "shape" else "right", no_wrap=col == "shape")
     for row in result.rows:
         inf = row.infer
         if inf is None:
             continue
         shape = format_shape(next(iter(row.shapes.values()))) if single else format_shapes(row.shapes)
-        times.add_row(
-            shape, _ms(row.dynamic), _ms(inf.engine_call), _ms(inf.device), _ms(inf.numpy), _ms(inf.numpy_pinned),
-            f"{inf.copy_bound_ms:.3f}", f"{inf.first_call_ms:.3f}", _ms(inf.switch),
-        )
+        med = [None if st is None else st.median_ms for st in
+               (row.dynamic, inf.engine_call, inf.device, inf.numpy, inf.numpy_pinned)]
+        times.add_row(shape, *(short_ms(v) for v in (
+            *med, inf.copy_bound_ms, inf.first_call_ms, inf.fresh.p99_ms if inf.fresh else None,
+            inf.switch.median_ms if inf.switch else None)))
         ratios.add_row(
             shape, _ratio(row.device_vs_engine), _ratio(row.pipelined_vs_engine), _ratio(row.numpy_vs_bound),
-            _ratio(row.pageable_vs_bound), _ratio(row.first_vs_steady), _ratio(row.first_vs_switch),
+            _ratio(row.pageable_vs_bound), _ratio(row.pageable_vs_own_bound), _ratio(row.first_vs_steady),
+            _ratio(row.fresh_vs_steady), _ratio(row.fresh_vs_trt),
         )
     return [times, ratios]

@@ -10,8 +10,10 @@ steady calls with NumPy inputs and outputs (host wall time per call, each call s
 ordinary (pageable) and page-locked; with device inputs and outputs (likewise, and pipelined:
 calls queued back to back with one synchronization per batch); the engine alone as a caller
 waits for it (launch + synchronize, host wall time); calls that each follow a call at another
-shape; and the copy bound: the shape's input and output bytes over the pinned host<->device
-bandwidth measured in the same run. See :class:`InferTiming`.
+shape, and the engine call alone after a change of shape (TensorRT's own share of a switch);
+first calls at shapes near each one that nothing ran before; and the copy bounds: the shape's
+input and output bytes over the pinned host<->device bandwidth measured in the same run, and
+CUDA's own copy of the inputs from ordinary memory. See :class:`InferTiming`.
 
 PyTorch eager can run in another interpreter (``torch_python``), for machines where TensorRT
 lives in one Python and torch in another: ``python -m dynashape.trt.bench --worker ...`` is that
@@ -41,7 +43,7 @@ import onnx
 from dynashape.backends.torch import load_module
 from dynashape.errors import DynashapeError
 from dynashape.model import sha256_file, write_json_atomic
-from dynashape.shapes import Profile, ShapeMap, format_shapes, parse_shapes
+from dynashape.shapes import Profile, Shape, ShapeMap, format_shapes, parse_shapes
 from dynashape.trt import compat as trt_compat
 from dynashape.trt import cudart
 from dynashape.trt.engine import Engine, build_engine, profile_from_shapes
@@ -54,6 +56,9 @@ DEFAULT_WARMUP = 10
 DEFAULT_ITERS = 200
 DEFAULT_BUDGET_S = 3.0  # per shape and runtime; at least MIN_ITERS samples are always taken
 MIN_ITERS = 20
+#: first calls are timed at this many new shapes per shape, FRESH_STEP apart on the last dynamic axis
+FRESH_SHAPES = 5
+FRESH_STEP = 8
 
 
 @dataclass
@@ -91,7 +96,12 @@ class InferTiming:
     straight to the device; ``engine_call``: the engine alone as a caller waits for it, launch (or
     graph replay) plus synchronize in host wall time on prepared buffers, the like-for-like
     denominator of ``device``; ``switch``: NumPy-input calls each right after a call at another
-    shape (TensorRT redoes per-shape set-up on a context whose shapes changed)."""
+    shape (TensorRT redoes per-shape set-up on a context whose shapes changed); ``fresh``: the
+    first calls at FRESH_SHAPES shapes near this one that nothing ran before (each right after a
+    call at this shape); ``engine_switch``: TensorRT's own share of a change of shape, the engine
+    call (``set_input_shape``, launch, synchronize, host wall time) each right after one at another
+    shape; ``pageable_h2d_ms``: copying the inputs from ordinary memory with CUDA's own staging
+    (``cudaMemcpyAsync`` from pageable memory, CUDA events), the least such inputs can cost."""
 
     first_call_ms: float
     numpy: LatencyStats
@@ -103,6 +113,10 @@ class InferTiming:
     numpy_pinned: LatencyStats | None = None
     engine_call: LatencyStats | None = None
     switch: LatencyStats | None = None
+    fresh: LatencyStats | None = None
+    engine_switch: LatencyStats | None = None
+    pageable_h2d_ms: float | None = None
+    d2h_bound_ms: float | None = None  # the outputs' share of copy_bound_ms
 
     def to_json(self) -> dict[str, Any]:
         def opt(stats: LatencyStats | None) -> dict[str, Any] | None:
@@ -113,7 +127,8 @@ class InferTiming:
             "device_pipelined": asdict(self.device_pipelined), "copy_bound_ms": self.copy_bound_ms,
             "h2d_bytes": self.h2d_bytes, "d2h_bytes": self.d2h_bytes,
             "numpy_pinned": opt(self.numpy_pinned), "engine_call": opt(self.engine_call),
-            "switch": opt(self.switch),
+            "switch": opt(self.switch), "fresh": opt(self.fresh), "engine_switch": opt(self.engine_switch),
+            "pageable_h2d_ms": self.pageable_h2d_ms, "d2h_bound_ms": self.d2h_bound_ms,
         }
 
 
@@ -165,6 +180,32 @@ class ShapeResult:
         return self._over_bound(self.infer.numpy if self.infer else None)
 
     @property
+    def pageable_vs_own_bound(self) -> float | None:
+        """NumPy-input ``infer`` with ordinary inputs over (CUDA's own pageable input copy + the
+        outputs' pinned copy bound + engine time): against what ordinary memory allows."""
+        inf = self.infer
+        if inf is None or self.dynamic is None or inf.pageable_h2d_ms is None or inf.d2h_bound_ms is None:
+            return None
+        return inf.numpy.median_ms / (inf.pageable_h2d_ms + inf.d2h_bound_ms + self.dynamic.median_ms)
+
+    @property
+    def fresh_vs_steady(self) -> float | None:
+        """The slowest first call at a shape nothing ran before over the steady NumPy-input call."""
+        if self.infer is None or self.infer.fresh is None or self.infer.numpy.median_ms <= 0:
+            return None
+        return self.infer.fresh.p99_ms / self.infer.numpy.median_ms
+
+    @property
+    def fresh_vs_trt(self) -> float | None:
+        """The slowest first call at a new shape over (the steady NumPy-input call + what TensorRT
+        itself adds to a call after a change of shape): the first call's cost beyond TensorRT's."""
+        inf = self.infer
+        if inf is None or inf.fresh is None or inf.engine_switch is None or inf.engine_call is None:
+            return None
+        extra = max(0.0, inf.engine_switch.median_ms - inf.engine_call.median_ms)
+        return inf.fresh.p99_ms / (inf.numpy.median_ms + extra)
+
+    @property
     def first_vs_steady(self) -> float | None:
         """The first call at this shape (after warm-up) over the steady NumPy-input call."""
         if self.infer is None or self.infer.numpy.median_ms <= 0:
@@ -207,6 +248,9 @@ class ShapeResult:
             "pageable_vs_bound": self.pageable_vs_bound,
             "first_vs_steady": self.first_vs_steady,
             "first_vs_switch": self.first_vs_switch,
+            "pageable_vs_own_bound": self.pageable_vs_own_bound,
+            "fresh_vs_steady": self.fresh_vs_steady,
+            "fresh_vs_trt": self.fresh_vs_trt,
             "errors": self.errors,
         }
 
@@ -555,12 +599,94 @@ def copy_bytes(engine: Any, shapes: ShapeMap) -> tuple[int, int]:
     return h2d, d2h
 
 
+def fresh_shapes(engine: Any, shapes: ShapeMap, avoid: set[tuple[Shape, ...]], count: int = FRESH_SHAPES,
+                 step: int = FRESH_STEP) -> list[ShapeMap]:
+    """Up to ``count`` shapes near ``shapes`` in the same profile and not in ``avoid`` (shapes
+    already run, as tuples in input order), for timing first calls: the last dynamic axis of a
+    single-input engine moved by multiples of ``step``, up first, then down. Engines with several
+    inputs get none (their dynamic axes may have to move together)."""
+    if len(engine.inputs) != 1:
+        return []
+    t = engine.inputs[0]
+    axes = [i for i, d in enumerate(t.shape) if d < 0]
+    if not axes:
+        return []
+    axis, base = axes[-1], tuple(shapes[t.name])
+    index = engine.select_profile(shapes)
+    prof = engine.profiles[index]
+    out: list[ShapeMap] = []
+    for sign in (1, -1):
+        for k in range(1, 4 * count + 1):
+            dims = list(base)
+            dims[axis] = base[axis] + sign * step * k
+            cand = {t.name: tuple(dims)}
+            if dims[axis] < 1 or not prof.contains(cand):
+                break
+            if (cand[t.name],) in avoid:
+                continue
+            out.append(cand)
+            if len(out) == count:
+                return out
+    return out
+
+
+def _pageable_h2d_ms(engine: Any, feeds: Mapping[str, np.ndarray], repeats: int = 20) -> float | None:
+    """CUDA's own copy of ``feeds`` from ordinary memory to the device, one copy per input as
+    ``infer`` makes them (median of ``repeats``, CUDA events), or None without events."""
+    if _cuda_events() is None:
+        return None
+    nbytes = max((a.nbytes for a in feeds.values()), default=0)
+    dev = cudart.DeviceBuffer(max(1, nbytes))
+    start, end = cudart.Event(), cudart.Event()
+    stream = engine.stream
+    try:
+        samples = []
+        for i in range(repeats + 2):
+            start.record(stream)
+            for arr in feeds.values():
+                if arr.nbytes:
+                    cudart.copy_htod(dev.ptr, arr, arr.nbytes, stream)
+            end.record(stream)
+            end.synchronize()
+            if i >= 2:
+                samples.append(end.elapsed_ms(start))
+        return statistics.median(samples)
+    finally:
+        start.free()
+        end.free()
+        dev.free()
+
+
+def _engine_switch(engine: Any, feeds: Mapping[str, np.ndarray], other_feeds: Mapping[str, np.ndarray], *,
+                   warmup: int, iters: int, budget_s: float) -> LatencyStats:
+    """The engine call (prepared buffers, no copies) each right after one at ``other_feeds``'
+    shapes: ``set_input_shape`` back, launch, synchronize. What TensorRT alone spends on a change
+    of shape is this minus the steady engine call."""
+    run, there = engine.prepare(feeds), engine.prepare(other_feeds)
+    # both runs read the engine's own buffers, which fit both shapes now
+    here_shapes = {n: a.shape for n, a in feeds.items()}
+    there_shapes = {n: a.shape for n, a in other_feeds.items()}
+
+    def before() -> None:
+        engine.output_shapes(there_shapes)
+        there.launch()
+        there.synchronize()
+
+    def call() -> None:
+        engine.output_shapes(here_shapes)
+        run.launch()
+        run.synchronize()
+
+    return _sample_calls(call, warmup=warmup, iters=iters, budget_s=budget_s, before=before)
+
+
 def time_infer(
     engine: Any,
     shapes: ShapeMap,
     bandwidth: Any,
     *,
     other: ShapeMap | None = None,
+    fresh: Sequence[ShapeMap] = (),
     warmup: int = DEFAULT_WARMUP,
     iters: int = DEFAULT_ITERS,
     budget_s: float = DEFAULT_BUDGET_S,
@@ -568,8 +694,10 @@ def time_infer(
     """``engine.infer`` at one shape: the first call (the engine should be warmed up already),
     then steady calls with pageable and with page-locked NumPy inputs, device-input calls
     (synchronized per call, and pipelined), the engine alone as a caller waits for it, calls
-    alternating with ``other`` shapes (timing only these), and the copy bound from ``bandwidth``
-    (a :class:`dynashape.trt.cudart.CopyBandwidth`).
+    alternating with ``other`` shapes (timing only these), the first call at each of the
+    ``fresh`` shapes (nothing may have run at them), TensorRT's own cost of a change of shape,
+    and the copy bounds: pinned from ``bandwidth`` (a :class:`dynashape.trt.cudart.CopyBandwidth`),
+    and pageable inputs copied by CUDA.
 
     The first call comes right after an untimed call at ``other`` (a shape the engine has run),
     as in a server that is busy when a new shape arrives: after the seconds spent making the
@@ -611,11 +739,29 @@ def time_infer(
 
         switch_stats = _sample_calls(lambda: engine.infer(feeds), warmup=warmup, iters=iters // 2,
                                      budget_s=budget_s, before=after_other)
+    fresh_ms = []
+    for cand in fresh:
+        cand_feeds = random_inputs(cand, dtypes, seed=3)
+        engine.infer(feeds)  # busy at this shape when the new one arrives
+        t0 = time.perf_counter()
+        try:
+            engine.infer(cand_feeds)
+        except DynashapeError as exc:  # a shape the model cannot take after all: not a first call
+            log.info("no first call at %s: %s", format_shapes(cand), exc)
+            continue
+        fresh_ms.append((time.perf_counter() - t0) * 1e3)
+    engine_switch = None
+    if other_feeds is not None and not getattr(engine, "cuda_graph", False):
+        engine_switch = _engine_switch(engine, feeds, other_feeds, warmup=warmup, iters=iters // 2,
+                                       budget_s=budget_s)
     h2d, d2h = copy_bytes(engine, shapes)
     return InferTiming(
         first_call_ms=first_ms, numpy=numpy_stats, device=device_stats, device_pipelined=pipelined,
         copy_bound_ms=bandwidth.bound_ms(h2d, d2h), h2d_bytes=h2d, d2h_bytes=d2h,
         numpy_pinned=pinned_stats, engine_call=call_stats, switch=switch_stats,
+        fresh=LatencyStats.from_samples(fresh_ms, "wall") if fresh_ms else None,
+        engine_switch=engine_switch, pageable_h2d_ms=_pageable_h2d_ms(engine, feeds),
+        d2h_bound_ms=bandwidth.bound_ms(0, d2h),
     )
 
 
@@ -674,10 +820,13 @@ def run_bench(
             bandwidth = cudart.measure_copy_bandwidth()
             report("warming up")
             warmup_s = eng.warmup()
+            ran = {tuple(tuple(s[t.name]) for t in eng.inputs) for s in [*shape_list, *_profile_shapes(eng.profiles)]}
             for row in rows:  # first calls before anything else runs at these shapes
                 report(f"infer at {format_shapes(row.shapes)}")
+                fresh = fresh_shapes(eng, row.shapes, ran)
+                ran.update(tuple(tuple(s[t.name]) for t in eng.inputs) for s in fresh)
                 row.infer = time_infer(eng, row.shapes, bandwidth, other=warmed_neighbour(eng, row.shapes),
-                                       warmup=warmup, iters=iters, budget_s=budget_s)
+                                       fresh=fresh, warmup=warmup, iters=iters, budget_s=budget_s)
         for row in rows:
             report(f"engine at {format_shapes(row.shapes)}")
             row.dynamic = time_engine(eng, row.shapes, warmup=warmup, iters=iters, budget_s=budget_s,
