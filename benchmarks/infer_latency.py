@@ -17,7 +17,8 @@ Per model, one dynamic engine (one profile) is built and, at five shapes, `dynas
 - np own: CUDA's own copy of the inputs from ordinary (pageable) memory, timed, plus the outputs'
   pinned bound: what ordinary NumPy inputs cannot go below on this machine;
 - first call: the first ``infer`` at the shape after ``Engine.warmup()`` (no shape given to it);
-  new: the slowest first call at five shapes nearby that nothing ran before; after switch: later
+  new: the slowest first call at five shapes nearby that nothing ran before; both over np new,
+  steady calls that each get a newly made input array as a first call does; after switch: later
   calls at the shape, each right after a call at another shape; trt sw: the engine call alone
   (prepared buffers) right after one at another shape, TensorRT's own share of a change of shape.
 
@@ -140,7 +141,8 @@ def report(name: str, res: BenchResult, rows: list[GraphRow], diffs: dict[str, f
           f"{res.d2h_gbps:.1f} GB/s D2H")
     print("median ms. engine: CUDA events around the launch; call: launch + synchronize, host wall time, "
           "prepared buffers; device: Engine.infer(device arrays, device_outputs=True), each call synchronized; "
-          "pipe: the same queued back to back; numpy: ordinary NumPy inputs; pinned: page-locked NumPy inputs "
+          "pipe: the same queued back to back; numpy: ordinary NumPy inputs (one array reused); np new: the same "
+          "with a new input array per call (first calls are compared with this); pinned: page-locked NumPy inputs "
           "(cudart.pinned_empty); copy: the copy bound over pinned PCIe bandwidth; np own: CUDA's own copy of "
           "the inputs from ordinary memory + the outputs' pinned bound; first: the first call at the shape "
           "after warmup(); new: the slowest first call at 5 shapes nearby that nothing ran before; switch: a "
@@ -156,15 +158,15 @@ def report(name: str, res: BenchResult, rows: list[GraphRow], diffs: dict[str, f
 
 
 def infer_table(res: BenchResult, warm: list[ShapeMap]) -> None:
-    print(f"{'shape':<14}{'engine':>7}{'call':>7}{'device':>7}{'numpy':>7}{'pinned':>7}{'copy':>7}{'np own':>7}"
-          f"{'first':>7}{'new':>7}{'switch':>7}{'trt sw':>7}")
+    print(f"{'shape':<14}{'engine':>7}{'call':>7}{'device':>7}{'numpy':>7}{'np new':>7}{'pinned':>7}{'copy':>7}"
+          f"{'np own':>7}{'first':>7}{'new':>7}{'switch':>7}{'trt sw':>7}")
     for row in res.rows:
         inf = row.infer
         assert inf is not None and row.dynamic is not None
         mark = "*" if row.shapes in warm else " "
         own = (inf.pageable_h2d_ms + inf.d2h_bound_ms) if inf.pageable_h2d_ms is not None and inf.d2h_bound_ms else None
         cells = [row.dynamic.median_ms, _med(inf.engine_call), inf.device.median_ms, inf.numpy.median_ms,
-                 _med(inf.numpy_pinned), inf.copy_bound_ms, own, inf.first_call_ms,
+                 _med(inf.numpy_new), _med(inf.numpy_pinned), inf.copy_bound_ms, own, inf.first_call_ms,
                  inf.fresh.p99_ms if inf.fresh else None, _med(inf.switch), _med(inf.engine_switch)]
         shape = format_shape(next(iter(row.shapes.values()))) + mark
         print(f"{shape:<14}" + "".join(f"{short_ms(c):>7}" for c in cells))

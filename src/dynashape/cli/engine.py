@@ -483,16 +483,16 @@ def _infer_table(result: Any) -> list[Table]:
     warm = f"; warm-up {result.warmup_s:.2f} s" if result.warmup_s is not None else ""
     times = Table(title=f"end-to-end infer, median ms{bw}{warm}", box=box.SIMPLE_HEAD, pad_edge=False, caption=(
         "eng: engine (CUDA events); call: engine launch + synchronize (host wall); dev/numpy/pin: "
-        "infer with device, NumPy, page-locked NumPy inputs; copy: copy bound; 1st: the first call "
-        "after warm-up; new: the slowest first call at new shapes nearby; switch: a call right after "
-        "another shape"))
+        "infer with device, NumPy, page-locked NumPy inputs; np new: NumPy with a new array per call; "
+        "copy: copy bound; 1st: the first call after warm-up; new: the slowest first call at new "
+        "shapes nearby"))
     ratios = Table(title="end-to-end infer, ratios", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0, 0, 1),
                    caption=(
         "dev: device infer / engine call; pipe: pipelined / engine; pin, numpy: that infer / (copy "
         "bound + engine); np/own: NumPy infer / (CUDA's own pageable copy + engine); 1st, new: that "
-        "call / steady NumPy call; new/trt: new / (steady + TensorRT's own cost of a change of shape)"))
+        "call / np new; new/trt: new / (np new + TensorRT's own cost of a change of shape)"))
     single = len(result.rows[0].shapes) == 1 if result.rows else False
-    for col in ("shape", "eng", "call", "dev", "numpy", "pin", "copy", "1st", "new", "switch"):
+    for col in ("shape", "eng", "call", "dev", "numpy", "np new", "pin", "copy", "1st", "new"):
         times.add_column(col, justify="left" if col == "shape" else "right", no_wrap=col == "shape")
     for col in ("shape", "dev", "pipe", "pin", "numpy", "np/own", "1st", "new", "new/trt"):
         ratios.add_column(col, justify="left" if col == "shape" else "right", no_wrap=col == "shape")
@@ -502,10 +502,9 @@ def _infer_table(result: Any) -> list[Table]:
             continue
         shape = format_shape(next(iter(row.shapes.values()))) if single else format_shapes(row.shapes)
         med = [None if st is None else st.median_ms for st in
-               (row.dynamic, inf.engine_call, inf.device, inf.numpy, inf.numpy_pinned)]
+               (row.dynamic, inf.engine_call, inf.device, inf.numpy, inf.numpy_new, inf.numpy_pinned)]
         times.add_row(shape, *(short_ms(v) for v in (
-            *med, inf.copy_bound_ms, inf.first_call_ms, inf.fresh.p99_ms if inf.fresh else None,
-            inf.switch.median_ms if inf.switch else None)))
+            *med, inf.copy_bound_ms, inf.first_call_ms, inf.fresh.p99_ms if inf.fresh else None)))
         ratios.add_row(
             shape, _ratio(row.device_vs_engine), _ratio(row.pipelined_vs_engine), _ratio(row.numpy_vs_bound),
             _ratio(row.pageable_vs_bound), _ratio(row.pageable_vs_own_bound), _ratio(row.first_vs_steady),

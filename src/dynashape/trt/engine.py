@@ -222,6 +222,8 @@ def select_profile(profiles: Sequence[Profile], shapes: ShapeMap, plan: ProfileP
     containing = [
         i for i, prof in enumerate(profiles) if not set(prof.inputs) - set(shapes) and prof.contains(shapes)
     ]
+    if len(containing) == 1:  # nothing to choose (a first call at a new shape waits for this)
+        return containing[0]
     if plan is not None and len(containing) > 1:
         measured = plan.choose(containing, shapes)
         if measured is not None:
