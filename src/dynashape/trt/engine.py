@@ -528,15 +528,17 @@ def _nodes_named(model_bytes: bytes, lines: Sequence[str]) -> list[str]:
 #: CUDA graphs kept per engine (one per (profile, shape)); the least recently used is dropped.
 DEFAULT_GRAPH_CACHE = 16
 #: How a pageable (ordinary) host array goes to the device, from side-by-side measurements on the
-#: H200 machine (host memory copies run at 11-12 GB/s per thread there, PCIe at 55 GB/s):
-#: below DIRECT_PAGEABLE_BYTES, one cudaMemcpyAsync straight from it (the driver stages it; 3 MB
-#: 0.27 ms against 0.37 ms through our pinned buffer by one thread and 0.50 by four); from there
-#: on, into the input's pinned buffer by up to STAGING_THREADS threads of at least
-#: STAGING_PART_BYTES each, then one copy (25 MB: 1.60 ms against 2.10 direct, 2.91 by one thread,
-#: 2.01 with the copies overlapping the staging chunk by chunk: staging and DMA share the bandwidth).
-DIRECT_PAGEABLE_BYTES = 16 << 20
+#: H200 machine (host memory copies run at 11-12 GB/s per thread there, PCIe at 55 GB/s), for a
+#: newly made array (what a server gets per request) and one reused call after call:
+#: below DIRECT_PAGEABLE_BYTES, one cudaMemcpyAsync straight from it (the driver stages it; 6 MB
+#: 0.66 / 0.60 ms new / reused, against 0.74-0.80 through our pinned buffer); from there on, into
+#: the input's pinned buffer by up to STAGING_THREADS threads of at least STAGING_PART_BYTES each,
+#: then one copy (12.6 MB: 1.15 / 1.14 ms by four threads against 1.48 / 1.12 direct; 25 MB:
+#: 2.57 / 1.65 against 4.28 / 2.10 direct; overlapping the staging chunk by chunk with the copies
+#: was slower, 2.01 ms reused at 25 MB: staging and DMA share the host's memory bandwidth).
+DIRECT_PAGEABLE_BYTES = 10 << 20
 STAGING_THREADS = 4
-STAGING_PART_BYTES = 4 << 20
+STAGING_PART_BYTES = 3 << 20
 #: pinned blocks per output that host outputs may occupy at once (see _PinnedOutputs)
 PINNED_OUTPUT_BLOCKS = 4
 
