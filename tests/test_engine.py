@@ -660,6 +660,9 @@ class FakeStream:
     def synchronize(self) -> None:
         self.synchronized += 1
 
+    def free(self) -> None:
+        pass
+
 
 def _staging_engine(monkeypatch: pytest.MonkeyPatch) -> tuple[Engine, list[tuple[int, int, int]]]:
     """An Engine with only what ``_stage_in`` uses, copies to the device recorded, not made."""
@@ -856,6 +859,9 @@ def test_a_repeated_call_skips_binding_and_any_change_binds_again(monkeypatch: p
     eng.infer({"input": a})
     assert runs[-1]["context"] is ctx
     _expect_run(eng, runs[-1], a.shape, None)
+    eng.close()  # nothing runs on freed buffers: a closed engine says so
+    with pytest.raises(DynashapeError, match="the engine is closed"):
+        eng.infer({"input": a})
 
 
 def test_a_failed_run_names_tensorrt_s_error_of_that_run(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1154,6 +1154,8 @@ class Engine:
         """
         if not synchronize and not device_outputs:
             raise DynashapeError("synchronize=False needs device_outputs=True (host outputs must be waited for)")
+        if self._engine is None:
+            raise DynashapeError(f"{self.where}: the engine is closed; load it again to run it")
         checked = classify_feeds(self.inputs, feeds)
         graph = self.cuda_graph if cuda_graph is None else cuda_graph
         state, index = self._bind(checked, profile, graph)
@@ -1210,6 +1212,7 @@ class Engine:
         before the runtime)."""
         if self._stream is not None:
             self._stream.synchronize()
+        self._last_bind = None  # its context and addresses are about to go
         self.graphs.clear()
         for buf in self._buffers.values():
             buf.free()
