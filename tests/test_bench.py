@@ -291,6 +291,30 @@ class FakeEvent:
         pass
 
 
+def test_pageable_copy_is_timed_with_events_one_copy_per_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from dynashape.trt import cudart
+
+    copies: list[tuple[int, int]] = []
+
+    def copy_htod(dst: int, src: Any, nbytes: int, stream: Any) -> None:
+        copies.append((nbytes, stream.ptr))
+        FakeEvent.clock += nbytes / 1000  # 1 ms per kB on the fake device
+
+    freed: list[bool] = []
+    buffer = SimpleNamespace(ptr=5, free=lambda: freed.append(True))
+    monkeypatch.setattr(bench, "_cuda_events", lambda: SimpleNamespace(Event=FakeEvent))
+    monkeypatch.setattr(cudart, "DeviceBuffer", lambda nbytes: buffer)
+    monkeypatch.setattr(cudart, "copy_htod", copy_htod)
+    engine = SimpleNamespace(stream=SimpleNamespace(ptr=9, synchronize=lambda: None))
+    feeds = {"a": np.zeros(500, np.uint8), "b": np.zeros(250, np.uint8), "empty": np.zeros(0, np.uint8)}
+    assert bench._pageable_h2d_ms(engine, feeds, repeats=20) == pytest.approx(0.75)
+    assert len(copies) == 2 * (2 + 20) and {s for _n, s in copies} == {9} and freed == [True]
+    monkeypatch.setattr(bench, "_cuda_events", lambda: None)
+    assert bench._pageable_h2d_ms(engine, feeds) is None
+
+
 def test_sample_uses_cuda_events_on_the_engine_stream(monkeypatch: pytest.MonkeyPatch) -> None:
     made: list[FakeEvent] = []
 

@@ -649,30 +649,23 @@ def fresh_shapes(engine: Any, shapes: ShapeMap, avoid: set[tuple[Shape, ...]], c
     return out
 
 
-def _pageable_h2d_ms(engine: Any, feeds: Mapping[str, np.ndarray], repeats: int = 20) -> float | None:
+def _pageable_h2d_ms(engine: Any, feeds: Mapping[str, np.ndarray], repeats: int = MIN_ITERS) -> float | None:
     """CUDA's own copy of ``feeds`` from ordinary memory to the device, one copy per input as
     ``infer`` makes them (median of ``repeats``, CUDA events), or None without events."""
     if _cuda_events() is None:
         return None
-    nbytes = max((a.nbytes for a in feeds.values()), default=0)
-    dev = cudart.DeviceBuffer(max(1, nbytes))
-    start, end = cudart.Event(), cudart.Event()
+    dev = cudart.DeviceBuffer(max(1, max((a.nbytes for a in feeds.values()), default=0)))
     stream = engine.stream
+
+    def copies() -> None:
+        for arr in feeds.values():
+            if arr.nbytes:
+                cudart.copy_htod(dev.ptr, arr, arr.nbytes, stream)
+
     try:
-        samples = []
-        for i in range(repeats + 2):
-            start.record(stream)
-            for arr in feeds.values():
-                if arr.nbytes:
-                    cudart.copy_htod(dev.ptr, arr, arr.nbytes, stream)
-            end.record(stream)
-            end.synchronize()
-            if i >= 2:
-                samples.append(end.elapsed_ms(start))
-        return statistics.median(samples)
+        return _sample(copies, stream.synchronize, warmup=2, iters=repeats, budget_s=0.0,
+                       stream_ptr=stream.ptr).median_ms
     finally:
-        start.free()
-        end.free()
         dev.free()
 
 
